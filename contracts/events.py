@@ -1,0 +1,106 @@
+"""The six job events of SPEC.md part 2, as one tagged union.
+
+Each payload carries ``kind`` (the same as the subject's last token), so a reader
+decodes any stored event with ``decode_event(data)`` and gets the right class.
+Timestamps are RFC 3339 strings in UTC.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+TerminalState = Literal["succeeded", "failed", "canceled", "timed_out", "lost"]
+JobStateName = Literal["queued", "running", "succeeded", "failed", "canceled", "timed_out", "lost"]
+TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "canceled", "timed_out", "lost"})
+
+
+class _Event(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="kind"):
+    job_id: str
+
+
+class Queued(_Event, tag="queued"):
+    tool: str
+    tool_version: int
+    manifest_sha256: str
+    params: dict[str, Any]
+    submitted_at: str
+    timeout_s: float
+    labels: dict[str, str] = {}
+    idempotency_key: str | None = None
+
+
+class Cancel(_Event, tag="cancel"):
+    requested_at: str
+    reason: str | None = None
+
+
+class Started(_Event, tag="started"):
+    executor: str
+    pid: int
+    attempt: int
+    started_at: str
+
+
+class Log(_Event, tag="log"):
+    attempt: int
+    stream: Literal["stdout", "stderr"]
+    seq: int
+    lines: list[str]
+    ts: str
+
+
+class Progress(_Event, tag="progress"):
+    attempt: int
+    ts: str
+    current: float | None = None
+    total: float | None = None
+    percent: float | None = None
+    message: str | None = None
+
+
+class TerminalError(msgspec.Struct, frozen=True, omit_defaults=True):
+    code: str
+    message: str
+
+
+class LineCounts(msgspec.Struct, frozen=True):
+    stdout: int = 0
+    stderr: int = 0
+
+
+class Rusage(msgspec.Struct, frozen=True):
+    max_rss_kb: int
+    user_s: float
+    sys_s: float
+
+
+class Terminal(_Event, tag="terminal"):
+    state: TerminalState
+    finished_at: str
+    attempt: int = 0
+    exit_code: int | None = None
+    signal: str | None = None
+    started_at: str | None = None
+    duration_s: float | None = None
+    error: TerminalError | None = None
+    lines: LineCounts = LineCounts()
+    truncated: bool = False
+    signals_sent: list[str] = []
+    rusage: Rusage | None = None
+
+
+Event = Queued | Cancel | Started | Log | Progress | Terminal
+
+_decoder = msgspec.json.Decoder(Event)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_event(data: bytes) -> Event:
+    """Decode one stored event payload; raises msgspec.ValidationError on a bad one."""
+    return _decoder.decode(data)
+
+
+def encode_event(event: Event) -> bytes:
+    return _encoder.encode(event)

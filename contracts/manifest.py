@@ -1,0 +1,131 @@
+"""The tool manifest model (SPEC.md part 4).
+
+A manifest in ``ssot/tools/**.yaml`` is the only place a runnable command comes
+from. This module holds the model and its field rules; loading files, checking
+placeholders against parameters and rendering argv live in ``services.catalogue``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+TOOL_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+BUILTIN_PLACEHOLDERS = frozenset({"tool_dir", "job_id", "work_dir"})
+PROGRESS_GROUPS = frozenset({"current", "total", "percent", "message"})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProgressRule(_Strict):
+    regex: str = Field(description="A Python regex; named groups current, total, percent, message.")
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            compiled = re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        unknown = set(compiled.groupindex) - PROGRESS_GROUPS
+        if unknown:
+            raise ValueError(f"unknown named groups {sorted(unknown)}; use {sorted(PROGRESS_GROUPS)}")
+        if not compiled.groupindex:
+            raise ValueError("needs at least one named group: current, total, percent or message")
+        return value
+
+
+class Limits(_Strict):
+    max_line_bytes: int = Field(65536, ge=64, le=1_048_576)
+    max_output_bytes: int = Field(64 * 1024 * 1024, ge=0)
+    concurrency: int | None = Field(None, ge=1)
+
+
+class Retry(_Strict):
+    max_attempts: int = Field(3, ge=1, le=100)
+    backoff_s: float = Field(2.0, ge=0)
+
+
+class Manifest(_Strict):
+    id: str = Field(pattern=TOOL_ID_PATTERN, max_length=128)
+    version: int = Field(ge=0)
+    description: str = ""
+    entrypoint: list[str] = Field(min_length=1)
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "additionalProperties": False},
+        description="JSON Schema (2020-12) that params must satisfy.",
+    )
+    working_dir_policy: str = Field(
+        "temp", description="temp | tool_dir | fixed:/absolute/path"
+    )
+    env_allowlist: list[str] = []
+    env: dict[str, str] = {}
+    timeout_s: float = Field(3600, gt=0)
+    cancel_grace_s: float = Field(5, ge=0)
+    progress: ProgressRule | None = None
+    limits: Limits = Limits()
+    secrets: list[str] = []
+    idempotent: bool = False
+    retry: Retry | None = None
+
+    @field_validator("entrypoint")
+    @classmethod
+    def _entrypoint_elements(cls, value: list[str]) -> list[str]:
+        for element in value:
+            if "\x00" in element:
+                raise ValueError("an entrypoint element contains NUL")
+        if not value[0]:
+            raise ValueError("the command (first element) is empty")
+        return value
+
+    @field_validator("working_dir_policy")
+    @classmethod
+    def _policy(cls, value: str) -> str:
+        if value in ("temp", "tool_dir"):
+            return value
+        if value.startswith("fixed:"):
+            path = value.removeprefix("fixed:")
+            if not path.startswith("/"):
+                raise ValueError(f"fixed working dir must be an absolute path, got {path!r}")
+            if "\x00" in path or "/../" in f"{path}/":
+                raise ValueError("fixed working dir must not contain NUL or '..'")
+            return value
+        raise ValueError("must be 'temp', 'tool_dir' or 'fixed:/absolute/path'")
+
+    @field_validator("env_allowlist")
+    @classmethod
+    def _env_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"not an environment variable name: {name!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> Manifest:
+        props = self.parameters.get("properties", {}) if isinstance(self.parameters, dict) else {}
+        for name in self.secrets:
+            if name not in props:
+                raise ValueError(f"secrets: {name!r} is not a parameter")
+        for element in self.entrypoint:
+            for name in PLACEHOLDER.findall(element):
+                if name not in BUILTIN_PLACEHOLDERS and name not in props:
+                    raise ValueError(f"entrypoint: placeholder {{{name}}} names no parameter")
+        if self.retry is not None and not self.idempotent:
+            raise ValueError("retry: only allowed with idempotent: true")
+        return self
+
+    def summary_fields(self) -> tuple[str, int, str]:
+        return self.id, self.version, self.description
+
+
+def manifest_json_schema() -> dict[str, Any]:
+    """The manifest's JSON Schema, for editors and other languages."""
+    schema = Manifest.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://domed.dev/schemas/manifest.json"
+    return schema

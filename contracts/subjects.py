@@ -1,0 +1,73 @@
+"""Subject names, stream and bucket names, and the pure functions that build them.
+
+Services publish events to the internal ``ingest.job.<id>.<kind>`` subjects; the
+``DOMED_JOBS`` stream stores them as ``job.<id>.<kind>`` and republishes each stored
+event on that public subject, so a plain subscriber sees exactly the stored,
+deduplicated events (SPEC.md part 2).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final, Literal
+
+STREAM: Final = "DOMED_JOBS"
+INGEST_PREFIX: Final = "ingest"
+STREAM_SUBJECTS: Final = "ingest.job.*.*"
+STORED_SUBJECTS: Final = "job.*.*"
+KV_JOBS: Final = "domed-jobs"
+KV_SECRETS: Final = "domed-secrets"
+KV_IDEMPOTENCY: Final = "domed-idempotency"
+KV_SLOTS: Final = "domed-slots"
+EXECUTORS_CONSUMER: Final = "executors"
+
+SUBMIT: Final = "domed.jobs.submit"
+CANCEL: Final = "domed.jobs.cancel"
+TOOLS_LIST: Final = "domed.tools.list"
+TOOLS_GET: Final = "domed.tools.get"
+TOOLS_EXPLAIN: Final = "domed.tools.explain"
+JOBS_GET: Final = "domed.jobs.get"
+JOBS_LIST: Final = "domed.jobs.list"
+JOBS_EVENTS: Final = "domed.jobs.events"
+
+SERVICE_ROUTER: Final = "domed-router"
+SERVICE_EXECUTOR: Final = "domed-executor"
+SERVICE_PROJECTOR: Final = "domed-projector"
+
+EventKind = Literal["queued", "cancel", "started", "log", "progress", "terminal"]
+EVENT_KINDS: Final[tuple[str, ...]] = ("queued", "cancel", "started", "log", "progress", "terminal")
+
+_JOB_ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
+
+
+def is_job_id(value: str) -> bool:
+    """True when ``value`` is a single URL-safe subject token usable as a job id."""
+    return bool(_JOB_ID.match(value))
+
+
+def event_subject(job_id: str, kind: str) -> str:
+    """The public, stored subject of one event: ``job.<job_id>.<kind>``."""
+    return f"job.{job_id}.{kind}"
+
+
+def ingest_subject(job_id: str, kind: str) -> str:
+    """The internal subject a service publishes an event to."""
+    return f"{INGEST_PREFIX}.job.{job_id}.{kind}"
+
+
+def job_events_filter(job_id: str) -> str:
+    """A filter matching every stored event of one job (for reads and per-job CAS)."""
+    return f"job.{job_id}.*"
+
+
+def parse_event_subject(subject: str) -> tuple[str, str]:
+    """Split ``job.<job_id>.<kind>`` into ``(job_id, kind)``; ValueError otherwise."""
+    parts = subject.split(".")
+    if len(parts) != 3 or parts[0] != "job" or parts[2] not in EVENT_KINDS:
+        raise ValueError(f"not a domed event subject: {subject!r}")
+    return parts[1], parts[2]
+
+
+def msg_id(job_id: str, kind: str, n: int | str = 0) -> str:
+    """The ``Nats-Msg-Id`` of an event, so a retried publish is stored once."""
+    return f"{job_id}.{kind}.{n}"

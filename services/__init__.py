@@ -1,0 +1,1 @@
+"""domed's services: router, executor, projector; plus the shared runtime and catalogue."""

@@ -1,0 +1,353 @@
+"""The client commands of ``domed``: thin wrappers over the request/reply API and the stream."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from rich.console import Console
+from rich.table import Table
+
+from contracts import subjects
+from contracts.events import Log, Progress, Started, Terminal
+from services.cli.client import ApiError, Unreachable, connect, follow_job, request
+from services.cli.params import ParamError, parse_params
+from services.runtime.settings import resolve_nats_creds, resolve_nats_url
+
+EXIT_FOR_STATE = {"succeeded": 0, "timed_out": 124, "canceled": 130, "lost": 75}
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def exit_code_for(terminal: Terminal) -> int:
+    if terminal.state == "failed":
+        return terminal.exit_code if terminal.exit_code and 0 < terminal.exit_code < 256 else 1
+    return EXIT_FOR_STATE.get(terminal.state, 1)
+
+
+def tools_validate(args: argparse.Namespace) -> int:
+    from services.catalogue.loader import CatalogueError, load_catalogue
+
+    try:
+        tools = load_catalogue(args.ssot)
+    except CatalogueError as exc:
+        if args.json:
+            _print_json({"ok": False, "problems": [p.__dict__ for p in exc.problems]})
+        else:
+            for p in exc.problems:
+                err.print(f"[red]error[/red] {p}")
+            err.print(f"{len(exc.problems)} problem(s) in {args.ssot}")
+        return 1
+    if args.json:
+        _print_json({"ok": True, "tools": sorted(tools)})
+    else:
+        out.print(f"ok: {len(tools)} tool(s) in {args.ssot}: {', '.join(sorted(tools))}")
+    return 0
+
+
+async def run_command(args: argparse.Namespace) -> int:
+    url = resolve_nats_url(args.nats_url)
+    try:
+        nc = await connect(url, resolve_nats_creds(args.nats_creds))
+    except Unreachable:
+        err.print(f"domed: cannot reach NATS at {url}. Start the embedded one with `domed up`, "
+                  "or pass --nats-url / set DOMED_NATS_URL.")
+        return 3
+    try:
+        handler = COMMANDS[_command_key(args)]
+        return await handler(nc, args)
+    except ApiError as exc:
+        if getattr(args, "json", False):
+            _print_json({"error": {"code": exc.code, "message": exc.message, "details": exc.details}})
+        else:
+            err.print(f"[red]{exc.code}[/red]: {exc.message}")
+            if exc.code == "invalid_params" and isinstance(exc.details, list):
+                for d in exc.details:
+                    err.print(f"  {d.get('path')}: {d.get('message')}")
+        return 2 if exc.code in ("invalid_params", "invalid_request") else 1
+    except ParamError as exc:
+        err.print(f"[red]invalid_params[/red]: {exc}")
+        return 2
+    finally:
+        await nc.close()
+
+
+def _command_key(args: argparse.Namespace) -> str:
+    sub = getattr(args, "jobs_command", None) or getattr(args, "tools_command", None)
+    return f"{args.command} {sub}" if sub else args.command
+
+
+async def _typed_params(nc: Any, tool: str, pairs: list[str], params_json: str | None) -> dict[str, Any]:
+    if not pairs:
+        return parse_params([], params_json, {})
+    manifest = await request(nc, subjects.TOOLS_GET, {"id": tool})
+    return parse_params(pairs, params_json, manifest.get("parameters", {}))
+
+
+def _labels(pairs: list[str]) -> dict[str, str]:
+    labels = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ParamError(f"-l {pair}: expected key=value")
+        k, v = pair.split("=", 1)
+        labels[k] = v
+    return labels
+
+
+async def cmd_submit(nc: Any, args: argparse.Namespace) -> int:
+    params = await _typed_params(nc, args.tool, args.param, args.params_json)
+    body: dict[str, Any] = {"tool": args.tool, "params": params, "labels": _labels(args.label)}
+    if args.timeout is not None:
+        body["timeout_s"] = args.timeout
+    if args.idempotency_key:
+        body["idempotency_key"] = args.idempotency_key
+    reply = await request(nc, subjects.SUBMIT, body)
+    job_id = reply["job_id"]
+    if not args.follow:
+        if args.json:
+            _print_json(reply)
+        else:
+            out.print(f"{job_id} queued" + (" (duplicate)" if reply.get("duplicate") else ""))
+        return 0
+    if not args.json:
+        err.print(f"[dim]{job_id} queued[/dim]")
+    return await _follow(nc, job_id, args, cancel_on_interrupt=args.cancel_on_interrupt)
+
+
+async def _follow(nc: Any, job_id: str, args: argparse.Namespace, cancel_on_interrupt: bool = False) -> int:
+    loop = asyncio.get_running_loop()
+    interrupted = asyncio.Event()
+    loop.add_signal_handler(signal.SIGINT, interrupted.set)
+    terminal: Terminal | None = None
+    events: list[Any] = []
+
+    async def consume() -> None:
+        nonlocal terminal
+        async for _, event in follow_job(nc, job_id):
+            if args.json:
+                events.append(msgspec.to_builtins(event))
+            if isinstance(event, Log) and not args.json:
+                for line in event.lines:
+                    if event.stream == "stdout":
+                        sys.stdout.write(line + "\n")
+                    else:
+                        err.print(f"[yellow]{line}[/yellow]")
+                sys.stdout.flush()
+            elif isinstance(event, Progress) and not args.json:
+                pct = f"{event.percent:.0f}%" if event.percent is not None else ""
+                err.print(f"[cyan]progress {pct} {event.message or ''}[/cyan]".rstrip())
+            elif isinstance(event, Started) and not args.json:
+                err.print(f"[dim]started on {event.executor} (pid {event.pid}, attempt {event.attempt})[/dim]")
+            elif isinstance(event, Terminal):
+                terminal = event
+
+    task = asyncio.create_task(consume())
+    stopper = asyncio.create_task(interrupted.wait())
+    try:
+        done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if stopper in done and not task.done():
+            if cancel_on_interrupt or (sys.stdin.isatty() and _ask("cancel the job? [y/N] ")):
+                await request(nc, subjects.CANCEL, {"job_id": job_id, "reason": "interrupted from the CLI"})
+                interrupted.clear()
+                await task
+            else:
+                task.cancel()
+                err.print(f"detached; the job goes on: domed logs {job_id} -f")
+                return 130
+        await task
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        stopper.cancel()
+    assert terminal is not None
+    if args.json:
+        _print_json({"job_id": job_id, "terminal": msgspec.to_builtins(terminal), "events": events})
+    else:
+        dur = f" in {terminal.duration_s:.2f}s" if terminal.duration_s is not None else ""
+        code = f", exit {terminal.exit_code}" if terminal.exit_code is not None else ""
+        sig = f", signal {terminal.signal}" if terminal.signal else ""
+        why = f" ({terminal.error.code}: {terminal.error.message})" if terminal.error else ""
+        color = "green" if terminal.state == "succeeded" else "red"
+        err.print(f"[{color}]{terminal.state}[/{color}]{dur}{code}{sig}{why}")
+    return exit_code_for(terminal)
+
+
+def _ask(prompt: str) -> bool:
+    try:
+        return input(prompt).strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+def _age(ts: str | None) -> str:
+    if not ts:
+        return ""
+    t = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    s = (datetime.now(UTC) - t).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{int(s // size)}{unit}"
+    return f"{int(s)}s"
+
+
+async def cmd_jobs_ls(nc: Any, args: argparse.Namespace) -> int:
+    body = {k: v for k, v in (("state", args.state), ("tool", args.tool), ("label", args.label),
+                              ("limit", args.limit)) if v is not None}
+    reply = await request(nc, subjects.JOBS_LIST, body)
+    if args.json:
+        _print_json(reply)
+        return 0
+    table = Table(box=None)
+    for col in ("ID", "TOOL", "STATE", "AGE", "DURATION", "EXIT"):
+        table.add_column(col)
+    for job in reply["jobs"]:
+        dur = f"{job['duration_s']:.2f}s" if job.get("duration_s") is not None else ""
+        exit_code = str(job.get("exit_code", job.get("signal", "")))
+        table.add_row(job["job_id"], job["tool"], job["state"], _age(job.get("submitted_at")), dur, exit_code)
+    out.print(table)
+    return 0
+
+
+async def cmd_jobs_show(nc: Any, args: argparse.Namespace) -> int:
+    job = await request(nc, subjects.JOBS_GET, {"job_id": args.job_id})
+    if args.json:
+        _print_json(job)
+        return 0
+    for key in ("job_id", "tool", "state", "submitted_at", "started_at", "finished_at", "duration_s", "exit_code",
+                "signal", "executor", "attempt", "truncated"):
+        if job.get(key) is not None:
+            out.print(f"{key:>13}: {job[key]}")
+    out.print(f"{'params':>13}: {json.dumps(job.get('params', {}))}")
+    if job.get("labels"):
+        out.print(f"{'labels':>13}: {json.dumps(job['labels'])}")
+    lines = job.get("lines", {})
+    out.print(f"{'lines':>13}: stdout {lines.get('stdout', 0)}, stderr {lines.get('stderr', 0)}")
+    if job.get("error"):
+        out.print(f"{'error':>13}: {job['error']['code']}: {job['error']['message']}")
+    return 0
+
+
+async def cmd_logs(nc: Any, args: argparse.Namespace) -> int:
+    if args.follow:
+        args.json = getattr(args, "json", False)
+        return await _follow(nc, args.job_id, args)
+    after = 0
+    while True:
+        page = await request(nc, subjects.JOBS_EVENTS, {"job_id": args.job_id, "after_seq": after})
+        for ev in page["events"]:
+            data = ev["data"]
+            if data.get("kind") == "log":
+                if args.json:
+                    sys.stdout.write(json.dumps(data) + "\n")
+                else:
+                    stream = sys.stdout if data["stream"] == "stdout" else sys.stderr
+                    stream.write("\n".join(data["lines"]) + "\n")
+        if page.get("next") is None:
+            return 0
+        after = page["next"]
+
+
+async def cmd_cancel(nc: Any, args: argparse.Namespace) -> int:
+    reply = await request(nc, subjects.CANCEL, {"job_id": args.job_id, "reason": args.reason})
+    if args.json:
+        _print_json(reply)
+    else:
+        out.print(f"{reply['job_id']} {reply['state']}")
+    return 0
+
+
+async def cmd_tools_ls(nc: Any, args: argparse.Namespace) -> int:
+    reply = await request(nc, subjects.TOOLS_LIST, {})
+    if args.json:
+        _print_json(reply)
+        return 0
+    table = Table(box=None)
+    for col in ("ID", "VERSION", "DESCRIPTION"):
+        table.add_column(col)
+    for t in reply["tools"]:
+        table.add_row(t["id"], str(t["version"]), t["description"])
+    out.print(table)
+    return 0
+
+
+async def cmd_tools_explain(nc: Any, args: argparse.Namespace) -> int:
+    params = await _typed_params(nc, args.tool, args.param, args.params_json)
+    reply = await request(nc, subjects.TOOLS_EXPLAIN, {"tool": args.tool, "params": params})
+    if args.json:
+        _print_json(reply)
+        return 0
+    out.print(f"argv:        {json.dumps(reply['argv'])}")
+    out.print(f"working dir: {reply['working_dir_policy']}")
+    out.print(f"env:         {', '.join(reply['env_names'])}")
+    out.print(f"timeout:     {reply['timeout_s']}s")
+    out.print(f"manifest:    sha256:{reply['manifest_sha256']}")
+    return 0
+
+
+async def cmd_status(nc: Any, args: argparse.Namespace) -> int:
+    inbox = nc.new_inbox()
+    infos: list[dict[str, Any]] = []
+    sub = await nc.subscribe(inbox)
+    await nc.publish("$SRV.STATS", b"", reply=inbox)
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=0.5)
+            infos.append(json.loads(msg.data))
+    except Exception:
+        pass
+    await sub.unsubscribe()
+    js = nc.jetstream()
+    stream: dict[str, Any] = {}
+    consumers: list[dict[str, Any]] = []
+    try:
+        si = await js.stream_info(subjects.STREAM)
+        stream = {"messages": si.state.messages, "bytes": si.state.bytes, "last_seq": si.state.last_seq}
+        for ci in await js.consumers_info(subjects.STREAM):
+            consumers.append({"name": ci.name, "pending": ci.num_pending, "ack_pending": ci.num_ack_pending})
+    except Exception as exc:
+        stream = {"error": str(exc)}
+    services = [
+        {"name": i.get("name"), "id": i.get("id"), "version": i.get("version"),
+         "endpoints": [{"name": e.get("name"), "subject": e.get("subject"), "requests": e.get("num_requests"),
+                        "errors": e.get("num_errors")} for e in i.get("endpoints") or []]}
+        for i in sorted(infos, key=lambda i: (i.get("name", ""), i.get("id", "")))
+    ]
+    report = {"services": services, "stream": stream, "consumers": consumers}
+    if args.json:
+        _print_json(report)
+        return 0
+    table = Table(title="services", box=None)
+    for col in ("SERVICE", "ID", "ENDPOINT", "REQUESTS", "ERRORS"):
+        table.add_column(col)
+    for s in services:
+        if not s["endpoints"]:
+            table.add_row(s["name"], s["id"], "", "", "")
+        for e in s["endpoints"]:
+            table.add_row(s["name"], s["id"], e["subject"], str(e["requests"]), str(e["errors"]))
+    out.print(table)
+    out.print(f"stream {subjects.STREAM}: {stream}")
+    for c in consumers:
+        out.print(f"consumer {c['name']}: pending {c['pending']}, ack pending {c['ack_pending']}")
+    return 0
+
+
+COMMANDS = {
+    "submit": cmd_submit,
+    "jobs ls": cmd_jobs_ls,
+    "jobs show": cmd_jobs_show,
+    "logs": cmd_logs,
+    "cancel": cmd_cancel,
+    "tools ls": cmd_tools_ls,
+    "tools explain": cmd_tools_explain,
+    "status": cmd_status,
+}

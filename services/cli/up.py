@@ -1,0 +1,102 @@
+"""``domed up``: one machine, one command — an embedded nats-server and the three services.
+
+Each service is a separate child process (they share nothing but NATS). A child
+that dies is reported and restarted; Ctrl-C or SIGTERM stops the router first
+(no new jobs), then the executor (which drains), then the projector (so it sees
+the last terminals), then the server. Children run in their own sessions so a
+terminal's Ctrl-C reaches only ``up``, which stops them in that order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from services.runtime.natsserver import NatsServer
+from services.runtime.settings import Settings
+
+ORDER = ("projector", "executor", "router")
+STOP_ORDER = ("router", "executor", "projector")
+
+
+def _child_argv(name: str, args: argparse.Namespace, settings: Settings) -> list[str]:
+    argv = [sys.executable, "-m", "services.cli.main", name, "--nats-url", settings.nats_url,
+            "--ssot", str(settings.ssot), "--data-dir", str(settings.data_dir),
+            "--ack-wait", str(settings.stream.ack_wait_s), "--replicas", str(settings.stream.replicas),
+            "--max-age", str(settings.stream.max_age_s), "--max-bytes", str(settings.stream.max_bytes)]
+    if settings.nats_creds:
+        argv += ["--nats-creds", settings.nats_creds]
+    if name == "executor":
+        argv += ["--slots", str(settings.slots)]
+    return argv
+
+
+def up(args: argparse.Namespace, settings: Settings) -> int:
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    server: NatsServer | None = None
+    external = args.nats_url or os.environ.get("DOMED_NATS_URL") or os.environ.get("NATS_URL")
+    if not external:
+        server = NatsServer(store_dir=Path(settings.data_dir).resolve() / "nats", port=args.nats_port)
+        try:
+            server.start()
+        except (RuntimeError, TimeoutError) as exc:
+            print(f"domed up: could not start nats-server on 127.0.0.1:{args.nats_port}: {exc}", file=sys.stderr)
+            server.stop()
+            return 3
+        settings = Settings(**{**settings.__dict__, "nats_url": server.url})
+        print(f"domed up: embedded NATS listening on {server.url} (store {server.store_dir})", flush=True)
+    else:
+        print(f"domed up: using NATS at {settings.nats_url}", flush=True)
+
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    restarts: dict[str, float] = {}
+
+    def start(name: str) -> None:
+        children[name] = subprocess.Popen(_child_argv(name, args, settings), start_new_session=True,
+                                          stdin=subprocess.DEVNULL)
+
+    try:
+        for name in ORDER:
+            start(name)
+        print(f"domed up: router, executor and projector started (pids "
+              f"{', '.join(str(children[n].pid) for n in ORDER)}); Ctrl-C stops everything", flush=True)
+        while not stopping:
+            time.sleep(0.1)
+            for name, proc in list(children.items()):
+                code = proc.poll()
+                if code is None or stopping:
+                    continue
+                print(f"domed up: {name} exited with {code}; restarting it", file=sys.stderr, flush=True)
+                if time.monotonic() - restarts.get(name, 0) < 5:
+                    time.sleep(1)
+                restarts[name] = time.monotonic()
+                start(name)
+    finally:
+        print("domed up: stopping", flush=True)
+        for name in STOP_ORDER:
+            proc = children.get(name)
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=settings.drain_timeout_s + 15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if server is not None:
+            server.stop()
+    print("domed up: stopped", flush=True)
+    return 0

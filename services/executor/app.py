@@ -1,0 +1,483 @@
+"""The executor service (``domed-executor``): takes queued jobs and runs them.
+
+Work comes from one durable pull consumer (``executors``) on ``job.*.queued`` that
+every executor shares, so each job is delivered to one executor at a time. While
+a job runs its executor marks the delivery in progress (a heartbeat); if the
+executor dies the delivery times out after ``ack_wait`` and another executor
+picks the job up, sees a ``started`` without a ``terminal``, and either ends it
+``lost`` or, for an idempotent tool, runs the next attempt.
+
+Authority over a job's events comes from compare-and-set on the job's subjects:
+``started`` is published only if the job's newest event is still the one we read
+(so a racing cancel wins), and ``terminal`` only if the job has none yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from contracts import subjects
+from contracts.errors import TerminalErrorCode
+from contracts.events import (
+    Cancel,
+    LineCounts,
+    Queued,
+    Rusage,
+    Started,
+    Terminal,
+    TerminalError,
+    decode_event,
+)
+from services.catalogue.loader import Tool, load_catalogue
+from services.catalogue.render import child_env, fixed_work_dir, mask_line, render_argv, secret_values
+from services.executor import core
+from services.executor.publisher import EventPipeline
+from services.executor.runner import JobProcess, rusage_fields
+from services.runtime import bus
+from services.runtime.endpoints import serve
+from services.runtime.lifecycle import VERSION
+from services.runtime.settings import Settings
+
+log = logging.getLogger("domed.executor")
+
+DRAIN_PIPES_S = 2.0
+
+
+def now_iso() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class RunningJob:
+    job_id: str
+    stop_reason: core.StopReason | None = None
+    stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def request_stop(self, reason: core.StopReason) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.stop_requested.set()
+
+
+class Executor:
+    def __init__(self, settings: Settings, tools: Mapping[str, Tool], nc: Client, js: JetStreamContext,
+                 secrets: KeyValue, slots_kv: KeyValue) -> None:
+        self.settings = settings
+        self.tools = tools
+        self.nc = nc
+        self.js = js
+        self.secrets = secrets
+        self.slots_kv = slots_kv
+        self.name = settings.name or f"{socket.gethostname()}-{os.getpid()}"
+        self.running: dict[str, RunningJob] = {}
+        self.free_slots = asyncio.Semaphore(settings.slots)
+        self.heartbeat_s = max(0.2, settings.stream.ack_wait_s / 3)
+        self.records = Path(settings.data_dir) / "executor" / "running"
+        self.environ = dict(os.environ)
+        self.accepting = True
+
+    # ---- the work loop -------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.records.mkdir(parents=True, exist_ok=True)
+        self.reap_orphans()
+        cancel_sub = await self.nc.subscribe("job.*.cancel", cb=self._on_cancel)
+        psub = await self.js.pull_subscribe_bind(subjects.EXECUTORS_CONSUMER, subjects.STREAM)
+        async with asyncio.TaskGroup() as jobs:
+            fetcher = asyncio.create_task(self._fetch_loop(psub, jobs))
+            await stop.wait()
+            self.accepting = False
+            fetcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fetcher
+            await self._drain()
+        await cancel_sub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await psub.unsubscribe()
+
+    async def _fetch_loop(self, psub: Any, jobs: asyncio.TaskGroup) -> None:
+        while True:
+            await self.free_slots.acquire()
+            free = 1
+            while free < self.settings.slots and not self.free_slots.locked():
+                await self.free_slots.acquire()
+                free += 1
+            try:
+                msgs = await psub.fetch(free, timeout=1.0)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                msgs = []
+            except bus.UNAVAILABLE_ERRORS + (nats.js.errors.APIError,) as exc:
+                log.warning("fetch failed: %r", exc)
+                msgs = []
+                await asyncio.sleep(0.5)
+            for msg in msgs:
+                jobs.create_task(self._job_task(msg))
+            for _ in range(free - len(msgs)):
+                self.free_slots.release()
+
+    async def _drain(self) -> None:
+        """Let running jobs finish within the drain timeout, then cancel the rest."""
+        if not self.running:
+            return
+        end = time.monotonic() + self.settings.drain_timeout_s
+        while self.running and time.monotonic() < end:
+            await asyncio.sleep(0.05)
+        for job in list(self.running.values()):
+            job.request_stop(core.StopReason("canceled", TerminalErrorCode.EXECUTOR_SHUTDOWN, "executor shut down"))
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        try:
+            event = decode_event(msg.data)
+        except msgspec.ValidationError:
+            return
+        if isinstance(event, Cancel) and event.job_id in self.running:
+            self.running[event.job_id].request_stop(core.StopReason("canceled", None, event.reason))
+
+    async def _job_task(self, msg: Msg) -> None:
+        try:
+            await self.handle(msg)
+        except Exception:
+            log.exception("job delivery failed; it will be redelivered")
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
+        finally:
+            self.free_slots.release()
+
+    # ---- one delivery ----------------------------------------------------------------------
+
+    async def handle(self, msg: Msg) -> None:
+        queued = decode_event(msg.data)
+        if not isinstance(queued, Queued):
+            await msg.term()
+            return
+        job_id = queued.job_id
+        last = await bus.last_event(self.js, job_id)
+        assert last is not None
+        last_seq, last_ev = last
+        if isinstance(last_ev, Terminal):
+            await msg.ack()
+            return
+        tool = self.tools.get(queued.tool)
+        prev_started = await bus.last_event(self.js, job_id, "started")
+        attempt = 1
+        if prev_started is not None:
+            started_ev = prev_started[1]
+            assert isinstance(started_ev, Started)
+            retry = tool.manifest.retry if tool else None
+            max_attempts = (retry.max_attempts if retry else 3) if tool and tool.manifest.idempotent else 1
+            if started_ev.attempt >= max_attempts:
+                await self._finish_without_run(msg, Terminal(
+                    job_id=job_id, state="lost", finished_at=now_iso(), attempt=started_ev.attempt,
+                    started_at=started_ev.started_at,
+                    error=TerminalError(TerminalErrorCode.EXECUTOR_LOST,
+                                        f"executor {started_ev.executor} vanished while running attempt {started_ev.attempt}"),
+                ))
+                return
+            attempt = started_ev.attempt + 1
+            backoff = retry.backoff_s if retry else 0
+            if backoff:
+                await msg.in_progress()
+                await asyncio.sleep(backoff)
+                last = await bus.last_event(self.js, job_id)
+                assert last is not None
+                last_seq, last_ev = last
+        if await bus.last_event(self.js, job_id, "cancel") is not None:
+            await self._finish_without_run(msg, Terminal(job_id=job_id, state="canceled", finished_at=now_iso(),
+                                                         attempt=attempt - 1), cas_seq=last_seq)
+            return
+        if tool is None or tool.sha256 != queued.manifest_sha256:
+            why = "is not in this executor's catalogue" if tool is None else "differs from the one the job was queued with"
+            await self._finish_without_run(msg, Terminal(
+                job_id=job_id, state="failed", finished_at=now_iso(), attempt=attempt,
+                error=TerminalError(TerminalErrorCode.SPAWN_FAILED, f"manifest of {queued.tool!r} {why}"),
+            ))
+            return
+        slot = await self._acquire_slot(tool, job_id)
+        if slot is False:
+            await msg.nak(delay=0.2)
+            return
+        try:
+            await self._run_attempt(msg, tool, queued, attempt, last_seq)
+        finally:
+            if isinstance(slot, str):
+                with contextlib.suppress(Exception):
+                    await self.slots_kv.delete(slot)
+
+    async def _finish_without_run(self, msg: Msg, terminal: Terminal, cas_seq: int | None = None) -> None:
+        headers = bus.cas_headers(terminal.job_id, cas_seq) if cas_seq is not None else bus.FIRST_TERMINAL
+        try:
+            await bus.retry_until(30, lambda: bus.publish_event(self.js, terminal, headers=headers))
+        except nats.js.errors.APIError as exc:
+            if not bus.is_wrong_last_sequence(exc):
+                raise
+            # Someone else moved the job on; look again on the next delivery.
+            if await bus.last_event(self.js, terminal.job_id, "terminal") is None:
+                await msg.nak(delay=0.1)
+                return
+        await msg.ack()
+        await self._forget_secrets(terminal.job_id)
+
+    async def _acquire_slot(self, tool: Tool, job_id: str) -> str | bool:
+        """A per-tool concurrency slot shared by all executors (KV create is atomic)."""
+        limit = tool.manifest.limits.concurrency
+        if not limit:
+            return True
+        for i in range(limit):
+            key = f"{tool.id}.{i}"
+            try:
+                await self.slots_kv.create(key, job_id.encode())
+                return key
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+        return False
+
+    async def _forget_secrets(self, job_id: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.secrets.purge(job_id)
+
+    def _work_dir(self, tool: Tool, job_id: str) -> tuple[str, bool]:
+        policy = tool.manifest.working_dir_policy
+        if policy == "temp":
+            return tempfile.mkdtemp(prefix=f"domed-{job_id}-"), True
+        if policy == "tool_dir":
+            return os.path.realpath(tool.tool_dir), False
+        path = fixed_work_dir(tool.manifest)
+        assert path is not None
+        if not os.path.isdir(path):
+            raise NotADirectoryError(f"fixed working dir {path} does not exist")
+        return path, False
+
+    async def _run_attempt(self, msg: Msg, tool: Tool, queued: Queued, attempt: int, last_seq: int) -> None:
+        job_id = queued.job_id
+        manifest = tool.manifest
+        params = dict(queued.params)
+        if manifest.secrets:
+            try:
+                entry = await self.secrets.get(job_id)
+                if entry.value:
+                    params.update(json.loads(entry.value))
+            except nats.js.errors.KeyNotFoundError:
+                pass
+        secrets = secret_values(manifest, params)
+        job = RunningJob(job_id)
+        self.running[job_id] = job
+        work_dir, remove_dir = "", False
+        proc: JobProcess | None = None
+        pipeline: EventPipeline | None = None
+        heartbeat: asyncio.Task[None] | None = None
+        record = self.records / job_id
+        try:
+            try:
+                work_dir, remove_dir = self._work_dir(tool, job_id)
+                argv = render_argv(manifest, params, tool_dir=tool.tool_dir, job_id=job_id, work_dir=work_dir)
+                env = child_env(manifest, self.environ, job_id)
+            except Exception as exc:
+                await self._finish_without_run(msg, Terminal(
+                    job_id=job_id, state="failed", finished_at=now_iso(), attempt=attempt,
+                    error=TerminalError(TerminalErrorCode.SPAWN_FAILED, f"could not prepare the job: {exc}")))
+                return
+
+            splitters = {s: core.LineSplitter(manifest.limits.max_line_bytes) for s in ("stdout", "stderr")}
+            budget = core.OutputBudget(manifest.limits.max_output_bytes)
+            progress = core.ProgressParser(manifest.progress)
+            counts = core.LineCounter()
+            buffered: list[tuple[str, bytes]] = []
+
+            def emit(stream: str, lines: list[str]) -> None:
+                assert pipeline is not None
+                for line in lines:
+                    if secrets:
+                        line = mask_line(line, secrets)
+                    reading = progress.parse(line)
+                    if reading is not None:
+                        pipeline.add_progress(reading)
+                    if budget.admit(line):
+                        counts.add(stream, 1)
+                        pipeline.add_line(stream, line)
+
+            def on_output(stream: str, data: bytes) -> None:
+                if pipeline is None:  # before `started` is stored, keep bytes in order
+                    buffered.append((stream, data))
+                    return
+                emit(stream, splitters[stream].feed(data))
+
+            started_mono = time.monotonic()
+            try:
+                proc = await JobProcess.spawn(argv, cwd=work_dir, env=env, on_output=on_output)
+            except OSError as exc:
+                await self._finish_without_run(msg, Terminal(
+                    job_id=job_id, state="failed", finished_at=now_iso(), attempt=attempt,
+                    error=TerminalError(TerminalErrorCode.SPAWN_FAILED, f"{argv[0]}: {exc.strerror or exc}")))
+                return
+            record.write_text(json.dumps({"job_id": job_id, "pid": proc.pid, "executor_pid": os.getpid()}))
+            started_at = now_iso()
+            started = Started(job_id=job_id, executor=self.name, pid=proc.pid, attempt=attempt, started_at=started_at)
+            try:
+                await bus.retry_until(30, lambda: bus.publish_event(
+                    self.js, started, attempt, headers=bus.cas_headers(job_id, last_seq)))
+            except nats.js.errors.APIError as exc:
+                if not bus.is_wrong_last_sequence(exc):
+                    raise
+                # A cancel (or another executor) got there first: this attempt never starts.
+                proc.pause_reading()
+                proc.kill_leftovers()
+                await proc.wait_exit()
+                latest = await bus.last_event(self.js, job_id)
+                assert latest is not None
+                if isinstance(latest[1], Terminal):
+                    await msg.ack()
+                elif await bus.last_event(self.js, job_id, "cancel") is not None:
+                    await self._finish_without_run(msg, Terminal(job_id=job_id, state="canceled",
+                                                                 finished_at=now_iso(), attempt=attempt - 1),
+                                                   cas_seq=latest[0])
+                else:
+                    await msg.nak(delay=0.1)
+                return
+
+            pipeline = EventPipeline(self.js, job_id, attempt, now_iso, proc.pause_reading, proc.resume_reading)
+            pipeline.start()
+            for stream, data in buffered:
+                emit(stream, splitters[stream].feed(data))
+            buffered.clear()
+            heartbeat = asyncio.create_task(self._heartbeat(msg))
+
+            exit_task = asyncio.ensure_future(proc.wait_exit())
+            stop_task = asyncio.ensure_future(job.stop_requested.wait())
+            timeout_s = queued.timeout_s
+            done, _ = await asyncio.wait({exit_task, stop_task}, timeout=timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                job.request_stop(core.StopReason("timed_out", None, f"timed out after {timeout_s}s"))
+            if not exit_task.done():
+                await proc.stop(manifest.cancel_grace_s)
+            stop_task.cancel()
+            result = await exit_task
+            if not await proc.drain(DRAIN_PIPES_S):
+                proc.kill_leftovers()
+                await proc.drain(DRAIN_PIPES_S)
+            proc.kill_leftovers()
+            proc.close()
+            for stream in ("stdout", "stderr"):
+                emit(stream, splitters[stream].finish())
+            await pipeline.close()
+            finished_mono = time.monotonic()
+
+            verdict = core.outcome(result.returncode, job.stop_reason)
+            reason = job.stop_reason
+            error = None
+            if reason is not None and reason.error_code:
+                error = TerminalError(reason.error_code, reason.message or reason.error_code)
+            usage = rusage_fields(result.rusage)
+            terminal = Terminal(
+                job_id=job_id, state=verdict.state, exit_code=verdict.exit_code,  # type: ignore[arg-type]
+                signal=verdict.signal, started_at=started_at, finished_at=now_iso(),
+                duration_s=round(finished_mono - started_mono, 6), error=error,
+                lines=LineCounts(counts.stdout, counts.stderr), truncated=budget.truncated,
+                signals_sent=list(proc.signals_sent), attempt=attempt,
+                rusage=Rusage(*usage) if usage else None,
+            )
+            try:
+                await bus.retry_until(60, lambda: bus.publish_event(self.js, terminal, headers=bus.FIRST_TERMINAL))
+            except nats.js.errors.APIError as exc:
+                if not bus.is_wrong_last_sequence(exc):
+                    raise
+                log.warning("job %s already had a terminal; this attempt was superseded", job_id)
+            await msg.ack()
+            await self._forget_secrets(job_id)
+        finally:
+            self.running.pop(job_id, None)
+            if heartbeat is not None:
+                heartbeat.cancel()
+            if proc is not None and proc.popen.returncode is None:
+                proc.signal_group(signal.SIGKILL)
+            if pipeline is not None:
+                pipeline.abort()
+            with contextlib.suppress(FileNotFoundError):
+                record.unlink()
+            if remove_dir and work_dir:
+                shutil.rmtree(work_dir, ignore_errors=True)
+
+    async def _heartbeat(self, msg: Msg) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    def reap_orphans(self) -> None:
+        """Kill process groups left by a previous executor on this host that died (SIGKILL)."""
+        for record in self.records.glob("*"):
+            try:
+                data = json.loads(record.read_text())
+                owner = int(data["executor_pid"])
+                pid = int(data["pid"])
+            except (OSError, ValueError, KeyError):
+                record.unlink(missing_ok=True)
+                continue
+            if owner != os.getpid() and _alive(owner):
+                continue
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes()
+            except OSError:
+                environ = b""
+            if f"DOMED_JOB_ID={data['job_id']}".encode() in environ.split(b"\0"):
+                log.warning("killing orphaned process group %d of job %s", pid, data["job_id"])
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+            record.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+async def run_executor(settings: Settings, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+    tools = load_catalogue(settings.ssot)
+    nc = await bus.connect(settings, settings.name or "domed-executor")
+    try:
+        js = nc.jetstream(timeout=settings.request_timeout_s)
+        await bus.ensure_stream(js, settings.stream)
+        try:
+            await js.add_consumer(subjects.STREAM, bus.executors_consumer_config(settings.stream))
+        except nats.js.errors.BadRequestError as exc:
+            log.info("executors consumer exists: %s", exc.description)
+        secrets = await bus.ensure_kv(js, subjects.KV_SECRETS, settings.stream)
+        slots = await bus.ensure_kv(js, subjects.KV_SLOTS, settings.stream,
+                                    ttl_s=max(10.0, settings.stream.ack_wait_s * 2))
+        executor = Executor(settings, tools, nc, js, secrets, slots)
+        service = await serve(nc, subjects.SERVICE_EXECUTOR, VERSION, "runs queued jobs as local processes", [])
+        log.info("executor %s ready: %d slots, NATS %s", executor.name, settings.slots, settings.nats_url)
+        if ready is not None:
+            ready.set()
+        await executor.run(stop)
+        await service.stop()
+    finally:
+        await nc.drain()

@@ -1,0 +1,169 @@
+"""The executor's pure rules: splitting output into lines, capping it, spotting
+progress, and deciding a job's terminal state. No processes, no NATS, no asyncio.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+import signal
+from dataclasses import dataclass, field
+
+from contracts.manifest import ProgressRule
+
+
+def _utf8_cut(data: bytes | bytearray, limit: int) -> int:
+    """The largest cut point ``<= limit`` that does not split a UTF-8 sequence."""
+    cut = limit
+    for back in range(4):
+        i = limit - back
+        if i <= 0:
+            break
+        if (data[i] & 0xC0) != 0x80:
+            return i
+    return cut
+
+
+class LineSplitter:
+    """Turns a byte stream into lines: never drops bytes, never makes a line longer
+    than ``max_line_bytes`` (a longer one is split), replaces invalid UTF-8, strips a
+    trailing ``\\r`` of CRLF, and keeps a final line that has no newline (``finish``).
+    """
+
+    def __init__(self, max_line_bytes: int) -> None:
+        self.max_line_bytes = max_line_bytes
+        self._pending = bytearray()
+
+    @staticmethod
+    def _decode(raw: bytes | bytearray) -> str:
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        return codecs.decode(raw, "utf-8", "replace")
+
+    def feed(self, data: bytes) -> list[str]:
+        lines: list[str] = []
+        buf = self._pending
+        buf += data
+        start = 0
+        limit = self.max_line_bytes
+        while True:
+            nl = buf.find(b"\n", start)
+            if nl < 0:
+                break
+            while nl - start > limit:
+                cut = start + _utf8_cut(buf[start:], limit)
+                lines.append(self._decode(buf[start:cut]))
+                start = cut
+            lines.append(self._decode(buf[start:nl]))
+            start = nl + 1
+        while len(buf) - start > limit:
+            cut = start + _utf8_cut(buf[start:], limit)
+            lines.append(self._decode(buf[start:cut]))
+            start = cut
+        del buf[:start]
+        return lines
+
+    def finish(self) -> list[str]:
+        if not self._pending:
+            return []
+        line = self._decode(self._pending)
+        self._pending.clear()
+        return [line]
+
+
+@dataclass
+class OutputBudget:
+    """Counts published output; past ``max_bytes`` lines are dropped and ``truncated`` set."""
+
+    max_bytes: int
+    used: int = 0
+    truncated: bool = False
+
+    def admit(self, line: str) -> bool:
+        size = len(line) + 1
+        if self.used + size > self.max_bytes:
+            self.truncated = True
+            self.used = self.max_bytes
+            return False
+        self.used += size
+        return True
+
+
+@dataclass(frozen=True)
+class ProgressReading:
+    current: float | None = None
+    total: float | None = None
+    percent: float | None = None
+    message: str | None = None
+
+
+class ProgressParser:
+    def __init__(self, rule: ProgressRule | None) -> None:
+        self._regex = re.compile(rule.regex) if rule else None
+
+    def parse(self, line: str) -> ProgressReading | None:
+        if self._regex is None:
+            return None
+        m = self._regex.search(line)
+        if m is None:
+            return None
+        groups = m.groupdict()
+
+        def num(name: str) -> float | None:
+            raw = groups.get(name)
+            if raw is None:
+                return None
+            try:
+                return float(raw)
+            except ValueError:
+                return None
+
+        current, total, percent = num("current"), num("total"), num("percent")
+        if percent is None and current is not None and total:
+            percent = round(100.0 * current / total, 2)
+        return ProgressReading(current, total, percent, groups.get("message"))
+
+
+@dataclass
+class StopReason:
+    """Why the executor stopped a job, if it did: the terminal state it implies."""
+
+    state: str  # "canceled" | "timed_out"
+    error_code: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: str
+    exit_code: int | None
+    signal: str | None
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name.removeprefix("SIG")
+    except ValueError:
+        return str(signum)
+
+
+def outcome(returncode: int, stopped: StopReason | None) -> Outcome:
+    """The terminal state: a stop by the executor wins; else exit 0 succeeds, anything else fails."""
+    exit_code = returncode if returncode >= 0 else None
+    sig = signal_name(-returncode) if returncode < 0 else None
+    if stopped is not None:
+        return Outcome(stopped.state, exit_code, sig)
+    return Outcome("succeeded" if returncode == 0 else "failed", exit_code, sig)
+
+
+@dataclass
+class LineCounter:
+    stdout: int = 0
+    stderr: int = 0
+    by_stream: dict[str, int] = field(default_factory=dict)
+
+    def add(self, stream: str, n: int) -> None:
+        if stream == "stdout":
+            self.stdout += n
+        else:
+            self.stderr += n

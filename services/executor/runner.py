@@ -1,0 +1,164 @@
+"""One job's process group: spawn without a shell, read both pipes, reap, and kill.
+
+Spawning uses ``process_group=0`` (never ``preexec_fn``, which forces the slow fork
+path), so signals reach the whole group. Exit is observed through a pidfd and
+reaped with ``wait4``, which also gives the job's resource usage. Output arrives
+as byte chunks through asyncio pipe protocols; the caller can pause reading to
+push back on a child that writes faster than we can publish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+OutputCallback = Callable[[str, bytes], None]
+
+
+class _PipeReader(asyncio.Protocol):
+    def __init__(self, name: str, on_output: OutputCallback, done: asyncio.Future[None]) -> None:
+        self.name = name
+        self.on_output = on_output
+        self.done = done
+
+    def data_received(self, data: bytes) -> None:
+        self.on_output(self.name, data)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+@dataclass
+class Exit:
+    returncode: int
+    rusage: resource.struct_rusage | None
+
+
+@dataclass
+class JobProcess:
+    popen: subprocess.Popen[bytes]
+    transports: list[asyncio.ReadTransport] = field(default_factory=list)
+    pipes_done: list[asyncio.Future[None]] = field(default_factory=list)
+    exited: asyncio.Future[Exit] | None = None
+    signals_sent: list[str] = field(default_factory=list)
+    started_mono: float = field(default_factory=time.monotonic)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @classmethod
+    async def spawn(cls, argv: list[str], *, cwd: str, env: dict[str, str], on_output: OutputCallback) -> JobProcess:
+        """Start ``argv`` in a new process group; raises OSError if it cannot start."""
+        popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=env,
+            process_group=0,
+            close_fds=True,
+        )
+        proc = cls(popen)
+        loop = asyncio.get_running_loop()
+        for name, pipe in (("stdout", popen.stdout), ("stderr", popen.stderr)):
+            done: asyncio.Future[None] = loop.create_future()
+            transport, _ = await loop.connect_read_pipe(lambda n=name, d=done: _PipeReader(n, on_output, d), pipe)
+            proc.transports.append(transport)
+            proc.pipes_done.append(done)
+        proc.exited = loop.create_future()
+        proc._watch_exit(loop)
+        return proc
+
+    def _watch_exit(self, loop: asyncio.AbstractEventLoop) -> None:
+        pidfd = os.pidfd_open(self.pid)
+        exited = self.exited
+        assert exited is not None
+
+        def on_ready() -> None:
+            try:
+                pid, status, usage = os.wait4(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status, usage = self.pid, 0, None  # type: ignore[assignment]
+            if pid == 0:
+                return
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            code = os.waitstatus_to_exitcode(status)
+            self.popen.returncode = code
+            if not exited.done():
+                exited.set_result(Exit(code, usage))
+
+        loop.add_reader(pidfd, on_ready)
+
+    def pause_reading(self) -> None:
+        for t in self.transports:
+            with contextlib.suppress(Exception):
+                t.pause_reading()
+
+    def resume_reading(self) -> None:
+        for t in self.transports:
+            with contextlib.suppress(Exception):
+                t.resume_reading()
+
+    def signal_group(self, sig: signal.Signals) -> bool:
+        """Send ``sig`` to the job's whole process group; False if nothing is left in it."""
+        try:
+            os.killpg(self.pid, sig)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+
+    async def stop(self, grace_s: float) -> None:
+        """TERM the group, wait ``grace_s`` for the leader, then KILL the group."""
+        assert self.exited is not None
+        if self.exited.done():
+            self.kill_leftovers()
+            return
+        self.signal_group(signal.SIGCONT)
+        if self.signal_group(signal.SIGTERM):
+            self.signals_sent.append("TERM")
+        try:
+            await asyncio.wait_for(asyncio.shield(self.exited), grace_s)
+        except TimeoutError:
+            if self.signal_group(signal.SIGKILL):
+                self.signals_sent.append("KILL")
+        self.kill_leftovers()
+
+    def kill_leftovers(self) -> None:
+        """A job's whole group dies with it: KILL whatever is left once the leader is gone."""
+        self.signal_group(signal.SIGKILL)
+
+    async def wait_exit(self) -> Exit:
+        assert self.exited is not None
+        return await asyncio.shield(self.exited)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait for EOF on both pipes, bounded: a grandchild may hold them open."""
+        try:
+            await asyncio.wait_for(asyncio.gather(*self.pipes_done), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+
+    def close(self) -> None:
+        for t in self.transports:
+            t.close()
+
+
+def rusage_fields(usage: resource.struct_rusage | None) -> tuple[int, float, float] | None:
+    if usage is None:
+        return None
+    return int(usage.ru_maxrss), round(usage.ru_utime, 6), round(usage.ru_stime, 6)

@@ -1,0 +1,283 @@
+"""The projector service (``domed-projector``): queryable job state, rebuilt from the stream.
+
+It reads ``DOMED_JOBS`` with an ordered consumer from its checkpoint, folds each
+event into job state (``fold.apply``), and commits dirty rows plus the checkpoint
+in one SQLite transaction every ``COMMIT_S`` (batching is what makes a rebuild
+fast: PERFORMANCE.md). After each commit it mirrors the changed jobs into the KV
+bucket ``domed-jobs``; a KV position is kept too, so a restart repairs a KV that
+lagged behind the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.kv import KeyValue
+
+from contracts import subjects
+from contracts.api import (
+    JobsEventsReply,
+    JobsEventsRequest,
+    JobsGetReply,
+    JobsGetRequest,
+    JobsListReply,
+    JobsListRequest,
+    JobState,
+    StoredEvent,
+)
+from contracts.errors import DomedError, ErrorCode
+from contracts.events import TERMINAL_STATES, decode_event
+from services.projector.fold import apply
+from services.projector.store import Store, decode_cursor, encode_cursor
+from services.runtime import bus
+from services.runtime.endpoints import Endpoint, serve
+from services.runtime.lifecycle import VERSION
+from services.runtime.settings import Settings
+
+log = logging.getLogger("domed.projector")
+
+COMMIT_S = 0.02
+COMMIT_MAX_DIRTY = 20_000
+LIST_LIMIT_DEFAULT = 50
+LIST_LIMIT_MAX = 500
+EVENTS_LIMIT_DEFAULT = 1000
+EVENTS_LIMIT_MAX = 10_000
+
+_enc = msgspec.json.Encoder()
+_raw = msgspec.json.Decoder()
+
+
+class Projector:
+    def __init__(self, settings: Settings, nc: Client, js: JetStreamContext, kv: KeyValue, store: Store) -> None:
+        self.settings = settings
+        self.nc = nc
+        self.js = js
+        self.kv = kv
+        self.store = store
+        seq, kv_seq, _ = store.position()
+        self.applied_seq = seq
+        self.committed_seq = seq
+        self.kv_seq = kv_seq
+        self.cache: dict[str, JobState] = {}
+        self.dirty: dict[str, JobState] = {}
+        self.skipped = 0
+        self.events_applied = 0
+        self.wake = asyncio.Event()
+        self.committed = asyncio.Condition()
+
+    # ---- reading the stream ---------------------------------------------------------------
+
+    def _state_of(self, job_id: str) -> JobState | None:
+        state = self.cache.get(job_id)
+        if state is None:
+            state = self.store.get(job_id)
+        return state
+
+    async def on_event(self, msg: Msg) -> None:
+        seq = msg.metadata.sequence.stream
+        if seq <= self.applied_seq:
+            return
+        try:
+            job_id, _ = subjects.parse_event_subject(msg.subject)
+            event = decode_event(msg.data)
+        except (ValueError, msgspec.ValidationError, msgspec.DecodeError):
+            log.warning("skipping undecodable event at seq %d on %s", seq, msg.subject)
+            self.applied_seq = seq
+            self.skipped += 1
+            return
+        before = self._state_of(job_id)
+        after = apply(before, seq, event)
+        self.applied_seq = seq
+        self.events_applied += 1
+        if after is None:
+            self.skipped += 1
+        elif after is not before:
+            self.cache[job_id] = after
+            self.dirty[job_id] = after
+            if len(self.dirty) >= COMMIT_MAX_DIRTY:
+                self.wake.set()
+
+    async def follow(self, stop: asyncio.Event) -> None:
+        """Keep the store and KV up to date until ``stop``; commits every ``COMMIT_S``."""
+        await self.repair_kv()
+        cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.applied_seq + 1)
+        sub = await self.js.subscribe(subjects.STORED_SUBJECTS, stream=subjects.STREAM, cb=self.on_event,
+                                      ordered_consumer=True, config=cfg, idle_heartbeat=5.0,
+                                      pending_msgs_limit=-1, pending_bytes_limit=256 * 1024 * 1024)
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), COMMIT_S)
+                self.wake.clear()
+                await self.commit()
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            await self.commit()
+
+    async def commit(self) -> None:
+        if self.applied_seq == self.committed_seq:
+            return
+        dirty = list(self.dirty.values())
+        self.dirty = {}
+        self.store.commit(dirty, self.applied_seq, self.skipped)
+        self.skipped = 0
+        self.committed_seq = self.applied_seq
+        for state in dirty:  # keep only live jobs in memory; finished ones are read from the store
+            if state.state in TERMINAL_STATES:
+                self.cache.pop(state.job_id, None)
+        async with self.committed:
+            self.committed.notify_all()
+        await self.mirror(dirty, self.committed_seq)
+
+    async def mirror(self, states: list[JobState], seq: int) -> None:
+        """Put each changed job into the KV bucket (pipelined), then record how far the KV got."""
+        if states:
+            try:
+                sem = asyncio.Semaphore(256)
+
+                async def put(state: JobState) -> None:
+                    async with sem:
+                        await self.kv.put(state.job_id, _enc.encode(state))
+
+                await asyncio.gather(*(put(s) for s in states))
+            except bus.UNAVAILABLE_ERRORS as exc:
+                log.warning("KV mirror lags (%r); it is repaired on the next commit or restart", exc)
+                return
+        if seq > self.kv_seq:
+            self.kv_seq = seq
+            self.store.set_kv_seq(seq)
+
+    async def repair_kv(self) -> None:
+        stale = self.store.changed_since(self.kv_seq)
+        if stale:
+            log.info("repairing %d KV entries behind the store", len(stale))
+        await self.mirror(stale, self.committed_seq)
+
+    # ---- endpoints ----------------------------------------------------------------------
+
+    async def get(self, req: JobsGetRequest) -> JobsGetReply:
+        state = self.store.get(req.job_id)
+        if state is None:
+            raise DomedError(ErrorCode.UNKNOWN_JOB, f"no job has id {req.job_id!r}",
+                             {"projected_seq": self.committed_seq})
+        return JobsGetReply(**msgspec.structs.asdict(state), projected_seq=self.committed_seq)
+
+    async def list(self, req: JobsListRequest) -> JobsListReply:
+        limit = req.limit if req.limit is not None else LIST_LIMIT_DEFAULT
+        if limit < 1:
+            raise DomedError(ErrorCode.INVALID_REQUEST, "limit must be at least 1")
+        limit = min(limit, LIST_LIMIT_MAX)
+        try:
+            before = decode_cursor(req.cursor) if req.cursor else None
+        except (ValueError, UnicodeDecodeError):
+            raise DomedError(ErrorCode.INVALID_REQUEST, "cursor is not one this service issued") from None
+        jobs = self.store.list(state=req.state, tool=req.tool, label=req.label, limit=limit, before=before)
+        next_cursor = encode_cursor(jobs[-1].job_id) if len(jobs) == limit else None
+        return JobsListReply(jobs=jobs, projected_seq=self.committed_seq, next_cursor=next_cursor)
+
+    async def events(self, req: JobsEventsRequest) -> JobsEventsReply:
+        """A job's events in stream order, read from the stream itself, one page at a time."""
+        if not subjects.is_job_id(req.job_id):
+            raise DomedError(ErrorCode.UNKNOWN_JOB, f"no job has id {req.job_id!r}")
+        after = req.after_seq or 0
+        limit = min(max(1, req.limit or EVENTS_LIMIT_DEFAULT), EVENTS_LIMIT_MAX)
+        try:
+            last = await bus.last_event(self.js, req.job_id)
+        except bus.UNAVAILABLE_ERRORS as exc:
+            raise bus.unavailable(exc) from None
+        if last is None:
+            raise DomedError(ErrorCode.UNKNOWN_JOB, f"no job has id {req.job_id!r}")
+        last_seq, last_ev = last
+        ended = last_ev.__struct_config__.tag == "terminal"
+        if last_seq <= after:
+            return JobsEventsReply(events=[], complete=ended, projected_seq=self.committed_seq)
+        budget = max(64 * 1024, self.nc.max_payload - 64 * 1024)
+        events: list[StoredEvent] = []
+        size = 0
+        reached = after
+        cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1)
+        sub = await self.js.subscribe(subjects.job_events_filter(req.job_id), stream=subjects.STREAM,
+                                      ordered_consumer=True, config=cfg)
+        try:
+            while reached < last_seq and len(events) < limit:
+                msg = await sub.next_msg(timeout=self.settings.request_timeout_s)
+                seq = msg.metadata.sequence.stream
+                if size + len(msg.data) + 128 > budget and events:
+                    break
+                events.append(StoredEvent(subject=msg.subject, seq=seq, data=_raw.decode(msg.data)))
+                size += len(msg.data) + 128
+                reached = seq
+        except (nats.errors.TimeoutError, asyncio.TimeoutError) as exc:
+            raise bus.unavailable(exc) from None
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        more = reached < last_seq
+        return JobsEventsReply(events=events, complete=ended and not more, projected_seq=self.committed_seq,
+                               next=reached if more else None)
+
+    def endpoints(self) -> list[Endpoint]:
+        return [
+            Endpoint("jobs-get", subjects.JOBS_GET, JobsGetRequest, self.get),
+            Endpoint("jobs-list", subjects.JOBS_LIST, JobsListRequest, self.list),
+            Endpoint("jobs-events", subjects.JOBS_EVENTS, JobsEventsRequest, self.events),
+        ]
+
+
+def store_path(settings: Settings) -> Path:
+    return Path(settings.data_dir) / "projector" / "jobs.sqlite3"
+
+
+async def run_projector(settings: Settings, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+    path = store_path(settings)
+    if settings.rebuild:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    store = Store(path)
+    nc = await bus.connect(settings, settings.name or "domed-projector")
+    try:
+        js = nc.jetstream(timeout=settings.request_timeout_s)
+        await bus.ensure_stream(js, settings.stream)
+        kv = await bus.ensure_kv(js, subjects.KV_JOBS, settings.stream)
+        projector = Projector(settings, nc, js, kv, store)
+        service = await serve(nc, subjects.SERVICE_PROJECTOR, VERSION,
+                              "job state projected from the DOMED_JOBS stream", projector.endpoints())
+        log.info("projector ready at seq %d, NATS %s", projector.committed_seq, settings.nats_url)
+        if ready is not None:
+            ready.set()
+        if settings.rebuild:
+            asyncio.create_task(report_rebuild(projector, js))
+        await projector.follow(stop)
+        await service.stop()
+    finally:
+        await nc.drain()
+        store.close()
+
+
+async def report_rebuild(projector: Projector, js: JetStreamContext) -> None:
+    info = await js.stream_info(subjects.STREAM)
+    target = info.state.last_seq
+    start = time.monotonic()
+    async with projector.committed:
+        await projector.committed.wait_for(lambda: projector.committed_seq >= target)
+    took = time.monotonic() - start
+    rate = projector.events_applied / took if took > 0 else float("inf")
+    log.info("rebuild: %d events to seq %d in %.2fs (%.0f events/s)", projector.events_applied, target, took, rate)
+    print(f"rebuild: {projector.events_applied} events in {took:.2f}s ({rate:,.0f} events/s)", flush=True)
+
+
+def state_dump(states: list[JobState]) -> Any:
+    return [msgspec.to_builtins(s) for s in states]

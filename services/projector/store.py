@@ -1,0 +1,129 @@
+"""The projector's query store: SQLite, with the stream position in the same transaction.
+
+``commit(states, seq)`` writes job rows and the checkpoint together, so a crash at
+any point neither skips nor double-applies an event: after a restart the
+projector reads on from the committed ``seq``.
+"""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+import msgspec
+
+from contracts.api import JobState
+
+_enc = msgspec.json.Encoder()
+_dec = msgspec.json.Decoder(JobState)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    tool TEXT NOT NULL,
+    state TEXT NOT NULL,
+    submitted_at TEXT NOT NULL,
+    last_seq INTEGER NOT NULL,
+    doc BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, job_id);
+CREATE INDEX IF NOT EXISTS jobs_tool ON jobs(tool, job_id);
+CREATE TABLE IF NOT EXISTS labels (
+    job_id TEXT NOT NULL,
+    label TEXT NOT NULL,
+    PRIMARY KEY (label, job_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS position (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    kv_seq INTEGER NOT NULL,
+    skipped INTEGER NOT NULL DEFAULT 0
+);
+INSERT OR IGNORE INTO position (id, seq, kv_seq, skipped) VALUES (1, 0, 0, 0);
+"""
+
+
+def encode_cursor(job_id: str) -> str:
+    return base64.urlsafe_b64encode(job_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    pad = "=" * (-len(cursor) % 4)
+    return base64.urlsafe_b64decode(cursor + pad).decode()
+
+
+class Store:
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def position(self) -> tuple[int, int, int]:
+        """(applied stream seq, seq the KV mirror has reached, events skipped for lack of a queued)."""
+        row = self.db.execute("SELECT seq, kv_seq, skipped FROM position WHERE id = 1").fetchone()
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def get(self, job_id: str) -> JobState | None:
+        row = self.db.execute("SELECT doc FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return _dec.decode(row[0]) if row else None
+
+    def commit(self, states: Iterable[JobState], seq: int, skipped: int = 0) -> None:
+        rows = [(s.job_id, s.tool, s.state, s.submitted_at, s.last_seq, _enc.encode(s)) for s in states]
+        cur = self.db.cursor()
+        cur.execute("BEGIN")
+        try:
+            cur.executemany(
+                "INSERT INTO jobs (job_id, tool, state, submitted_at, last_seq, doc) VALUES (?,?,?,?,?,?) "
+                "ON CONFLICT(job_id) DO UPDATE SET state=excluded.state, last_seq=excluded.last_seq, doc=excluded.doc",
+                rows,
+            )
+            labels = [(job_id, f"{k}={v}") for job_id, doc in ((r[0], r[5]) for r in rows)
+                      for k, v in _dec.decode(doc).labels.items()]
+            if labels:
+                cur.executemany("INSERT OR IGNORE INTO labels (job_id, label) VALUES (?, ?)", labels)
+            cur.execute("UPDATE position SET seq = ?, skipped = skipped + ? WHERE id = 1", (seq, skipped))
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
+    def set_kv_seq(self, seq: int) -> None:
+        self.db.execute("UPDATE position SET kv_seq = ? WHERE id = 1", (seq,))
+
+    def changed_since(self, seq: int) -> list[JobState]:
+        return [_dec.decode(r[0]) for r in self.db.execute("SELECT doc FROM jobs WHERE last_seq > ?", (seq,))]
+
+    def list(self, *, state: str | None, tool: str | None, label: str | None, limit: int,
+             before: str | None) -> list[JobState]:
+        """Newest first (job ids are time-sortable ULIDs); ``before`` is the exclusive cursor."""
+        where, args = [], []
+        sql = "SELECT j.doc FROM jobs j"
+        if label:
+            sql += " JOIN labels l ON l.job_id = j.job_id AND l.label = ?"
+            args.append(label)
+        if state:
+            where.append("j.state = ?")
+            args.append(state)
+        if tool:
+            where.append("j.tool = ?")
+            args.append(tool)
+        if before:
+            where.append("j.job_id < ?")
+            args.append(before)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY j.job_id DESC LIMIT ?"
+        args.append(limit)
+        return [_dec.decode(r[0]) for r in self.db.execute(sql, args)]
+
+    def all_jobs(self) -> list[JobState]:
+        return [_dec.decode(r[0]) for r in self.db.execute("SELECT doc FROM jobs ORDER BY job_id")]

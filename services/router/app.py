@@ -1,0 +1,180 @@
+"""The router service (``domed-router``): the only door through which a job enters.
+
+It validates requests against the manifests, writes ``queued`` and ``cancel``
+events (and the ``canceled`` terminal of a job that never started), and never
+runs a process. A ``queued`` reply is sent only after the stream acknowledged the
+event, so a positive reply always means the job is durably stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+from ulid import ULID
+
+from contracts import subjects
+from contracts.api import (
+    CancelReply,
+    CancelRequest,
+    ExplainReply,
+    ExplainRequest,
+    SubmitReply,
+    SubmitRequest,
+    ToolsGetRequest,
+    ToolsListReply,
+    ToolsListRequest,
+    ToolSummary,
+)
+from contracts.errors import DomedError, ErrorCode
+from contracts.events import Cancel, Started, Terminal
+from services.catalogue.loader import Tool, load_catalogue
+from services.router import core
+from services.runtime import bus
+from services.runtime.endpoints import Endpoint, serve
+from services.runtime.lifecycle import VERSION
+from services.runtime.settings import Settings
+
+log = logging.getLogger("domed.router")
+
+
+class Router:
+    def __init__(self, settings: Settings, tools: Mapping[str, Tool], js: JetStreamContext,
+                 secrets: KeyValue, idempotency: KeyValue) -> None:
+        self.settings = settings
+        self.tools = tools
+        self.js = js
+        self.secrets = secrets
+        self.idempotency = idempotency
+
+    async def submit(self, req: SubmitRequest) -> SubmitReply:
+        tool = core.find_tool(self.tools, req.tool)
+        params = core.checked_params(tool, req.params)
+        job_id = str(ULID())
+        queued = core.build_queued(tool, req, job_id, params)
+        duplicate = False
+        try:
+            if req.idempotency_key is not None:
+                job_id, duplicate = await self._claim_idempotency_key(req.idempotency_key, job_id)
+                if duplicate:
+                    queued = msgspec.structs.replace(queued, job_id=job_id)
+            secret_params = {k: params[k] for k in tool.manifest.secrets if k in params}
+            if secret_params:
+                await self.secrets.put(job_id, bus.encode(secret_params))
+            await bus.retry_until(
+                self.settings.request_timeout_s,
+                lambda: bus.publish_event(self.js, queued, timeout_s=self.settings.request_timeout_s / 2),
+            )
+        except bus.UNAVAILABLE_ERRORS as exc:
+            raise bus.unavailable(exc) from None
+        return SubmitReply(job_id=job_id, state="queued", duplicate=duplicate)
+
+    async def _claim_idempotency_key(self, key: str, job_id: str) -> tuple[str, bool]:
+        """The job id that owns ``key``: ours if we claimed it first, else the first claimer's.
+
+        Both racers then publish the same ``<job_id>.queued.0`` event, so the job is
+        stored once even if the first claimer died before publishing.
+        """
+        slot = core.idempotency_slot(key)
+        try:
+            await self.idempotency.create(slot, job_id.encode())
+            return job_id, False
+        except nats.js.errors.KeyWrongLastSequenceError:
+            entry = await self.idempotency.get(slot)
+            assert entry.value is not None
+            return entry.value.decode(), True
+
+    async def cancel(self, req: CancelRequest) -> CancelReply:
+        if not subjects.is_job_id(req.job_id):
+            raise DomedError(ErrorCode.UNKNOWN_JOB, f"no job has id {req.job_id!r}")
+        try:
+            return await self._cancel(req)
+        except bus.UNAVAILABLE_ERRORS as exc:
+            raise bus.unavailable(exc) from None
+
+    async def _cancel(self, req: CancelRequest) -> CancelReply:
+        deadline = time.monotonic() + self.settings.request_timeout_s * 2
+        while True:
+            last = await bus.last_event(self.js, req.job_id)
+            if last is None:
+                raise DomedError(ErrorCode.UNKNOWN_JOB, f"no job has id {req.job_id!r}")
+            last_seq, event = last
+            if isinstance(event, Terminal):
+                raise DomedError(ErrorCode.ALREADY_TERMINAL, f"job {req.job_id} already ended {event.state}",
+                                 {"state": event.state})
+            cancel = Cancel(job_id=req.job_id, requested_at=core.now_iso(), reason=req.reason)
+            try:
+                ack = await bus.publish_event(self.js, cancel, last_seq, headers=bus.cas_headers(req.job_id, last_seq))
+            except nats.js.errors.APIError as exc:
+                # Another event landed since we read; read again (bounded by the deadline).
+                if bus.is_wrong_last_sequence(exc) and time.monotonic() < deadline:
+                    continue
+                raise
+            break
+        started = await bus.last_event(self.js, req.job_id, "started")
+        if started is not None:
+            return CancelReply(job_id=req.job_id, state="running")
+        terminal = Terminal(job_id=req.job_id, state="canceled", finished_at=core.now_iso(), attempt=0)
+        try:
+            await bus.publish_event(self.js, terminal, headers=bus.cas_headers(req.job_id, ack.seq))
+            return CancelReply(job_id=req.job_id, state="canceled")
+        except nats.js.errors.APIError as exc:
+            if not bus.is_wrong_last_sequence(exc):
+                raise
+        # An executor started the job (or ended it) between our reads: it acts on the cancel.
+        now = await bus.last_event(self.js, req.job_id)
+        if now is not None and isinstance(now[1], Terminal):
+            return CancelReply(job_id=req.job_id, state=now[1].state)
+        if now is not None and isinstance(now[1], Started):
+            return CancelReply(job_id=req.job_id, state="running")
+        return CancelReply(job_id=req.job_id, state="running")
+
+    async def tools_list(self, _: ToolsListRequest) -> ToolsListReply:
+        tools = [ToolSummary(t.id, t.manifest.version, t.manifest.description) for t in self.tools.values()]
+        return ToolsListReply(tools=sorted(tools, key=lambda t: t.id))
+
+    async def tools_get(self, req: ToolsGetRequest) -> dict[str, Any]:
+        tool = core.find_tool(self.tools, req.id)
+        return {**tool.manifest.model_dump(mode="json"), "manifest_sha256": tool.sha256}
+
+    async def tools_explain(self, req: ExplainRequest) -> ExplainReply:
+        return core.explain(core.find_tool(self.tools, req.tool), req.params)
+
+    def endpoints(self) -> list[Endpoint]:
+        return [
+            Endpoint("submit", subjects.SUBMIT, SubmitRequest, self.submit),
+            Endpoint("cancel", subjects.CANCEL, CancelRequest, self.cancel),
+            Endpoint("tools-list", subjects.TOOLS_LIST, ToolsListRequest, self.tools_list),
+            Endpoint("tools-get", subjects.TOOLS_GET, ToolsGetRequest, self.tools_get),
+            Endpoint("tools-explain", subjects.TOOLS_EXPLAIN, ExplainRequest, self.tools_explain),
+        ]
+
+
+async def run_router(settings: Settings, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+    """Serve until ``stop`` is set. Refuses to start on a catalogue with any problem."""
+    tools = load_catalogue(settings.ssot)
+    nc: Client = await bus.connect(settings, settings.name or "domed-router")
+    try:
+        js = nc.jetstream(timeout=settings.request_timeout_s)
+        await bus.ensure_stream(js, settings.stream)
+        secrets = await bus.ensure_kv(js, subjects.KV_SECRETS, settings.stream)
+        idem = await bus.ensure_kv(js, subjects.KV_IDEMPOTENCY, settings.stream,
+                                   ttl_s=settings.stream.duplicate_window_s)
+        router = Router(settings, tools, js, secrets, idem)
+        service = await serve(nc, subjects.SERVICE_ROUTER, VERSION,
+                              "validates job requests against tool manifests", router.endpoints())
+        log.info("router ready: %d tools, NATS %s", len(tools), settings.nats_url)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        await service.stop()
+    finally:
+        await nc.drain()

@@ -1,0 +1,74 @@
+"""Serve request/reply endpoints on the NATS Services API, with one error boundary.
+
+Every handler takes a decoded request struct and returns a reply struct. This is
+the one place where a ``DomedError`` becomes the SPEC.md error reply and anything
+else becomes a plain 500 with a safe message (the exception is logged, never sent).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.micro import add_service
+from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER, Request
+from nats.micro.service import Service
+
+from contracts.errors import DomedError, ErrorCode
+
+log = logging.getLogger("domed.endpoints")
+
+_encoder = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    subject: str
+    request_type: type[msgspec.Struct]
+    handler: Callable[[Any], Awaitable[Any]]
+
+
+def decode_request(data: bytes, request_type: type[msgspec.Struct]) -> Any:
+    """Decode a request body, or raise invalid_request saying what is wrong with it."""
+    body = data.strip() or b"{}"
+    try:
+        return msgspec.json.decode(body, type=request_type)
+    except msgspec.ValidationError as exc:
+        raise DomedError(ErrorCode.INVALID_REQUEST, f"request does not have the expected shape: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise DomedError(ErrorCode.INVALID_REQUEST, f"request body is not valid JSON: {exc}") from None
+
+
+def error_reply(err: DomedError) -> tuple[bytes, dict[str, str]]:
+    headers = {ERROR_HEADER: f"{err.code.value}: {err.message}"[:1024], ERROR_CODE_HEADER: str(err.status)}
+    return _encoder.encode(err.body()), headers
+
+
+def _wrap(endpoint: Endpoint) -> Callable[[Request], Awaitable[None]]:
+    async def handle(request: Request) -> None:
+        try:
+            reply = await endpoint.handler(decode_request(request.data, endpoint.request_type))
+            await request.respond(_encoder.encode(reply))
+        except DomedError as err:
+            data, headers = error_reply(err)
+            await request.respond(data, headers=headers)
+        except Exception:
+            log.exception("endpoint %s failed", endpoint.subject)
+            err = DomedError(ErrorCode.INTERNAL, "internal error; see the service log")
+            data, headers = error_reply(err)
+            await request.respond(data, headers=headers)
+
+    return handle
+
+
+async def serve(nc: Client, name: str, version: str, description: str, endpoints: list[Endpoint]) -> Service:
+    """Register the service and its endpoints; returns the Service to ``stop()`` later."""
+    service = await add_service(nc, name=name, version=version, description=description)
+    for ep in endpoints:
+        await service.add_endpoint(name=ep.name, subject=ep.subject, handler=_wrap(ep))
+    return service

@@ -1,0 +1,45 @@
+"""Process lifetime for a service: run until SIGTERM/SIGINT, then shut down in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+VERSION = "0.1.0"
+
+
+def configure_logging(name: str) -> None:
+    level = os.environ.get("DOMED_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """Set ``stop`` on SIGTERM or SIGINT (a second signal is treated the same)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
+    """Run ``main(stop)`` on a fresh loop; ``stop`` is set by SIGTERM/SIGINT."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        await main(stop)
+
+    try:
+        asyncio.run(runner())
+    except KeyboardInterrupt:
+        return 130
+    return 0

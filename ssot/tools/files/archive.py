@@ -1,0 +1,26 @@
+"""Write SOURCE as a .tar.gz at OUTPUT (written to a temp name, then renamed), listing members."""
+
+import argparse
+import os
+import tarfile
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--source", required=True)
+parser.add_argument("--output", required=True)
+args = parser.parse_args()
+source = os.path.realpath(args.source)
+if not os.path.isdir(source):
+    parser.error(f"not a directory: {source}")
+partial = args.output + ".partial"
+count = 0
+with tarfile.open(partial, "w:gz") as tar:
+    for dirpath, dirnames, filenames in os.walk(source):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            arcname = os.path.relpath(path, os.path.dirname(source))
+            tar.add(path, arcname=arcname, recursive=False)
+            print(arcname)
+            count += 1
+os.replace(partial, args.output)
+print(f"archived {count} files to {args.output}")
