@@ -13,7 +13,7 @@ class _Request(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pass
 
 
-class SubmitRequest(_Request):
+class SubmitRequest(_Request, frozen=True):
     tool: str
     params: dict[str, Any] = {}
     timeout_s: float | None = None
@@ -27,7 +27,7 @@ class SubmitReply(msgspec.Struct, frozen=True):
     duplicate: bool
 
 
-class CancelRequest(_Request):
+class CancelRequest(_Request, frozen=True):
     job_id: str
     reason: str | None = None
 
@@ -37,7 +37,7 @@ class CancelReply(msgspec.Struct, frozen=True):
     state: str
 
 
-class ToolsListRequest(_Request):
+class ToolsListRequest(_Request, frozen=True):
     pass
 
 
@@ -51,11 +51,11 @@ class ToolsListReply(msgspec.Struct, frozen=True):
     tools: list[ToolSummary]
 
 
-class ToolsGetRequest(_Request):
+class ToolsGetRequest(_Request, frozen=True):
     id: str
 
 
-class ExplainRequest(_Request):
+class ExplainRequest(_Request, frozen=True):
     tool: str
     params: dict[str, Any] = {}
 
@@ -104,7 +104,7 @@ class JobState(msgspec.Struct, frozen=True, omit_defaults=True):
     cancel_requested: bool = False
 
 
-class JobsGetRequest(_Request):
+class JobsGetRequest(_Request, frozen=True):
     job_id: str
 
 
@@ -114,7 +114,7 @@ class JobsGetReply(JobState, frozen=True):
     projected_seq: int = 0
 
 
-class JobsListRequest(_Request):
+class JobsListRequest(_Request, frozen=True):
     state: str | None = None
     tool: str | None = None
     label: str | None = None
@@ -128,7 +128,7 @@ class JobsListReply(msgspec.Struct, frozen=True, omit_defaults=True):
     next_cursor: str | None = None
 
 
-class JobsEventsRequest(_Request):
+class JobsEventsRequest(_Request, frozen=True):
     job_id: str
     after_seq: int | None = None
     limit: int | None = None

@@ -13,14 +13,16 @@ import msgspec
 
 TerminalState = Literal["succeeded", "failed", "canceled", "timed_out", "lost"]
 JobStateName = Literal["queued", "running", "succeeded", "failed", "canceled", "timed_out", "lost"]
-TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "canceled", "timed_out", "lost"})
+TERMINAL_STATES: frozenset[str] = frozenset(
+    {"succeeded", "failed", "canceled", "timed_out", "lost"}
+)
 
 
 class _Event(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="kind"):
     job_id: str
 
 
-class Queued(_Event, tag="queued"):
+class Queued(_Event, frozen=True, tag="queued"):
     tool: str
     tool_version: int
     manifest_sha256: str
@@ -31,19 +33,19 @@ class Queued(_Event, tag="queued"):
     idempotency_key: str | None = None
 
 
-class Cancel(_Event, tag="cancel"):
+class Cancel(_Event, frozen=True, tag="cancel"):
     requested_at: str
     reason: str | None = None
 
 
-class Started(_Event, tag="started"):
+class Started(_Event, frozen=True, tag="started"):
     executor: str
     pid: int
     attempt: int
     started_at: str
 
 
-class Log(_Event, tag="log"):
+class Log(_Event, frozen=True, tag="log"):
     attempt: int
     stream: Literal["stdout", "stderr"]
     seq: int
@@ -51,7 +53,7 @@ class Log(_Event, tag="log"):
     ts: str
 
 
-class Progress(_Event, tag="progress"):
+class Progress(_Event, frozen=True, tag="progress"):
     attempt: int
     ts: str
     current: float | None = None
@@ -76,7 +78,7 @@ class Rusage(msgspec.Struct, frozen=True):
     sys_s: float
 
 
-class Terminal(_Event, tag="terminal"):
+class Terminal(_Event, frozen=True, tag="terminal"):
     state: TerminalState
     finished_at: str
     attempt: int = 0

@@ -8,7 +8,7 @@ placeholders against parameters and rendering argv live in ``services.catalogue`
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -34,7 +34,9 @@ class ProgressRule(_Strict):
             raise ValueError(f"not a valid regular expression: {exc}") from None
         unknown = set(compiled.groupindex) - PROGRESS_GROUPS
         if unknown:
-            raise ValueError(f"unknown named groups {sorted(unknown)}; use {sorted(PROGRESS_GROUPS)}")
+            raise ValueError(
+                f"unknown named groups {sorted(unknown)}; use {sorted(PROGRESS_GROUPS)}"
+            )
         if not compiled.groupindex:
             raise ValueError("needs at least one named group: current, total, percent or message")
         return value
@@ -60,9 +62,7 @@ class Manifest(_Strict):
         default_factory=lambda: {"type": "object", "additionalProperties": False},
         description="JSON Schema (2020-12) that params must satisfy.",
     )
-    working_dir_policy: str = Field(
-        "temp", description="temp | tool_dir | fixed:/absolute/path"
-    )
+    working_dir_policy: str = Field("temp", description="temp | tool_dir | fixed:/absolute/path")
     env_allowlist: list[str] = []
     env: dict[str, str] = {}
     timeout_s: float = Field(3600, gt=0)

@@ -59,7 +59,7 @@ class _LineLoader(yaml.SafeLoader):
 
 
 def _mapping_with_lines(loader: _LineLoader, node: yaml.MappingNode) -> dict[str, Any]:
-    mapping = loader.construct_mapping(node, deep=True)
+    mapping: dict[str, Any] = loader.construct_mapping(node, deep=True)  # type: ignore[assignment]
     lines = {}
     for key_node, _ in node.value:
         if isinstance(key_node, yaml.ScalarNode):
@@ -112,7 +112,9 @@ def load_file(path: Path, root: Path) -> tuple[Tool | None, list[Problem]]:
         for err in exc.errors():
             loc = tuple(err["loc"])
             field_name = ".".join(str(p) for p in loc)
-            problems.append(Problem(rel, field_name, err["msg"], _line_of(doc, loc) or _line_of(doc, loc[:1])))
+            problems.append(
+                Problem(rel, field_name, err["msg"], _line_of(doc, loc) or _line_of(doc, loc[:1]))
+            )
         return None, problems
     try:
         validator_cls = jsonschema.validators.validator_for(
@@ -122,7 +124,14 @@ def load_file(path: Path, root: Path) -> tuple[Tool | None, list[Problem]]:
     except jsonschema.SchemaError as exc:
         path_str = ".".join(str(p) for p in exc.absolute_path)
         field_name = "parameters" + (f".{path_str}" if path_str else "")
-        return None, [Problem(rel, field_name, f"not a valid JSON Schema: {exc.message}", _line_of(doc, ("parameters",)))]
+        return None, [
+            Problem(
+                rel,
+                field_name,
+                f"not a valid JSON Schema: {exc.message}",
+                _line_of(doc, ("parameters",)),
+            )
+        ]
     validator = validator_cls(manifest.parameters, format_checker=validator_cls.FORMAT_CHECKER)
     tool = Tool(manifest, path.resolve(), hashlib.sha256(raw).hexdigest(), validator)
     return tool, []
@@ -145,7 +154,13 @@ def load_catalogue(root: Path) -> dict[str, Tool]:
             continue
         if tool.id in tools:
             first = tools[tool.id].path
-            problems.append(Problem(str(path.relative_to(root)), "id", f"duplicate id {tool.id!r} (also in {first.relative_to(root)})"))
+            problems.append(
+                Problem(
+                    str(path.relative_to(root)),
+                    "id",
+                    f"duplicate id {tool.id!r} (also in {first.relative_to(root)})",
+                )
+            )
             continue
         tools[tool.id] = tool
     if problems:

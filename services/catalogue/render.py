@@ -22,7 +22,9 @@ MASK = "***"
 
 def param_errors(validator: Any, params: Mapping[str, Any]) -> list[dict[str, str]]:
     """Every JSON Schema failure of ``params``, each with its JSON path, in path order."""
-    errors = sorted(validator.iter_errors(params), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    errors = sorted(
+        validator.iter_errors(params), key=lambda e: (list(map(str, e.absolute_path)), e.message)
+    )
     return [{"path": e.json_path, "message": e.message} for e in errors]
 
 

@@ -32,8 +32,12 @@ class Unreachable(Exception):
 async def connect(url: str, creds: str | None = None) -> Client:
     try:
         return await nats.connect(
-            servers=[u.strip() for u in url.split(",")], user_credentials=creds, connect_timeout=2,
-            max_reconnect_attempts=0, allow_reconnect=False, name="domed-cli",
+            servers=[u.strip() for u in url.split(",")],
+            user_credentials=creds,
+            connect_timeout=2,
+            max_reconnect_attempts=0,
+            allow_reconnect=False,
+            name="domed-cli",
         )
     except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError, TimeoutError) as exc:
         raise Unreachable(url) from exc
@@ -48,13 +52,19 @@ async def request(nc: Client, subject: str, body: Any, timeout: float = 5.0) -> 
     except nats.errors.TimeoutError:
         raise ApiError("unavailable", f"{subject} did not answer within {timeout}s") from None
     data = msgspec.json.decode(msg.data) if msg.data else {}
-    if (msg.headers and ERROR_HEADER in msg.headers) or (isinstance(data, dict) and "error" in data):
+    if (msg.headers and ERROR_HEADER in msg.headers) or (
+        isinstance(data, dict) and "error" in data
+    ):
         err = data.get("error", {}) if isinstance(data, dict) else {}
-        raise ApiError(err.get("code", "internal"), err.get("message", str(msg.headers)), err.get("details"))
+        raise ApiError(
+            err.get("code", "internal"), err.get("message", str(msg.headers)), err.get("details")
+        )
     return data
 
 
-async def follow_job(nc: Client, job_id: str, idle_timeout: float | None = None) -> AsyncIterator[tuple[int, Event]]:
+async def follow_job(
+    nc: Client, job_id: str, idle_timeout: float | None = None
+) -> AsyncIterator[tuple[int, Event]]:
     """Every stored event of one job, from its first, live, until its terminal.
 
     An ordered consumer on ``job.<id>.*`` with deliver-all starts at the job's first
@@ -62,11 +72,18 @@ async def follow_job(nc: Client, job_id: str, idle_timeout: float | None = None)
     which is always the job's last event.
     """
     js = nc.jetstream()
-    sub = await js.subscribe(subjects.job_events_filter(job_id), stream=subjects.STREAM, ordered_consumer=True,
-                             deliver_policy=DeliverPolicy.ALL, idle_heartbeat=2.0)
+    sub = await js.subscribe(
+        subjects.job_events_filter(job_id),
+        stream=subjects.STREAM,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.ALL,
+        idle_heartbeat=2.0,
+    )
     try:
         while True:
-            msg = await sub.next_msg(timeout=idle_timeout if idle_timeout is not None else 3600 * 24)
+            msg = await sub.next_msg(
+                timeout=idle_timeout if idle_timeout is not None else 3600 * 24
+            )
             event = decode_event(msg.data)
             yield msg.metadata.sequence.stream, event
             if event.__struct_config__.tag == "terminal":

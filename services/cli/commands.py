@@ -61,15 +61,19 @@ async def run_command(args: argparse.Namespace) -> int:
     try:
         nc = await connect(url, resolve_nats_creds(args.nats_creds))
     except Unreachable:
-        err.print(f"domed: cannot reach NATS at {url}. Start the embedded one with `domed up`, "
-                  "or pass --nats-url / set DOMED_NATS_URL.")
+        err.print(
+            f"domed: cannot reach NATS at {url}. Start the embedded one with `domed up`, "
+            "or pass --nats-url / set DOMED_NATS_URL."
+        )
         return 3
     try:
         handler = COMMANDS[_command_key(args)]
         return await handler(nc, args)
     except ApiError as exc:
         if getattr(args, "json", False):
-            _print_json({"error": {"code": exc.code, "message": exc.message, "details": exc.details}})
+            _print_json(
+                {"error": {"code": exc.code, "message": exc.message, "details": exc.details}}
+            )
         else:
             err.print(f"[red]{exc.code}[/red]: {exc.message}")
             if exc.code == "invalid_params" and isinstance(exc.details, list):
@@ -88,7 +92,9 @@ def _command_key(args: argparse.Namespace) -> str:
     return f"{args.command} {sub}" if sub else args.command
 
 
-async def _typed_params(nc: Any, tool: str, pairs: list[str], params_json: str | None) -> dict[str, Any]:
+async def _typed_params(
+    nc: Any, tool: str, pairs: list[str], params_json: str | None
+) -> dict[str, Any]:
     if not pairs:
         return parse_params([], params_json, {})
     manifest = await request(nc, subjects.TOOLS_GET, {"id": tool})
@@ -125,7 +131,9 @@ async def cmd_submit(nc: Any, args: argparse.Namespace) -> int:
     return await _follow(nc, job_id, args, cancel_on_interrupt=args.cancel_on_interrupt)
 
 
-async def _follow(nc: Any, job_id: str, args: argparse.Namespace, cancel_on_interrupt: bool = False) -> int:
+async def _follow(
+    nc: Any, job_id: str, args: argparse.Namespace, cancel_on_interrupt: bool = False
+) -> int:
     loop = asyncio.get_running_loop()
     interrupted = asyncio.Event()
     loop.add_signal_handler(signal.SIGINT, interrupted.set)
@@ -148,7 +156,9 @@ async def _follow(nc: Any, job_id: str, args: argparse.Namespace, cancel_on_inte
                 pct = f"{event.percent:.0f}%" if event.percent is not None else ""
                 err.print(f"[cyan]progress {pct} {event.message or ''}[/cyan]".rstrip())
             elif isinstance(event, Started) and not args.json:
-                err.print(f"[dim]started on {event.executor} (pid {event.pid}, attempt {event.attempt})[/dim]")
+                err.print(
+                    f"[dim]started on {event.executor} (pid {event.pid}, attempt {event.attempt})[/dim]"
+                )
             elif isinstance(event, Terminal):
                 terminal = event
 
@@ -158,7 +168,9 @@ async def _follow(nc: Any, job_id: str, args: argparse.Namespace, cancel_on_inte
         done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if stopper in done and not task.done():
             if cancel_on_interrupt or (sys.stdin.isatty() and _ask("cancel the job? [y/N] ")):
-                await request(nc, subjects.CANCEL, {"job_id": job_id, "reason": "interrupted from the CLI"})
+                await request(
+                    nc, subjects.CANCEL, {"job_id": job_id, "reason": "interrupted from the CLI"}
+                )
                 interrupted.clear()
                 await task
             else:
@@ -201,8 +213,16 @@ def _age(ts: str | None) -> str:
 
 
 async def cmd_jobs_ls(nc: Any, args: argparse.Namespace) -> int:
-    body = {k: v for k, v in (("state", args.state), ("tool", args.tool), ("label", args.label),
-                              ("limit", args.limit)) if v is not None}
+    body = {
+        k: v
+        for k, v in (
+            ("state", args.state),
+            ("tool", args.tool),
+            ("label", args.label),
+            ("limit", args.limit),
+        )
+        if v is not None
+    }
     reply = await request(nc, subjects.JOBS_LIST, body)
     if args.json:
         _print_json(reply)
@@ -213,7 +233,9 @@ async def cmd_jobs_ls(nc: Any, args: argparse.Namespace) -> int:
     for job in reply["jobs"]:
         dur = f"{job['duration_s']:.2f}s" if job.get("duration_s") is not None else ""
         exit_code = str(job.get("exit_code", job.get("signal", "")))
-        table.add_row(job["job_id"], job["tool"], job["state"], _age(job.get("submitted_at")), dur, exit_code)
+        table.add_row(
+            job["job_id"], job["tool"], job["state"], _age(job.get("submitted_at")), dur, exit_code
+        )
     out.print(table)
     return 0
 
@@ -223,8 +245,20 @@ async def cmd_jobs_show(nc: Any, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(job)
         return 0
-    for key in ("job_id", "tool", "state", "submitted_at", "started_at", "finished_at", "duration_s", "exit_code",
-                "signal", "executor", "attempt", "truncated"):
+    for key in (
+        "job_id",
+        "tool",
+        "state",
+        "submitted_at",
+        "started_at",
+        "finished_at",
+        "duration_s",
+        "exit_code",
+        "signal",
+        "executor",
+        "attempt",
+        "truncated",
+    ):
         if job.get(key) is not None:
             out.print(f"{key:>13}: {job[key]}")
     out.print(f"{'params':>13}: {json.dumps(job.get('params', {}))}")
@@ -311,15 +345,32 @@ async def cmd_status(nc: Any, args: argparse.Namespace) -> int:
     consumers: list[dict[str, Any]] = []
     try:
         si = await js.stream_info(subjects.STREAM)
-        stream = {"messages": si.state.messages, "bytes": si.state.bytes, "last_seq": si.state.last_seq}
+        stream = {
+            "messages": si.state.messages,
+            "bytes": si.state.bytes,
+            "last_seq": si.state.last_seq,
+        }
         for ci in await js.consumers_info(subjects.STREAM):
-            consumers.append({"name": ci.name, "pending": ci.num_pending, "ack_pending": ci.num_ack_pending})
+            consumers.append(
+                {"name": ci.name, "pending": ci.num_pending, "ack_pending": ci.num_ack_pending}
+            )
     except Exception as exc:
         stream = {"error": str(exc)}
-    services = [
-        {"name": i.get("name"), "id": i.get("id"), "version": i.get("version"),
-         "endpoints": [{"name": e.get("name"), "subject": e.get("subject"), "requests": e.get("num_requests"),
-                        "errors": e.get("num_errors")} for e in i.get("endpoints") or []]}
+    services: list[dict[str, Any]] = [
+        {
+            "name": i.get("name"),
+            "id": i.get("id"),
+            "version": i.get("version"),
+            "endpoints": [
+                {
+                    "name": e.get("name"),
+                    "subject": e.get("subject"),
+                    "requests": e.get("num_requests"),
+                    "errors": e.get("num_errors"),
+                }
+                for e in i.get("endpoints") or []
+            ],
+        }
         for i in sorted(infos, key=lambda i: (i.get("name", ""), i.get("id", "")))
     ]
     report = {"services": services, "stream": stream, "consumers": consumers}

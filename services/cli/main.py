@@ -27,46 +27,87 @@ EXAMPLES = """examples:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--nats-url", default=None, help="NATS URL (default: $DOMED_NATS_URL, $NATS_URL, nats://127.0.0.1:4222)")
-    p.add_argument("--nats-creds", default=None, help="NATS credentials file (default: $NATS_CREDS)")
+    p.add_argument(
+        "--nats-url",
+        default=None,
+        help="NATS URL (default: $DOMED_NATS_URL, $NATS_URL, nats://127.0.0.1:4222)",
+    )
+    p.add_argument(
+        "--nats-creds", default=None, help="NATS credentials file (default: $NATS_CREDS)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
 def _service_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ssot", type=Path, default=Path("ssot"), help="manifest directory (default ./ssot)")
-    p.add_argument("--data-dir", type=Path, default=Path(".domed"), help="state directory (default ./.domed)")
+    p.add_argument(
+        "--ssot", type=Path, default=Path("ssot"), help="manifest directory (default ./ssot)"
+    )
+    p.add_argument(
+        "--data-dir", type=Path, default=Path(".domed"), help="state directory (default ./.domed)"
+    )
     p.add_argument("--name", default="", help="connection / executor name")
-    p.add_argument("--ack-wait", type=float, default=30.0, help="seconds before an unacknowledged job is redelivered")
-    p.add_argument("--replicas", type=int, default=1, help="stream and KV replicas (3 on a cluster)")
-    p.add_argument("--max-age", type=float, default=0.0, help="stream retention in seconds (0 = forever)")
-    p.add_argument("--max-bytes", type=int, default=-1, help="stream size limit in bytes (-1 = none)")
+    p.add_argument(
+        "--ack-wait",
+        type=float,
+        default=30.0,
+        help="seconds before an unacknowledged job is redelivered",
+    )
+    p.add_argument(
+        "--replicas", type=int, default=1, help="stream and KV replicas (3 on a cluster)"
+    )
+    p.add_argument(
+        "--max-age", type=float, default=0.0, help="stream retention in seconds (0 = forever)"
+    )
+    p.add_argument(
+        "--max-bytes", type=int, default=-1, help="stream size limit in bytes (-1 = none)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="domed", description="NATS-native job execution daemon",
-                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="domed",
+        description="NATS-native job execution daemon",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("up", help="run NATS (embedded) and all three services",
-                        epilog="example: domed up --data-dir /var/lib/domed")
+    up = sub.add_parser(
+        "up",
+        help="run NATS (embedded) and all three services",
+        epilog="example: domed up --data-dir /var/lib/domed",
+    )
     _common(up)
     _service_args(up)
     up.add_argument("--nats-port", type=int, default=4222)
     up.add_argument("--slots", type=int, default=8, help="executor job slots")
 
-    for name, text in (("router", "validate and queue jobs"), ("executor", "run queued jobs"),
-                       ("projector", "serve job state")):
+    for name, text in (
+        ("router", "validate and queue jobs"),
+        ("executor", "run queued jobs"),
+        ("projector", "serve job state"),
+    ):
         sp = sub.add_parser(name, help=f"run the {name} service ({text}) in the foreground")
         _common(sp)
         _service_args(sp)
         if name == "executor":
-            sp.add_argument("--slots", type=int, default=8, help="jobs run at once by this executor")
-            sp.add_argument("--drain-timeout", type=float, default=10.0,
-                            help="seconds to let running jobs finish on SIGTERM before canceling them")
+            sp.add_argument(
+                "--slots", type=int, default=8, help="jobs run at once by this executor"
+            )
+            sp.add_argument(
+                "--drain-timeout",
+                type=float,
+                default=10.0,
+                help="seconds to let running jobs finish on SIGTERM before canceling them",
+            )
         if name == "projector":
-            sp.add_argument("--rebuild", action="store_true", help="discard the store and replay from seq 1")
+            sp.add_argument(
+                "--rebuild", action="store_true", help="discard the store and replay from seq 1"
+            )
 
-    submit = sub.add_parser("submit", help="submit a job", epilog="example: domed submit demo.countdown -p n=5 --follow")
+    submit = sub.add_parser(
+        "submit", help="submit a job", epilog="example: domed submit demo.countdown -p n=5 --follow"
+    )
     _common(submit)
     submit.add_argument("tool")
     submit.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
@@ -74,12 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--timeout", type=float, default=None, help="job timeout in seconds")
     submit.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE")
     submit.add_argument("--idempotency-key", default=None)
-    submit.add_argument("-f", "--follow", action="store_true", help="stream output until the job ends")
-    submit.add_argument("--cancel-on-interrupt", action="store_true", help="Ctrl-C while following cancels the job")
+    submit.add_argument(
+        "-f", "--follow", action="store_true", help="stream output until the job ends"
+    )
+    submit.add_argument(
+        "--cancel-on-interrupt", action="store_true", help="Ctrl-C while following cancels the job"
+    )
 
     jobs = sub.add_parser("jobs", help="query jobs")
     jsub = jobs.add_subparsers(dest="jobs_command", required=True)
-    ls = jsub.add_parser("ls", help="list jobs, newest first", epilog="example: domed jobs ls --state failed")
+    ls = jsub.add_parser(
+        "ls", help="list jobs, newest first", epilog="example: domed jobs ls --state failed"
+    )
     _common(ls)
     ls.add_argument("--state")
     ls.add_argument("--tool")
@@ -89,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(show)
     show.add_argument("job_id")
 
-    logs = sub.add_parser("logs", help="a job's output from the stream", epilog="example: domed logs 01J... -f")
+    logs = sub.add_parser(
+        "logs", help="a job's output from the stream", epilog="example: domed logs 01J... -f"
+    )
     _common(logs)
     logs.add_argument("job_id")
     logs.add_argument("-f", "--follow", action="store_true")
@@ -106,8 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     tval = tsub.add_parser("validate", help="check manifests; print every problem")
     tval.add_argument("ssot", nargs="?", type=Path, default=Path("ssot"))
     tval.add_argument("--json", action="store_true")
-    texp = tsub.add_parser("explain", help="what would run, without running it",
-                           epilog="example: domed tools explain demo.echo -p text=hi")
+    texp = tsub.add_parser(
+        "explain",
+        help="what would run, without running it",
+        epilog="example: domed tools explain demo.echo -p text=hi",
+    )
     _common(texp)
     texp.add_argument("tool")
     texp.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
@@ -120,14 +172,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     stream = StreamSettings(
-        replicas=getattr(args, "replicas", 1), max_age_s=getattr(args, "max_age", 0.0),
-        max_bytes=getattr(args, "max_bytes", -1), ack_wait_s=getattr(args, "ack_wait", 30.0),
+        replicas=getattr(args, "replicas", 1),
+        max_age_s=getattr(args, "max_age", 0.0),
+        max_bytes=getattr(args, "max_bytes", -1),
+        ack_wait_s=getattr(args, "ack_wait", 30.0),
     )
     return Settings(
-        nats_url=resolve_nats_url(args.nats_url), nats_creds=resolve_nats_creds(args.nats_creds),
-        ssot=getattr(args, "ssot", Path("ssot")), data_dir=getattr(args, "data_dir", Path(".domed")),
-        name=getattr(args, "name", ""), stream=stream, slots=getattr(args, "slots", 8),
-        drain_timeout_s=getattr(args, "drain_timeout", 10.0), rebuild=getattr(args, "rebuild", False),
+        nats_url=resolve_nats_url(args.nats_url),
+        nats_creds=resolve_nats_creds(args.nats_creds),
+        ssot=getattr(args, "ssot", Path("ssot")),
+        data_dir=getattr(args, "data_dir", Path(".domed")),
+        name=getattr(args, "name", ""),
+        stream=stream,
+        slots=getattr(args, "slots", 8),
+        drain_timeout_s=getattr(args, "drain_timeout", 10.0),
+        rebuild=getattr(args, "rebuild", False),
     )
 
 
@@ -147,7 +206,10 @@ def run_service(args: argparse.Namespace) -> int:
     try:
         return run(lambda stop: runner(settings, stop))
     except CatalogueError as exc:
-        print(f"domed {args.command}: the catalogue in {settings.ssot} has problems; refusing to start:", file=sys.stderr)
+        print(
+            f"domed {args.command}: the catalogue in {settings.ssot} has problems; refusing to start:",
+            file=sys.stderr,
+        )
         for p in exc.problems:
             print(f"  {p}", file=sys.stderr)
         return 2
@@ -155,7 +217,10 @@ def run_service(args: argparse.Namespace) -> int:
         print(f"domed {args.command}: {exc}", file=sys.stderr)
         return 2
     except (OSError, TimeoutError) as exc:
-        print(f"domed {args.command}: cannot reach NATS at {settings.nats_url}: {exc}", file=sys.stderr)
+        print(
+            f"domed {args.command}: cannot reach NATS at {settings.nats_url}: {exc}",
+            file=sys.stderr,
+        )
         return 3
 
 

@@ -37,7 +37,9 @@ def _convert(name: str, raw: str, schema: dict[str, Any]) -> Any:
     return raw
 
 
-def parse_params(pairs: list[str], params_json: str | None, parameters_schema: dict[str, Any]) -> dict[str, Any]:
+def parse_params(
+    pairs: list[str], params_json: str | None, parameters_schema: dict[str, Any]
+) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if params_json:
         try:

@@ -28,6 +28,10 @@ def write(target: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parents[2] / "contracts" / "schemas"
+    out = (
+        Path(sys.argv[1])
+        if len(sys.argv) > 1
+        else Path(__file__).parents[2] / "contracts" / "schemas"
+    )
     for p in write(out):
         print(p)

@@ -50,7 +50,13 @@ from contracts.events import (
     decode_event,
 )
 from services.catalogue.loader import Tool, load_catalogue
-from services.catalogue.render import child_env, fixed_work_dir, mask_line, render_argv, secret_values
+from services.catalogue.render import (
+    child_env,
+    fixed_work_dir,
+    mask_line,
+    render_argv,
+    secret_values,
+)
 from services.executor import core
 from services.executor.publisher import EventPipeline
 from services.executor.runner import JobProcess, rusage_fields
@@ -83,8 +89,15 @@ class RunningJob:
 
 
 class Executor:
-    def __init__(self, settings: Settings, tools: Mapping[str, Tool], nc: Client, js: JetStreamContext,
-                 secrets: KeyValue, slots_kv: KeyValue) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        tools: Mapping[str, Tool],
+        nc: Client,
+        js: JetStreamContext,
+        secrets: KeyValue,
+        slots_kv: KeyValue,
+    ) -> None:
         self.settings = settings
         self.tools = tools
         self.nc = nc
@@ -127,7 +140,7 @@ class Executor:
                 free += 1
             try:
                 msgs = await psub.fetch(free, timeout=1.0)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 msgs = []
             except bus.UNAVAILABLE_ERRORS + (nats.js.errors.APIError,) as exc:
                 log.warning("fetch failed: %r", exc)
@@ -146,7 +159,11 @@ class Executor:
         while self.running and time.monotonic() < end:
             await asyncio.sleep(0.05)
         for job in list(self.running.values()):
-            job.request_stop(core.StopReason("canceled", TerminalErrorCode.EXECUTOR_SHUTDOWN, "executor shut down"))
+            job.request_stop(
+                core.StopReason(
+                    "canceled", TerminalErrorCode.EXECUTOR_SHUTDOWN, "executor shut down"
+                )
+            )
 
     async def _on_cancel(self, msg: Msg) -> None:
         try:
@@ -187,14 +204,24 @@ class Executor:
             started_ev = prev_started[1]
             assert isinstance(started_ev, Started)
             retry = tool.manifest.retry if tool else None
-            max_attempts = (retry.max_attempts if retry else 3) if tool and tool.manifest.idempotent else 1
+            max_attempts = (
+                (retry.max_attempts if retry else 3) if tool and tool.manifest.idempotent else 1
+            )
             if started_ev.attempt >= max_attempts:
-                await self._finish_without_run(msg, Terminal(
-                    job_id=job_id, state="lost", finished_at=now_iso(), attempt=started_ev.attempt,
-                    started_at=started_ev.started_at,
-                    error=TerminalError(TerminalErrorCode.EXECUTOR_LOST,
-                                        f"executor {started_ev.executor} vanished while running attempt {started_ev.attempt}"),
-                ))
+                await self._finish_without_run(
+                    msg,
+                    Terminal(
+                        job_id=job_id,
+                        state="lost",
+                        finished_at=now_iso(),
+                        attempt=started_ev.attempt,
+                        started_at=started_ev.started_at,
+                        error=TerminalError(
+                            TerminalErrorCode.EXECUTOR_LOST,
+                            f"executor {started_ev.executor} vanished while running attempt {started_ev.attempt}",
+                        ),
+                    ),
+                )
                 return
             attempt = started_ev.attempt + 1
             backoff = retry.backoff_s if retry else 0
@@ -205,15 +232,32 @@ class Executor:
                 assert last is not None
                 last_seq, last_ev = last
         if await bus.last_event(self.js, job_id, "cancel") is not None:
-            await self._finish_without_run(msg, Terminal(job_id=job_id, state="canceled", finished_at=now_iso(),
-                                                         attempt=attempt - 1), cas_seq=last_seq)
+            await self._finish_without_run(
+                msg,
+                Terminal(
+                    job_id=job_id, state="canceled", finished_at=now_iso(), attempt=attempt - 1
+                ),
+                cas_seq=last_seq,
+            )
             return
         if tool is None or tool.sha256 != queued.manifest_sha256:
-            why = "is not in this executor's catalogue" if tool is None else "differs from the one the job was queued with"
-            await self._finish_without_run(msg, Terminal(
-                job_id=job_id, state="failed", finished_at=now_iso(), attempt=attempt,
-                error=TerminalError(TerminalErrorCode.SPAWN_FAILED, f"manifest of {queued.tool!r} {why}"),
-            ))
+            why = (
+                "is not in this executor's catalogue"
+                if tool is None
+                else "differs from the one the job was queued with"
+            )
+            await self._finish_without_run(
+                msg,
+                Terminal(
+                    job_id=job_id,
+                    state="failed",
+                    finished_at=now_iso(),
+                    attempt=attempt,
+                    error=TerminalError(
+                        TerminalErrorCode.SPAWN_FAILED, f"manifest of {queued.tool!r} {why}"
+                    ),
+                ),
+            )
             return
         slot = await self._acquire_slot(tool, job_id)
         if slot is False:
@@ -226,8 +270,12 @@ class Executor:
                 with contextlib.suppress(Exception):
                     await self.slots_kv.delete(slot)
 
-    async def _finish_without_run(self, msg: Msg, terminal: Terminal, cas_seq: int | None = None) -> None:
-        headers = bus.cas_headers(terminal.job_id, cas_seq) if cas_seq is not None else bus.FIRST_TERMINAL
+    async def _finish_without_run(
+        self, msg: Msg, terminal: Terminal, cas_seq: int | None = None
+    ) -> None:
+        headers = (
+            bus.cas_headers(terminal.job_id, cas_seq) if cas_seq is not None else bus.FIRST_TERMINAL
+        )
         try:
             await bus.retry_until(30, lambda: bus.publish_event(self.js, terminal, headers=headers))
         except nats.js.errors.APIError as exc:
@@ -270,7 +318,9 @@ class Executor:
             raise NotADirectoryError(f"fixed working dir {path} does not exist")
         return path, False
 
-    async def _run_attempt(self, msg: Msg, tool: Tool, queued: Queued, attempt: int, last_seq: int) -> None:
+    async def _run_attempt(
+        self, msg: Msg, tool: Tool, queued: Queued, attempt: int, last_seq: int
+    ) -> None:
         job_id = queued.job_id
         manifest = tool.manifest
         params = dict(queued.params)
@@ -292,15 +342,28 @@ class Executor:
         try:
             try:
                 work_dir, remove_dir = self._work_dir(tool, job_id)
-                argv = render_argv(manifest, params, tool_dir=tool.tool_dir, job_id=job_id, work_dir=work_dir)
+                argv = render_argv(
+                    manifest, params, tool_dir=tool.tool_dir, job_id=job_id, work_dir=work_dir
+                )
                 env = child_env(manifest, self.environ, job_id)
             except Exception as exc:
-                await self._finish_without_run(msg, Terminal(
-                    job_id=job_id, state="failed", finished_at=now_iso(), attempt=attempt,
-                    error=TerminalError(TerminalErrorCode.SPAWN_FAILED, f"could not prepare the job: {exc}")))
+                await self._finish_without_run(
+                    msg,
+                    Terminal(
+                        job_id=job_id,
+                        state="failed",
+                        finished_at=now_iso(),
+                        attempt=attempt,
+                        error=TerminalError(
+                            TerminalErrorCode.SPAWN_FAILED, f"could not prepare the job: {exc}"
+                        ),
+                    ),
+                )
                 return
 
-            splitters = {s: core.LineSplitter(manifest.limits.max_line_bytes) for s in ("stdout", "stderr")}
+            splitters = {
+                s: core.LineSplitter(manifest.limits.max_line_bytes) for s in ("stdout", "stderr")
+            }
             budget = core.OutputBudget(manifest.limits.max_output_bytes)
             progress = core.ProgressParser(manifest.progress)
             counts = core.LineCounter()
@@ -328,16 +391,37 @@ class Executor:
             try:
                 proc = await JobProcess.spawn(argv, cwd=work_dir, env=env, on_output=on_output)
             except OSError as exc:
-                await self._finish_without_run(msg, Terminal(
-                    job_id=job_id, state="failed", finished_at=now_iso(), attempt=attempt,
-                    error=TerminalError(TerminalErrorCode.SPAWN_FAILED, f"{argv[0]}: {exc.strerror or exc}")))
+                await self._finish_without_run(
+                    msg,
+                    Terminal(
+                        job_id=job_id,
+                        state="failed",
+                        finished_at=now_iso(),
+                        attempt=attempt,
+                        error=TerminalError(
+                            TerminalErrorCode.SPAWN_FAILED, f"{argv[0]}: {exc.strerror or exc}"
+                        ),
+                    ),
+                )
                 return
-            record.write_text(json.dumps({"job_id": job_id, "pid": proc.pid, "executor_pid": os.getpid()}))
+            record.write_text(
+                json.dumps({"job_id": job_id, "pid": proc.pid, "executor_pid": os.getpid()})
+            )
             started_at = now_iso()
-            started = Started(job_id=job_id, executor=self.name, pid=proc.pid, attempt=attempt, started_at=started_at)
+            started = Started(
+                job_id=job_id,
+                executor=self.name,
+                pid=proc.pid,
+                attempt=attempt,
+                started_at=started_at,
+            )
             try:
-                await bus.retry_until(30, lambda: bus.publish_event(
-                    self.js, started, attempt, headers=bus.cas_headers(job_id, last_seq)))
+                await bus.retry_until(
+                    30,
+                    lambda: bus.publish_event(
+                        self.js, started, attempt, headers=bus.cas_headers(job_id, last_seq)
+                    ),
+                )
             except nats.js.errors.APIError as exc:
                 if not bus.is_wrong_last_sequence(exc):
                     raise
@@ -350,14 +434,23 @@ class Executor:
                 if isinstance(latest[1], Terminal):
                     await msg.ack()
                 elif await bus.last_event(self.js, job_id, "cancel") is not None:
-                    await self._finish_without_run(msg, Terminal(job_id=job_id, state="canceled",
-                                                                 finished_at=now_iso(), attempt=attempt - 1),
-                                                   cas_seq=latest[0])
+                    await self._finish_without_run(
+                        msg,
+                        Terminal(
+                            job_id=job_id,
+                            state="canceled",
+                            finished_at=now_iso(),
+                            attempt=attempt - 1,
+                        ),
+                        cas_seq=latest[0],
+                    )
                 else:
                     await msg.nak(delay=0.1)
                 return
 
-            pipeline = EventPipeline(self.js, job_id, attempt, now_iso, proc.pause_reading, proc.resume_reading)
+            pipeline = EventPipeline(
+                self.js, job_id, attempt, now_iso, proc.pause_reading, proc.resume_reading
+            )
             pipeline.start()
             for stream, data in buffered:
                 emit(stream, splitters[stream].feed(data))
@@ -367,10 +460,13 @@ class Executor:
             exit_task = asyncio.ensure_future(proc.wait_exit())
             stop_task = asyncio.ensure_future(job.stop_requested.wait())
             timeout_s = queued.timeout_s
-            done, _ = await asyncio.wait({exit_task, stop_task}, timeout=timeout_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {exit_task, stop_task}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
             if not done:
-                job.request_stop(core.StopReason("timed_out", None, f"timed out after {timeout_s}s"))
+                job.request_stop(
+                    core.StopReason("timed_out", None, f"timed out after {timeout_s}s")
+                )
             if not exit_task.done():
                 await proc.stop(manifest.cancel_grace_s)
             stop_task.cancel()
@@ -392,15 +488,24 @@ class Executor:
                 error = TerminalError(reason.error_code, reason.message or reason.error_code)
             usage = rusage_fields(result.rusage)
             terminal = Terminal(
-                job_id=job_id, state=verdict.state, exit_code=verdict.exit_code,  # type: ignore[arg-type]
-                signal=verdict.signal, started_at=started_at, finished_at=now_iso(),
-                duration_s=round(finished_mono - started_mono, 6), error=error,
-                lines=LineCounts(counts.stdout, counts.stderr), truncated=budget.truncated,
-                signals_sent=list(proc.signals_sent), attempt=attempt,
+                job_id=job_id,
+                state=verdict.state,  # type: ignore[arg-type]
+                exit_code=verdict.exit_code,
+                signal=verdict.signal,
+                started_at=started_at,
+                finished_at=now_iso(),
+                duration_s=round(finished_mono - started_mono, 6),
+                error=error,
+                lines=LineCounts(counts.stdout, counts.stderr),
+                truncated=budget.truncated,
+                signals_sent=list(proc.signals_sent),
+                attempt=attempt,
                 rusage=Rusage(*usage) if usage else None,
             )
             try:
-                await bus.retry_until(60, lambda: bus.publish_event(self.js, terminal, headers=bus.FIRST_TERMINAL))
+                await bus.retry_until(
+                    60, lambda: bus.publish_event(self.js, terminal, headers=bus.FIRST_TERMINAL)
+                )
             except nats.js.errors.APIError as exc:
                 if not bus.is_wrong_last_sequence(exc):
                     raise
@@ -459,7 +564,9 @@ def _alive(pid: int) -> bool:
         return True
 
 
-async def run_executor(settings: Settings, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+async def run_executor(
+    settings: Settings, stop: asyncio.Event, ready: asyncio.Event | None = None
+) -> None:
     tools = load_catalogue(settings.ssot)
     nc = await bus.connect(settings, settings.name or "domed-executor")
     try:
@@ -470,11 +577,16 @@ async def run_executor(settings: Settings, stop: asyncio.Event, ready: asyncio.E
         except nats.js.errors.BadRequestError as exc:
             log.info("executors consumer exists: %s", exc.description)
         secrets = await bus.ensure_kv(js, subjects.KV_SECRETS, settings.stream)
-        slots = await bus.ensure_kv(js, subjects.KV_SLOTS, settings.stream,
-                                    ttl_s=max(10.0, settings.stream.ack_wait_s * 2))
+        slots = await bus.ensure_kv(
+            js, subjects.KV_SLOTS, settings.stream, ttl_s=max(10.0, settings.stream.ack_wait_s * 2)
+        )
         executor = Executor(settings, tools, nc, js, secrets, slots)
-        service = await serve(nc, subjects.SERVICE_EXECUTOR, VERSION, "runs queued jobs as local processes", [])
-        log.info("executor %s ready: %d slots, NATS %s", executor.name, settings.slots, settings.nats_url)
+        service = await serve(
+            nc, subjects.SERVICE_EXECUTOR, VERSION, "runs queued jobs as local processes", []
+        )
+        log.info(
+            "executor %s ready: %d slots, NATS %s", executor.name, settings.slots, settings.nats_url
+        )
         if ready is not None:
             ready.set()
         await executor.run(stop)

@@ -45,8 +45,15 @@ class _Outgoing:
 class EventPipeline:
     """Publishes one attempt's log and progress events in order, with back-pressure."""
 
-    def __init__(self, js: JetStreamContext, job_id: str, attempt: int, now: Callable[[], str],
-                 pause: Callable[[], None], resume: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        job_id: str,
+        attempt: int,
+        now: Callable[[], str],
+        pause: Callable[[], None],
+        resume: Callable[[], None],
+    ) -> None:
         self.js = js
         self.job_id = job_id
         self.attempt = attempt
@@ -67,7 +74,9 @@ class EventPipeline:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"publish-{self.job_id}")
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"publish-{self.job_id}"
+        )
 
     @property
     def lines_published(self) -> int:
@@ -97,8 +106,15 @@ class EventPipeline:
         self.flush()
         self._progress_pending = None
         self._progress_last = time.monotonic()
-        event = Progress(job_id=self.job_id, attempt=self.attempt, ts=self.now(), current=reading.current,
-                         total=reading.total, percent=reading.percent, message=reading.message)
+        event = Progress(
+            job_id=self.job_id,
+            attempt=self.attempt,
+            ts=self.now(),
+            current=reading.current,
+            total=reading.total,
+            percent=reading.percent,
+            message=reading.message,
+        )
         self._enqueue(event, f"{self.attempt}-p{self._progress_n}")
         self._progress_n += 1
 
@@ -108,8 +124,14 @@ class EventPipeline:
             self._timer = None
         if not self._lines:
             return
-        event = Log(job_id=self.job_id, attempt=self.attempt, stream=self._stream,  # type: ignore[arg-type]
-                    seq=self._seq, lines=self._lines, ts=self.now())
+        event = Log(
+            job_id=self.job_id,
+            attempt=self.attempt,
+            stream=self._stream,  # type: ignore[arg-type]
+            seq=self._seq,
+            lines=self._lines,
+            ts=self.now(),
+        )
         self._enqueue(event, f"{self.attempt}-{self._seq}")
         self._seq += len(self._lines)
         self._lines = []
@@ -156,11 +178,14 @@ class EventPipeline:
                 continue
             except Exception as exc:
                 log.warning("re-publishing %s after %r", out.headers["Nats-Msg-Id"], exc)
-            await bus.retry_until(
-                deadline_s,
-                lambda out=out: self.js.publish(out.subject, out.payload, headers=out.headers, timeout=2.0),
-            )
+            await self._republish(out, deadline_s)
         self._futures.clear()
+
+    async def _republish(self, out: _Outgoing, deadline_s: float) -> None:
+        async def once() -> Any:
+            return await self.js.publish(out.subject, out.payload, headers=out.headers, timeout=2.0)
+
+        await bus.retry_until(deadline_s, once)
 
     def abort(self) -> None:
         if self._timer is not None:

@@ -60,7 +60,9 @@ _raw = msgspec.json.Decoder()
 
 
 class Projector:
-    def __init__(self, settings: Settings, nc: Client, js: JetStreamContext, kv: KeyValue, store: Store) -> None:
+    def __init__(
+        self, settings: Settings, nc: Client, js: JetStreamContext, kv: KeyValue, store: Store
+    ) -> None:
         self.settings = settings
         self.nc = nc
         self.js = js
@@ -112,10 +114,19 @@ class Projector:
     async def follow(self, stop: asyncio.Event) -> None:
         """Keep the store and KV up to date until ``stop``; commits every ``COMMIT_S``."""
         await self.repair_kv()
-        cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.applied_seq + 1)
-        sub = await self.js.subscribe(subjects.STORED_SUBJECTS, stream=subjects.STREAM, cb=self.on_event,
-                                      ordered_consumer=True, config=cfg, idle_heartbeat=5.0,
-                                      pending_msgs_limit=-1, pending_bytes_limit=256 * 1024 * 1024)
+        cfg = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.applied_seq + 1
+        )
+        sub = await self.js.subscribe(
+            subjects.STORED_SUBJECTS,
+            stream=subjects.STREAM,
+            cb=self.on_event,
+            ordered_consumer=True,
+            config=cfg,
+            idle_heartbeat=5.0,
+            pending_msgs_limit=-1,
+            pending_bytes_limit=256 * 1024 * 1024,
+        )
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -154,7 +165,9 @@ class Projector:
 
                 await asyncio.gather(*(put(s) for s in states))
             except bus.UNAVAILABLE_ERRORS as exc:
-                log.warning("KV mirror lags (%r); it is repaired on the next commit or restart", exc)
+                log.warning(
+                    "KV mirror lags (%r); it is repaired on the next commit or restart", exc
+                )
                 return
         if seq > self.kv_seq:
             self.kv_seq = seq
@@ -171,11 +184,14 @@ class Projector:
     async def get(self, req: JobsGetRequest) -> JobsGetReply:
         state = self.store.get(req.job_id)
         if state is None:
-            raise DomedError(ErrorCode.UNKNOWN_JOB, f"no job has id {req.job_id!r}",
-                             {"projected_seq": self.committed_seq})
+            raise DomedError(
+                ErrorCode.UNKNOWN_JOB,
+                f"no job has id {req.job_id!r}",
+                {"projected_seq": self.committed_seq},
+            )
         return JobsGetReply(**msgspec.structs.asdict(state), projected_seq=self.committed_seq)
 
-    async def list(self, req: JobsListRequest) -> JobsListReply:
+    async def list_jobs(self, req: JobsListRequest) -> JobsListReply:
         limit = req.limit if req.limit is not None else LIST_LIMIT_DEFAULT
         if limit < 1:
             raise DomedError(ErrorCode.INVALID_REQUEST, "limit must be at least 1")
@@ -183,8 +199,12 @@ class Projector:
         try:
             before = decode_cursor(req.cursor) if req.cursor else None
         except (ValueError, UnicodeDecodeError):
-            raise DomedError(ErrorCode.INVALID_REQUEST, "cursor is not one this service issued") from None
-        jobs = self.store.list(state=req.state, tool=req.tool, label=req.label, limit=limit, before=before)
+            raise DomedError(
+                ErrorCode.INVALID_REQUEST, "cursor is not one this service issued"
+            ) from None
+        jobs = self.store.list_jobs(
+            state=req.state, tool=req.tool, label=req.label, limit=limit, before=before
+        )
         next_cursor = encode_cursor(jobs[-1].job_id) if len(jobs) == limit else None
         return JobsListReply(jobs=jobs, projected_seq=self.committed_seq, next_cursor=next_cursor)
 
@@ -208,9 +228,15 @@ class Projector:
         events: list[StoredEvent] = []
         size = 0
         reached = after
-        cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1)
-        sub = await self.js.subscribe(subjects.job_events_filter(req.job_id), stream=subjects.STREAM,
-                                      ordered_consumer=True, config=cfg)
+        cfg = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1
+        )
+        sub = await self.js.subscribe(
+            subjects.job_events_filter(req.job_id),
+            stream=subjects.STREAM,
+            ordered_consumer=True,
+            config=cfg,
+        )
         try:
             while reached < last_seq and len(events) < limit:
                 msg = await sub.next_msg(timeout=self.settings.request_timeout_s)
@@ -220,32 +246,42 @@ class Projector:
                 events.append(StoredEvent(subject=msg.subject, seq=seq, data=_raw.decode(msg.data)))
                 size += len(msg.data) + 128
                 reached = seq
-        except (nats.errors.TimeoutError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.TimeoutError) as exc:
             raise bus.unavailable(exc) from None
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         more = reached < last_seq
-        return JobsEventsReply(events=events, complete=ended and not more, projected_seq=self.committed_seq,
-                               next=reached if more else None)
+        return JobsEventsReply(
+            events=events,
+            complete=ended and not more,
+            projected_seq=self.committed_seq,
+            next=reached if more else None,
+        )
 
     def endpoints(self) -> list[Endpoint]:
         return [
             Endpoint("jobs-get", subjects.JOBS_GET, JobsGetRequest, self.get),
-            Endpoint("jobs-list", subjects.JOBS_LIST, JobsListRequest, self.list),
+            Endpoint("jobs-list", subjects.JOBS_LIST, JobsListRequest, self.list_jobs),
             Endpoint("jobs-events", subjects.JOBS_EVENTS, JobsEventsRequest, self.events),
         ]
+
+
+def discard_store(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 def store_path(settings: Settings) -> Path:
     return Path(settings.data_dir) / "projector" / "jobs.sqlite3"
 
 
-async def run_projector(settings: Settings, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+async def run_projector(
+    settings: Settings, stop: asyncio.Event, ready: asyncio.Event | None = None
+) -> None:
     path = store_path(settings)
     if settings.rebuild:
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        discard_store(path)
     store = Store(path)
     nc = await bus.connect(settings, settings.name or "domed-projector")
     try:
@@ -253,14 +289,20 @@ async def run_projector(settings: Settings, stop: asyncio.Event, ready: asyncio.
         await bus.ensure_stream(js, settings.stream)
         kv = await bus.ensure_kv(js, subjects.KV_JOBS, settings.stream)
         projector = Projector(settings, nc, js, kv, store)
-        service = await serve(nc, subjects.SERVICE_PROJECTOR, VERSION,
-                              "job state projected from the DOMED_JOBS stream", projector.endpoints())
+        service = await serve(
+            nc,
+            subjects.SERVICE_PROJECTOR,
+            VERSION,
+            "job state projected from the DOMED_JOBS stream",
+            projector.endpoints(),
+        )
         log.info("projector ready at seq %d, NATS %s", projector.committed_seq, settings.nats_url)
         if ready is not None:
             ready.set()
-        if settings.rebuild:
-            asyncio.create_task(report_rebuild(projector, js))
+        reporter = asyncio.create_task(report_rebuild(projector, js)) if settings.rebuild else None
         await projector.follow(stop)
+        if reporter is not None:
+            reporter.cancel()
         await service.stop()
     finally:
         await nc.drain()
@@ -275,8 +317,17 @@ async def report_rebuild(projector: Projector, js: JetStreamContext) -> None:
         await projector.committed.wait_for(lambda: projector.committed_seq >= target)
     took = time.monotonic() - start
     rate = projector.events_applied / took if took > 0 else float("inf")
-    log.info("rebuild: %d events to seq %d in %.2fs (%.0f events/s)", projector.events_applied, target, took, rate)
-    print(f"rebuild: {projector.events_applied} events in {took:.2f}s ({rate:,.0f} events/s)", flush=True)
+    log.info(
+        "rebuild: %d events to seq %d in %.2fs (%.0f events/s)",
+        projector.events_applied,
+        target,
+        took,
+        rate,
+    )
+    print(
+        f"rebuild: {projector.events_applied} events in {took:.2f}s ({rate:,.0f} events/s)",
+        flush=True,
+    )
 
 
 def state_dump(states: list[JobState]) -> Any:

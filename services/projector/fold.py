@@ -30,9 +30,15 @@ def apply(state: JobState | None, seq: int, event: Event) -> JobState | None:
     if state is None:
         if isinstance(event, Queued):
             return JobState(
-                job_id=event.job_id, tool=event.tool, tool_version=event.tool_version, params=event.params,
-                labels=event.labels, state="queued", submitted_at=event.submitted_at,
-                timeout_s=event.timeout_s, last_seq=seq,
+                job_id=event.job_id,
+                tool=event.tool,
+                tool_version=event.tool_version,
+                params=event.params,
+                labels=event.labels,
+                state="queued",
+                submitted_at=event.submitted_at,
+                timeout_s=event.timeout_s,
+                last_seq=seq,
             )
         return None  # the job's queued event is gone (retention) or not yet seen
     if seq <= state.last_seq:
@@ -47,28 +53,48 @@ def apply(state: JobState | None, seq: int, event: Event) -> JobState | None:
         if event.attempt < state.attempt:
             return replace(state, last_seq=seq)
         return replace(
-            state, state="running", attempt=event.attempt, executor=event.executor, pid=event.pid,
-            started_at=event.started_at, lines=LineCounts(), progress=None, last_seq=seq,
+            state,
+            state="running",
+            attempt=event.attempt,
+            executor=event.executor,
+            pid=event.pid,
+            started_at=event.started_at,
+            lines=LineCounts(),
+            progress=None,
+            last_seq=seq,
         )
     if isinstance(event, Log):
         if event.attempt != state.attempt:
             return replace(state, last_seq=seq)
         n = len(event.lines)
-        lines = (LineCounts(state.lines.stdout + n, state.lines.stderr) if event.stream == "stdout"
-                 else LineCounts(state.lines.stdout, state.lines.stderr + n))
+        lines = (
+            LineCounts(state.lines.stdout + n, state.lines.stderr)
+            if event.stream == "stdout"
+            else LineCounts(state.lines.stdout, state.lines.stderr + n)
+        )
         return replace(state, lines=lines, last_seq=seq)
     if isinstance(event, Progress):
         if event.attempt != state.attempt:
             return replace(state, last_seq=seq)
-        progress = ProgressState(current=event.current, total=event.total, percent=event.percent,
-                                 message=event.message)
+        progress = ProgressState(
+            current=event.current, total=event.total, percent=event.percent, message=event.message
+        )
         return replace(state, progress=progress, last_seq=seq)
     if isinstance(event, Terminal):
         return replace(
-            state, state=event.state, finished_at=event.finished_at, exit_code=event.exit_code,
-            signal=event.signal, duration_s=event.duration_s, error=event.error, lines=event.lines,
-            truncated=event.truncated, signals_sent=list(event.signals_sent), rusage=event.rusage,
+            state,
+            state=event.state,
+            finished_at=event.finished_at,
+            exit_code=event.exit_code,
+            signal=event.signal,
+            duration_s=event.duration_s,
+            error=event.error,
+            lines=event.lines,
+            truncated=event.truncated,
+            signals_sent=list(event.signals_sent),
+            rusage=event.rusage,
             attempt=max(state.attempt, event.attempt),
-            started_at=event.started_at or state.started_at, last_seq=seq,
+            started_at=event.started_at or state.started_at,
+            last_seq=seq,
         )
     raise TypeError(f"unknown event {type(event).__name__}")  # pragma: no cover

@@ -77,7 +77,9 @@ class Store:
         return _dec.decode(row[0]) if row else None
 
     def commit(self, states: Iterable[JobState], seq: int, skipped: int = 0) -> None:
-        rows = [(s.job_id, s.tool, s.state, s.submitted_at, s.last_seq, _enc.encode(s)) for s in states]
+        rows = [
+            (s.job_id, s.tool, s.state, s.submitted_at, s.last_seq, _enc.encode(s)) for s in states
+        ]
         cur = self.db.cursor()
         cur.execute("BEGIN")
         try:
@@ -86,11 +88,18 @@ class Store:
                 "ON CONFLICT(job_id) DO UPDATE SET state=excluded.state, last_seq=excluded.last_seq, doc=excluded.doc",
                 rows,
             )
-            labels = [(job_id, f"{k}={v}") for job_id, doc in ((r[0], r[5]) for r in rows)
-                      for k, v in _dec.decode(doc).labels.items()]
+            labels = [
+                (job_id, f"{k}={v}")
+                for job_id, doc in ((r[0], r[5]) for r in rows)
+                for k, v in _dec.decode(doc).labels.items()
+            ]
             if labels:
-                cur.executemany("INSERT OR IGNORE INTO labels (job_id, label) VALUES (?, ?)", labels)
-            cur.execute("UPDATE position SET seq = ?, skipped = skipped + ? WHERE id = 1", (seq, skipped))
+                cur.executemany(
+                    "INSERT OR IGNORE INTO labels (job_id, label) VALUES (?, ?)", labels
+                )
+            cur.execute(
+                "UPDATE position SET seq = ?, skipped = skipped + ? WHERE id = 1", (seq, skipped)
+            )
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
@@ -100,12 +109,23 @@ class Store:
         self.db.execute("UPDATE position SET kv_seq = ? WHERE id = 1", (seq,))
 
     def changed_since(self, seq: int) -> list[JobState]:
-        return [_dec.decode(r[0]) for r in self.db.execute("SELECT doc FROM jobs WHERE last_seq > ?", (seq,))]
+        return [
+            _dec.decode(r[0])
+            for r in self.db.execute("SELECT doc FROM jobs WHERE last_seq > ?", (seq,))
+        ]
 
-    def list(self, *, state: str | None, tool: str | None, label: str | None, limit: int,
-             before: str | None) -> list[JobState]:
+    def list_jobs(
+        self,
+        *,
+        state: str | None,
+        tool: str | None,
+        label: str | None,
+        limit: int,
+        before: str | None,
+    ) -> list[JobState]:
         """Newest first (job ids are time-sortable ULIDs); ``before`` is the exclusive cursor."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[str | int] = []
         sql = "SELECT j.doc FROM jobs j"
         if label:
             sql += " JOIN labels l ON l.job_id = j.job_id AND l.label = ?"

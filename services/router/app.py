@@ -47,8 +47,14 @@ log = logging.getLogger("domed.router")
 
 
 class Router:
-    def __init__(self, settings: Settings, tools: Mapping[str, Tool], js: JetStreamContext,
-                 secrets: KeyValue, idempotency: KeyValue) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        tools: Mapping[str, Tool],
+        js: JetStreamContext,
+        secrets: KeyValue,
+        idempotency: KeyValue,
+    ) -> None:
         self.settings = settings
         self.tools = tools
         self.js = js
@@ -71,7 +77,9 @@ class Router:
                 await self.secrets.put(job_id, bus.encode(secret_params))
             await bus.retry_until(
                 self.settings.request_timeout_s,
-                lambda: bus.publish_event(self.js, queued, timeout_s=self.settings.request_timeout_s / 2),
+                lambda: bus.publish_event(
+                    self.js, queued, timeout_s=self.settings.request_timeout_s / 2
+                ),
             )
         except bus.UNAVAILABLE_ERRORS as exc:
             raise bus.unavailable(exc) from None
@@ -108,11 +116,16 @@ class Router:
                 raise DomedError(ErrorCode.UNKNOWN_JOB, f"no job has id {req.job_id!r}")
             last_seq, event = last
             if isinstance(event, Terminal):
-                raise DomedError(ErrorCode.ALREADY_TERMINAL, f"job {req.job_id} already ended {event.state}",
-                                 {"state": event.state})
+                raise DomedError(
+                    ErrorCode.ALREADY_TERMINAL,
+                    f"job {req.job_id} already ended {event.state}",
+                    {"state": event.state},
+                )
             cancel = Cancel(job_id=req.job_id, requested_at=core.now_iso(), reason=req.reason)
             try:
-                ack = await bus.publish_event(self.js, cancel, last_seq, headers=bus.cas_headers(req.job_id, last_seq))
+                ack = await bus.publish_event(
+                    self.js, cancel, last_seq, headers=bus.cas_headers(req.job_id, last_seq)
+                )
             except nats.js.errors.APIError as exc:
                 # Another event landed since we read; read again (bounded by the deadline).
                 if bus.is_wrong_last_sequence(exc) and time.monotonic() < deadline:
@@ -122,7 +135,9 @@ class Router:
         started = await bus.last_event(self.js, req.job_id, "started")
         if started is not None:
             return CancelReply(job_id=req.job_id, state="running")
-        terminal = Terminal(job_id=req.job_id, state="canceled", finished_at=core.now_iso(), attempt=0)
+        terminal = Terminal(
+            job_id=req.job_id, state="canceled", finished_at=core.now_iso(), attempt=0
+        )
         try:
             await bus.publish_event(self.js, terminal, headers=bus.cas_headers(req.job_id, ack.seq))
             return CancelReply(job_id=req.job_id, state="canceled")
@@ -138,7 +153,10 @@ class Router:
         return CancelReply(job_id=req.job_id, state="running")
 
     async def tools_list(self, _: ToolsListRequest) -> ToolsListReply:
-        tools = [ToolSummary(t.id, t.manifest.version, t.manifest.description) for t in self.tools.values()]
+        tools = [
+            ToolSummary(t.id, t.manifest.version, t.manifest.description)
+            for t in self.tools.values()
+        ]
         return ToolsListReply(tools=sorted(tools, key=lambda t: t.id))
 
     async def tools_get(self, req: ToolsGetRequest) -> dict[str, Any]:
@@ -158,7 +176,9 @@ class Router:
         ]
 
 
-async def run_router(settings: Settings, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+async def run_router(
+    settings: Settings, stop: asyncio.Event, ready: asyncio.Event | None = None
+) -> None:
     """Serve until ``stop`` is set. Refuses to start on a catalogue with any problem."""
     tools = load_catalogue(settings.ssot)
     nc: Client = await bus.connect(settings, settings.name or "domed-router")
@@ -166,11 +186,17 @@ async def run_router(settings: Settings, stop: asyncio.Event, ready: asyncio.Eve
         js = nc.jetstream(timeout=settings.request_timeout_s)
         await bus.ensure_stream(js, settings.stream)
         secrets = await bus.ensure_kv(js, subjects.KV_SECRETS, settings.stream)
-        idem = await bus.ensure_kv(js, subjects.KV_IDEMPOTENCY, settings.stream,
-                                   ttl_s=settings.stream.duplicate_window_s)
+        idem = await bus.ensure_kv(
+            js, subjects.KV_IDEMPOTENCY, settings.stream, ttl_s=settings.stream.duplicate_window_s
+        )
         router = Router(settings, tools, js, secrets, idem)
-        service = await serve(nc, subjects.SERVICE_ROUTER, VERSION,
-                              "validates job requests against tool manifests", router.endpoints())
+        service = await serve(
+            nc,
+            subjects.SERVICE_ROUTER,
+            VERSION,
+            "validates job requests against tool manifests",
+            router.endpoints(),
+        )
         log.info("router ready: %d tools, NATS %s", len(tools), settings.nats_url)
         if ready is not None:
             ready.set()

@@ -12,7 +12,13 @@ from contracts.api import ExplainReply, SubmitRequest
 from contracts.errors import DomedError, ErrorCode
 from contracts.events import Queued
 from services.catalogue.loader import Tool
-from services.catalogue.render import env_names, mask_params, param_errors, render_argv, with_defaults
+from services.catalogue.render import (
+    env_names,
+    mask_params,
+    param_errors,
+    render_argv,
+    with_defaults,
+)
 
 
 def now_iso() -> str:
@@ -24,7 +30,9 @@ def find_tool(tools: Mapping[str, Tool], tool_id: str) -> Tool:
     if tool is None:
         close = difflib.get_close_matches(tool_id, list(tools), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise DomedError(ErrorCode.UNKNOWN_TOOL, f"no tool has id {tool_id!r}{hint}", {"close_matches": close})
+        raise DomedError(
+            ErrorCode.UNKNOWN_TOOL, f"no tool has id {tool_id!r}{hint}", {"close_matches": close}
+        )
     return tool
 
 
@@ -32,7 +40,9 @@ def checked_params(tool: Tool, params: Mapping[str, Any]) -> dict[str, Any]:
     """Params with schema defaults filled, or invalid_params listing every failure by path."""
     failures = param_errors(tool.validator, params)
     if failures:
-        raise DomedError(ErrorCode.INVALID_PARAMS, f"{len(failures)} parameter error(s) for {tool.id}", failures)
+        raise DomedError(
+            ErrorCode.INVALID_PARAMS, f"{len(failures)} parameter error(s) for {tool.id}", failures
+        )
     return with_defaults(tool.manifest, params)
 
 
@@ -41,16 +51,23 @@ def effective_timeout(tool: Tool, requested: float | None) -> float:
     if requested is None:
         return limit
     if not requested > 0:
-        raise DomedError(ErrorCode.INVALID_REQUEST, "timeout_s must be a positive number of seconds")
+        raise DomedError(
+            ErrorCode.INVALID_REQUEST, "timeout_s must be a positive number of seconds"
+        )
     if requested > limit:
-        raise DomedError(ErrorCode.INVALID_REQUEST, f"timeout_s {requested} exceeds the tool's timeout_s {limit}")
+        raise DomedError(
+            ErrorCode.INVALID_REQUEST, f"timeout_s {requested} exceeds the tool's timeout_s {limit}"
+        )
     return requested
 
 
 def check_labels(labels: Mapping[str, str]) -> None:
     for key in labels:
         if not key or len(key) > 128 or any(c in key for c in "=,\x00"):
-            raise DomedError(ErrorCode.INVALID_REQUEST, f"label key {key!r} must be 1-128 chars without '=', ',' or NUL")
+            raise DomedError(
+                ErrorCode.INVALID_REQUEST,
+                f"label key {key!r} must be 1-128 chars without '=', ',' or NUL",
+            )
 
 
 def build_queued(tool: Tool, req: SubmitRequest, job_id: str, params: dict[str, Any]) -> Queued:
@@ -58,7 +75,9 @@ def build_queued(tool: Tool, req: SubmitRequest, job_id: str, params: dict[str, 
     check_labels(req.labels)
     timeout_s = effective_timeout(tool, req.timeout_s)
     # Rendering now means a request that cannot render is refused, not failed at run time.
-    render_argv(tool.manifest, params, tool_dir=tool.tool_dir, job_id=job_id, work_dir="/nonexistent")
+    render_argv(
+        tool.manifest, params, tool_dir=tool.tool_dir, job_id=job_id, work_dir="/nonexistent"
+    )
     return Queued(
         job_id=job_id,
         tool=tool.id,
@@ -80,7 +99,11 @@ def idempotency_slot(key: str) -> str:
 def explain(tool: Tool, params: Mapping[str, Any]) -> ExplainReply:
     checked = checked_params(tool, params)
     argv = render_argv(
-        tool.manifest, checked, tool_dir=tool.tool_dir, job_id="<job_id>", work_dir="<work_dir>",
+        tool.manifest,
+        checked,
+        tool_dir=tool.tool_dir,
+        job_id="<job_id>",
+        work_dir="<work_dir>",
         masked=tool.manifest.secrets,
     )
     return ExplainReply(

@@ -108,7 +108,9 @@ def _shape(cfg: StreamConfig) -> dict[str, Any]:
     return {
         "subjects": sorted(cfg.subjects or []),
         "subject_transform": cfg.subject_transform.as_dict() if cfg.subject_transform else None,
-        "republish": {"src": cfg.republish.src, "dest": cfg.republish.dest} if cfg.republish else None,
+        "republish": {"src": cfg.republish.src, "dest": cfg.republish.dest}
+        if cfg.republish
+        else None,
         "retention": getattr(cfg.retention, "value", cfg.retention),
         "storage": getattr(cfg.storage, "value", cfg.storage),
     }
@@ -133,19 +135,35 @@ async def ensure_stream(js: JetStreamContext, ss: StreamSettings) -> None:
             f"stream {subjects.STREAM} exists with a different shape: {_shape(have)} != {_shape(want)}; "
             "domed will not change it (that could lose events). Fix or migrate it by hand."
         )
-    safe = ("max_age", "max_bytes", "duplicate_window", "deny_delete", "deny_purge", "discard", "allow_direct")
+    safe = (
+        "max_age",
+        "max_bytes",
+        "duplicate_window",
+        "deny_delete",
+        "deny_purge",
+        "discard",
+        "allow_direct",
+    )
     if any(getattr(have, k) != getattr(want, k) for k in safe):
         await js.update_stream(want)
 
 
-async def ensure_kv(js: JetStreamContext, bucket: str, ss: StreamSettings, ttl_s: float = 0, history: int = 1) -> KeyValue:
+async def ensure_kv(
+    js: JetStreamContext, bucket: str, ss: StreamSettings, ttl_s: float = 0, history: int = 1
+) -> KeyValue:
     try:
         return await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
         pass
     try:
         return await js.create_key_value(
-            KeyValueConfig(bucket=bucket, history=history, ttl=ttl_s or None, replicas=ss.replicas, storage=StorageType.FILE)
+            KeyValueConfig(
+                bucket=bucket,
+                history=history,
+                ttl=ttl_s or None,
+                replicas=ss.replicas,
+                storage=StorageType.FILE,
+            )
         )
     except nats.js.errors.BadRequestError:
         return await js.key_value(bucket)
@@ -166,7 +184,9 @@ def executors_consumer_config(ss: StreamSettings) -> ConsumerConfig:
     )
 
 
-async def retry_until(deadline_s: float, op: Callable[[], Awaitable[T]], *, pause_s: float = 0.1) -> T:
+async def retry_until(
+    deadline_s: float, op: Callable[[], Awaitable[T]], *, pause_s: float = 0.1
+) -> T:
     """Run ``op`` until it succeeds or the deadline passes; retry only bus unavailability.
 
     Retrying a publish with the same ``Nats-Msg-Id`` is safe: the stream stores it once.
@@ -195,7 +215,12 @@ async def publish_event(
     hdrs = {"Nats-Msg-Id": subjects.msg_id(event.job_id, kind, n)}
     if headers:
         hdrs.update(headers)
-    return await js.publish(subjects.ingest_subject(event.job_id, kind), encode_event(event), timeout=timeout_s, headers=hdrs)
+    return await js.publish(
+        subjects.ingest_subject(event.job_id, kind),
+        encode_event(event),
+        timeout=timeout_s,
+        headers=hdrs,
+    )
 
 
 def cas_headers(job_id: str, last_seq: int) -> dict[str, str]:
@@ -213,7 +238,9 @@ def is_wrong_last_sequence(exc: BaseException) -> bool:
     return isinstance(exc, nats.js.errors.APIError) and exc.err_code == WRONG_LAST_SEQUENCE
 
 
-async def last_event(js: JetStreamContext, job_id: str, kind: str = "*") -> tuple[int, Event] | None:
+async def last_event(
+    js: JetStreamContext, job_id: str, kind: str = "*"
+) -> tuple[int, Event] | None:
     """The newest stored event of a job (of one kind, or of any with ``*``), with its stream seq."""
     try:
         msg = await js.get_last_msg(subjects.STREAM, f"job.{job_id}.{kind}", direct=True)

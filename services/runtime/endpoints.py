@@ -39,13 +39,20 @@ def decode_request(data: bytes, request_type: type[msgspec.Struct]) -> Any:
     try:
         return msgspec.json.decode(body, type=request_type)
     except msgspec.ValidationError as exc:
-        raise DomedError(ErrorCode.INVALID_REQUEST, f"request does not have the expected shape: {exc}") from None
+        raise DomedError(
+            ErrorCode.INVALID_REQUEST, f"request does not have the expected shape: {exc}"
+        ) from None
     except msgspec.DecodeError as exc:
-        raise DomedError(ErrorCode.INVALID_REQUEST, f"request body is not valid JSON: {exc}") from None
+        raise DomedError(
+            ErrorCode.INVALID_REQUEST, f"request body is not valid JSON: {exc}"
+        ) from None
 
 
 def error_reply(err: DomedError) -> tuple[bytes, dict[str, str]]:
-    headers = {ERROR_HEADER: f"{err.code.value}: {err.message}"[:1024], ERROR_CODE_HEADER: str(err.status)}
+    headers = {
+        ERROR_HEADER: f"{err.code.value}: {err.message}"[:1024],
+        ERROR_CODE_HEADER: str(err.status),
+    }
     return _encoder.encode(err.body()), headers
 
 
@@ -59,14 +66,16 @@ def _wrap(endpoint: Endpoint) -> Callable[[Request], Awaitable[None]]:
             await request.respond(data, headers=headers)
         except Exception:
             log.exception("endpoint %s failed", endpoint.subject)
-            err = DomedError(ErrorCode.INTERNAL, "internal error; see the service log")
-            data, headers = error_reply(err)
+            internal = DomedError(ErrorCode.INTERNAL, "internal error; see the service log")
+            data, headers = error_reply(internal)
             await request.respond(data, headers=headers)
 
     return handle
 
 
-async def serve(nc: Client, name: str, version: str, description: str, endpoints: list[Endpoint]) -> Service:
+async def serve(
+    nc: Client, name: str, version: str, description: str, endpoints: list[Endpoint]
+) -> Service:
     """Register the service and its endpoints; returns the Service to ``stop()`` later."""
     service = await add_service(nc, name=name, version=version, description=description)
     for ep in endpoints:

