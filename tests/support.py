@@ -48,6 +48,8 @@ class Reply:
 
     @property
     def error(self) -> dict[str, Any] | None:
+        if "Nats-Service-Error" not in self.headers:
+            return None
         return self.data.get("error") if isinstance(self.data, dict) else None
 
 

@@ -52,9 +52,7 @@ async def request(nc: Client, subject: str, body: Any, timeout: float = 5.0) -> 
     except nats.errors.TimeoutError:
         raise ApiError("unavailable", f"{subject} did not answer within {timeout}s") from None
     data = msgspec.json.decode(msg.data) if msg.data else {}
-    if (msg.headers and ERROR_HEADER in msg.headers) or (
-        isinstance(data, dict) and "error" in data
-    ):
+    if msg.headers and ERROR_HEADER in msg.headers:
         err = data.get("error", {}) if isinstance(data, dict) else {}
         raise ApiError(
             err.get("code", "internal"), err.get("message", str(msg.headers)), err.get("details")

@@ -476,6 +476,9 @@ class Executor:
                 await proc.drain(DRAIN_PIPES_S)
             proc.kill_leftovers()
             proc.close()
+            if remove_dir:  # before the terminal, so a client that saw it sees the dir gone
+                shutil.rmtree(work_dir, ignore_errors=True)
+                remove_dir = False
             for stream in ("stdout", "stderr"):
                 emit(stream, splitters[stream].finish())
             await pipeline.close()

@@ -144,7 +144,8 @@ class JobProcess:
 
     def kill_leftovers(self) -> None:
         """A job's whole group dies with it: KILL whatever is left once the leader is gone."""
-        self.signal_group(signal.SIGKILL)
+        if self.signal_group(signal.SIGKILL) and "KILL" not in self.signals_sent:
+            self.signals_sent.append("KILL")
 
     async def wait_exit(self) -> Exit:
         assert self.exited is not None

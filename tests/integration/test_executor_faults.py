@@ -1,0 +1,122 @@
+"""Executors as real processes: shared concurrency limits, SIGKILL, SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from contracts.events import Started, Terminal
+from services.runtime.natsserver import NatsServer
+from tests.support import Domed, ServiceProcess, pid_alive, processes_with_env, terminal_of
+
+
+@pytest.fixture
+async def router_projector(fresh_server: NatsServer, ssot: Path, tmp_path: Path):
+    async with Domed.running(fresh_server.url, ssot, tmp_path / "data", services=("router", "projector"), ack_wait_s=2) as d:
+        yield d
+
+
+def executor(d: Domed, data_dir: Path, *extra: str) -> ServiceProcess:
+    return ServiceProcess("executor", d.url, d.ssot, data_dir, "--ack-wait", "2", *extra)
+
+
+async def test_concurrency_limit_holds_across_two_executors(router_projector: Domed, tmp_path: Path) -> None:
+    d = router_projector
+    a = executor(d, tmp_path / "a", "--name", "exec-a").start()
+    b = executor(d, tmp_path / "b", "--name", "exec-b").start()
+    try:
+        await a.wait_ready()
+        await b.wait_ready()
+        jobs = [await d.submit("test.limited", {"seconds": 0.3}) for _ in range(6)]
+        spans = []
+        for job_id in jobs:
+            events = await d.events(job_id, timeout=60)
+            start = next(e for e in events if isinstance(e.event, Started))
+            assert terminal_of(events).state == "succeeded"
+            spans.append((start.seq, events[-1].seq))
+        spans.sort()
+        for (s1, e1), (s2, _) in zip(spans, spans[1:], strict=False):
+            assert s2 > e1, f"two limited jobs overlapped: {spans}"
+    finally:
+        a.kill()
+        b.kill()
+
+
+async def test_executor_sigkill_ends_the_job_lost_and_reaps_its_orphans(router_projector: Domed, tmp_path: Path) -> None:
+    d = router_projector
+    counter = tmp_path / "count"
+    first = executor(d, tmp_path / "x").start()
+    await first.wait_ready()
+    job_id = await d.submit("test.counter", {"file": str(counter), "seconds": 60})
+    events = await _until_kind(d, job_id, "started")
+    pid = next(e.event.pid for e in events if isinstance(e.event, Started))
+    assert pid_alive(pid)
+    first.kill()
+    assert pid_alive(pid), "the job outlives a SIGKILLed executor until someone reaps it"
+    second = executor(d, tmp_path / "x").start()  # same host, same data dir: it reaps the orphan
+    try:
+        await second.wait_ready()
+        assert not pid_alive(pid) and processes_with_env(f"DOMED_JOB_ID={job_id}") == []
+        events = await d.events(job_id, timeout=30)
+        term = terminal_of(events)
+        assert term.state == "lost" and term.error is not None and term.error.code == "executor_lost"
+        assert counter.read_text() == "1"
+        assert (await d.projected(job_id))["state"] == "lost"
+    finally:
+        second.kill()
+
+
+async def test_idempotent_tool_is_retried_after_its_executor_vanished(router_projector: Domed, tmp_path: Path) -> None:
+    d = router_projector
+    counter = tmp_path / "count"
+    first = executor(d, tmp_path / "x").start()
+    await first.wait_ready()
+    job_id = await d.submit("test.counter_idempotent", {"file": str(counter), "seconds": 1.0})
+    await _until_kind(d, job_id, "started")
+    first.kill()
+    second = executor(d, tmp_path / "y").start()
+    try:
+        events = await d.events(job_id, timeout=30)
+        term = terminal_of(events)
+        assert term.state == "succeeded" and term.attempt == 2
+        assert [e.event.attempt for e in events if isinstance(e.event, Started)] == [1, 2]
+        assert counter.read_text() == "2"
+        state = await d.projected(job_id)
+        assert state["attempt"] == 2 and state["state"] == "succeeded"
+    finally:
+        second.kill()
+        for p in processes_with_env("DOMED_JOB_ID=" + job_id):
+            import os
+
+            os.kill(p, signal.SIGKILL)
+
+
+async def test_sigterm_drains_then_cancels_with_executor_shutdown(router_projector: Domed, tmp_path: Path) -> None:
+    d = router_projector
+    proc = executor(d, tmp_path / "x", "--drain-timeout", "1").start()
+    await proc.wait_ready()
+    long_job = await d.submit("test.sleep", {"seconds": 60})
+    short_job = await d.submit("test.sleep", {"seconds": 0.3})
+    await _until_kind(d, long_job, "started")
+    await _until_kind(d, short_job, "started")
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    short = terminal_of(await d.events(short_job, timeout=10))
+    assert short.state == "succeeded"
+    long = terminal_of(await d.events(long_job, timeout=10))
+    assert long.state == "canceled" and long.error is not None and long.error.code == "executor_shutdown"
+    assert processes_with_env(f"DOMED_JOB_ID={long_job}") == []
+
+
+async def _until_kind(d: Domed, job_id: str, kind: str, timeout: float = 30):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events = await d.events(job_id, timeout=1, until_terminal=False)
+        if any(e.kind == kind for e in events):
+            return events
+        assert not any(isinstance(e.event, Terminal) for e in events), [e.kind for e in events]
+    raise TimeoutError(f"{job_id} never reached {kind}")

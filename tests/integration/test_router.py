@@ -1,0 +1,152 @@
+"""The router's whole API through real NATS: every error code, injection safety,
+idempotency under a race, cancel before start, explain, and a broken catalogue."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from contracts import subjects
+from contracts.events import encode_event
+from services.catalogue.loader import CatalogueError
+from services.router.app import run_router
+from services.runtime.settings import Settings
+from tests.support import ROOT, Domed, log_lines, terminal_of
+
+
+async def test_invalid_request_bodies_are_refused(domed: Domed) -> None:
+    for raw in (b"not json", b"[1,2]", b'{"params": {}}', b'{"tool": 5}', b'{"tool": "demo.echo", "nope": 1}'):
+        r = await domed.request(subjects.SUBMIT, None, raw=raw)
+        assert r.error is not None and r.error["code"] == "invalid_request", (raw, r.data)
+        assert r.headers["Nats-Service-Error-Code"] == "400"
+
+
+async def test_invalid_params_lists_every_failure_with_its_path(domed: Domed) -> None:
+    r = await domed.request(subjects.SUBMIT, {"tool": "python.script", "params": {"script": "../x", "args": [1, "ok", 2]}})
+    assert r.error["code"] == "invalid_params"
+    paths = sorted(d["path"] for d in r.error["details"])
+    assert paths == ["$.args[0]", "$.args[2]", "$.script"]
+
+
+async def test_injection_strings_reach_the_process_as_single_literal_arguments(domed: Domed) -> None:
+    hostile = ["; rm -rf / #", "$(id)", "`id`", "a b  c", "*", "-rf", "'quoted'", '"dq"', "x\ny", "&& echo pwned |"]
+    for value in hostile:
+        _, events = await domed.run("test.argv", {"value": value, "items": ["$HOME", "two words"]})
+        assert terminal_of(events).state == "succeeded"
+        argv = json.loads("\n".join(log_lines(events)))
+        assert argv == [value, f"x{value}y", "$HOME", "two words"], value
+
+
+async def test_leading_dash_without_double_dash_is_refused(domed: Domed) -> None:
+    r = await domed.request(subjects.SUBMIT, {"tool": "demo.echo", "params": {"text": "-n"}})
+    assert r.error["code"] == "invalid_params" and r.error["details"][0]["path"] == "$.text"
+
+
+async def test_timeout_above_the_manifest_limit_is_refused(domed: Domed) -> None:
+    r = await domed.request(subjects.SUBMIT, {"tool": "demo.echo", "params": {"text": "x"}, "timeout_s": 10_000})
+    assert r.error["code"] == "invalid_request"
+
+
+async def test_queued_event_carries_manifest_identity_and_masks_secrets(domed: Domed) -> None:
+    tool = await domed.request(subjects.TOOLS_GET, {"id": "test.secret"})
+    job_id, events = await domed.run("test.secret", {"token": "hunter2-secret"}, labels={"team": "a"})
+    queued = events[0].event
+    assert queued.tool_version == 1 and queued.manifest_sha256 == tool.data["manifest_sha256"]
+    assert queued.params == {"token": "***"} and queued.labels == {"team": "a"}
+    assert log_lines(events) == ["the token is ***!"]
+    assert all(b"hunter2" not in encode_event(e.event) for e in events)
+    state = await domed.projected(job_id)
+    assert state["params"] == {"token": "***"} and state["state"] == "succeeded"
+
+
+async def test_idempotency_key_returns_the_first_job_even_when_racing(domed: Domed) -> None:
+    body = {"tool": "demo.echo", "params": {"text": "once"}, "idempotency_key": f"race-{id(domed)}-{asyncio.get_running_loop().time()}"}
+    replies = await asyncio.gather(*(domed.request(subjects.SUBMIT, body) for _ in range(8)))
+    ids = {r.data["job_id"] for r in replies}
+    assert len(ids) == 1
+    assert sorted(r.data["duplicate"] for r in replies) == [False] + [True] * 7
+    job_id = ids.pop()
+    events = await domed.events(job_id)
+    assert [e.kind for e in events].count("queued") == 1
+    again = await domed.request(subjects.SUBMIT, body)
+    assert again.data == {"job_id": job_id, "state": "queued", "duplicate": True}
+
+
+async def test_cancel_of_a_queued_job_never_starts_it(domed: Domed) -> None:
+    # Fill the limited tool's only slot, so the next job of it waits in the queue.
+    blocker = await domed.submit("test.limited", {"seconds": 30})
+    await _wait_for_kind(domed, blocker, "started")
+    waiting = await domed.submit("test.limited", {"seconds": 0})
+    r = await domed.request(subjects.CANCEL, {"job_id": waiting, "reason": "changed my mind"})
+    assert r.data == {"job_id": waiting, "state": "canceled"}
+    events = await domed.events(waiting)
+    assert [e.kind for e in events] == ["queued", "cancel", "terminal"]
+    assert terminal_of(events).state == "canceled" and events[1].event.reason == "changed my mind"
+    r = await domed.request(subjects.CANCEL, {"job_id": waiting})
+    assert r.error["code"] == "already_terminal" and r.headers["Nats-Service-Error-Code"] == "409"
+    r = await domed.request(subjects.CANCEL, {"job_id": blocker})
+    assert r.data["state"] in ("running", "canceled")
+    assert terminal_of(await domed.events(blocker)).state == "canceled"
+    assert (await domed.projected(waiting))["state"] == "canceled"
+
+
+async def test_cancel_of_an_unknown_job(domed: Domed) -> None:
+    for job_id in ("01NOSUCHJOB0000000000000000", "not a job", "a.b"):
+        r = await domed.request(subjects.CANCEL, {"job_id": job_id})
+        assert r.error["code"] == "unknown_job" and r.headers["Nats-Service-Error-Code"] == "404"
+
+
+async def test_tools_list_get_and_explain(domed: Domed) -> None:
+    listed = (await domed.request(subjects.TOOLS_LIST, {})).data["tools"]
+    ids = [t["id"] for t in listed]
+    assert ids == sorted(ids) and "demo.echo" in ids and "files.checksum" in ids
+    got = (await domed.request(subjects.TOOLS_GET, {"id": "demo.countdown"})).data
+    assert got["entrypoint"][0] == "python3" and got["parameters"]["required"] == ["n"]
+    assert (await domed.request(subjects.TOOLS_GET, {"id": "nope"})).error["code"] == "unknown_tool"
+    explained = (await domed.request(subjects.TOOLS_EXPLAIN, {"tool": "test.secret", "params": {"token": "abcd1234"}})).data
+    assert explained["argv"][-1] == "***" and "abcd1234" not in json.dumps(explained)
+    assert explained["env_names"] == ["DOMED_JOB_ID", "PATH"] and explained["working_dir_policy"] == "temp"
+    assert len(explained["manifest_sha256"]) == 64
+    bad = await domed.request(subjects.TOOLS_EXPLAIN, {"tool": "demo.countdown", "params": {"n": "x"}})
+    assert bad.error["code"] == "invalid_params"
+
+
+async def test_router_refuses_a_broken_catalogue_listing_every_problem(tmp_path: Path, nats_server) -> None:
+    root = tmp_path / "ssot"
+    shutil.copytree(ROOT / "ssot", root)
+    (root / "tools" / "bad1.yaml").write_text("id: Bad Id\nversion: -1\nentrypoint: []\n")
+    (root / "tools" / "bad2.yaml").write_text("id: demo.echo\nversion: 1\nentrypoint: ['x', '{nope}']\n")
+    (root / "tools" / "bad3.yaml").write_text("id: [unclosed\n")
+    with pytest.raises(CatalogueError) as caught:
+        await run_router(Settings(nats_url=nats_server.url, ssot=root), asyncio.Event())
+    text = str(caught.value)
+    for fragment in ("bad1.yaml", "id", "version", "entrypoint", "bad2.yaml", "{nope}", "bad3.yaml", "YAML syntax"):
+        assert fragment in text, fragment
+    cli = subprocess.run([sys.executable, "-m", "services.cli.main", "router", "--ssot", str(root), "--nats-url",
+                          nats_server.url], capture_output=True, cwd=ROOT, timeout=30)
+    assert cli.returncode == 2 and b"bad1.yaml" in cli.stderr and b"refusing to start" in cli.stderr
+    val = subprocess.run([sys.executable, "-m", "services.cli.main", "tools", "validate", str(root)],
+                         capture_output=True, cwd=ROOT, timeout=30)
+    assert val.returncode == 1 and val.stderr.count(b"error") >= 5
+
+
+async def test_submit_answers_unavailable_when_jetstream_is_gone(fresh_domed: Domed, fresh_server) -> None:
+    js = fresh_domed.nc.jetstream()
+    await js.delete_stream(subjects.STREAM)  # the stream is gone: nothing can be stored
+    r = await fresh_domed.request(subjects.SUBMIT, {"tool": "demo.echo", "params": {"text": "x"}})
+    assert r.error["code"] == "unavailable" and r.headers["Nats-Service-Error-Code"] == "503"
+
+
+async def _wait_for_kind(domed: Domed, job_id: str, kind: str, timeout: float = 20) -> None:
+    js = domed.nc.jetstream()
+    sub = await js.subscribe(subjects.event_subject(job_id, kind), stream=subjects.STREAM, ordered_consumer=True)
+    try:
+        await sub.next_msg(timeout=timeout)
+    finally:
+        await sub.unsubscribe()
