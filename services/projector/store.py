@@ -8,6 +8,7 @@ projector reads on from the committed ``seq``.
 from __future__ import annotations
 
 import base64
+import binascii
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
@@ -45,13 +46,24 @@ INSERT OR IGNORE INTO position (id, seq, kv_seq, skipped) VALUES (1, 0, 0, 0);
 """
 
 
+_CURSOR_PREFIX = "jobs-before:"
+
+
 def encode_cursor(job_id: str) -> str:
-    return base64.urlsafe_b64encode(job_id.encode()).decode().rstrip("=")
+    """An opaque cursor: clients pass it back unchanged to get the next (older) page."""
+    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{job_id}".encode()).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str) -> str:
+    """The job id a cursor points before; ValueError for anything this module did not issue."""
     pad = "=" * (-len(cursor) % 4)
-    return base64.urlsafe_b64decode(cursor + pad).decode()
+    try:
+        text = base64.b64decode(cursor + pad, altchars=b"-_", validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise ValueError("not a cursor") from None
+    if not text.startswith(_CURSOR_PREFIX) or not text[len(_CURSOR_PREFIX) :]:
+        raise ValueError("not a cursor")
+    return text[len(_CURSOR_PREFIX) :]
 
 
 class Store:

@@ -1,0 +1,197 @@
+"""The projector: queries, pagination, read-your-writes, and rebuilds that agree with the live view."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import msgspec
+
+from contracts import subjects
+from contracts.events import Log
+from services.projector.app import store_path
+from services.projector.store import Store
+from services.runtime.natsserver import NatsServer
+from services.runtime.settings import Settings
+from tests.support import Domed, ServiceProcess, log_lines, terminal_of
+
+
+async def test_get_list_filters_and_pagination(domed: Domed) -> None:
+    label = f"batch={id(object())}"
+    ids = []
+    for i in range(7):
+        job_id = await domed.submit(
+            "demo.echo", {"text": f"n{i}"}, labels={"batch": label.split("=")[1]}
+        )
+        ids.append(job_id)
+    failed = await domed.submit("test.exit", {"code": 1}, labels={"batch": label.split("=")[1]})
+    for job_id in [*ids, failed]:
+        await domed.projected(job_id)
+    seen: list[str] = []
+    cursor = None
+    while True:
+        body = {"label": label, "limit": 3, **({"cursor": cursor} if cursor else {})}
+        page = (await domed.request(subjects.JOBS_LIST, body)).data
+        assert len(page["jobs"]) <= 3 and page["projected_seq"] > 0
+        seen += [j["job_id"] for j in page["jobs"]]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            break
+    assert seen == sorted([*ids, failed], reverse=True)  # newest first
+    only_failed = (
+        await domed.request(subjects.JOBS_LIST, {"label": label, "state": "failed"})
+    ).data["jobs"]
+    assert [j["job_id"] for j in only_failed] == [failed]
+    by_tool = (await domed.request(subjects.JOBS_LIST, {"label": label, "tool": "test.exit"})).data[
+        "jobs"
+    ]
+    assert [j["job_id"] for j in by_tool] == [failed]
+    r = await domed.request(subjects.JOBS_GET, {"job_id": "01NOSUCHJOB0000000000000000"})
+    assert r.error["code"] == "unknown_job" and r.headers["Nats-Service-Error-Code"] == "404"
+    r = await domed.request(subjects.JOBS_LIST, {"cursor": "!!!"})
+    assert r.error["code"] == "invalid_request"
+
+
+async def test_read_your_writes_through_projected_seq(domed: Domed) -> None:
+    job_id, events = await domed.run("demo.echo", {"text": "ryw"})
+    target = events[-1].seq
+    for _ in range(200):
+        reply = await domed.request(subjects.JOBS_GET, {"job_id": job_id})
+        if reply.error is None and reply.data["projected_seq"] >= target:
+            assert reply.data["state"] == "succeeded"
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the projection never reached the job's terminal")
+
+
+async def test_events_of_a_big_job_come_back_complete_across_pages(domed: Domed) -> None:
+    job_id, events = await domed.run("test.spew", {"lines": 100_000, "width": 60}, timeout=120)
+    assert terminal_of(events).state == "succeeded"
+    got: list[dict] = []
+    after = 0
+    pages = 0
+    while True:
+        page = (
+            await domed.request(subjects.JOBS_EVENTS, {"job_id": job_id, "after_seq": after})
+        ).data
+        pages += 1
+        got += page["events"]
+        if page.get("next") is None:
+            assert page["complete"] is True
+            break
+        after = page["next"]
+    assert pages > 1
+    assert [e["seq"] for e in got] == [e.seq for e in events]
+    lines = [line for e in got if e["data"]["kind"] == "log" for line in e["data"]["lines"]]
+    assert len(lines) == 100_000 and lines[-1].startswith("line 99999")
+    r = await domed.request(subjects.JOBS_EVENTS, {"job_id": "01NOSUCHJOB0000000000000000"})
+    assert r.error["code"] == "unknown_job"
+
+
+async def _mixed_workload(d: Domed, tmp_path: Path) -> list[str]:
+    jobs = [
+        await d.submit("demo.echo", {"text": "ok"}),
+        await d.submit("test.exit", {"code": 2}),
+        await d.submit("test.spew", {"lines": 20_000, "stderr_every": 7}),
+        await d.submit("test.sleep", {"seconds": 30}, timeout_s=0.5),
+        await d.submit("test.missing"),
+        await d.submit("demo.countdown", {"n": 3, "interval": 0.01}),
+    ]
+    to_cancel = await d.submit("test.sleep", {"seconds": 30})
+    await d.events(to_cancel, timeout=5, until_terminal=False)
+    await d.request(subjects.CANCEL, {"job_id": to_cancel})
+    jobs.append(to_cancel)
+    for job_id in jobs:
+        await d.events(job_id, timeout=60)
+    return jobs
+
+
+def _rows(path: Path) -> list[dict]:
+    store = Store(path)
+    try:
+        return [msgspec.to_builtins(s) for s in store.all_jobs()]
+    finally:
+        store.close()
+
+
+async def test_rebuild_equals_the_live_projection(
+    fresh_server: NatsServer, ssot: Path, tmp_path: Path
+) -> None:
+    async with Domed.running(fresh_server.url, ssot, tmp_path / "live") as d:
+        jobs = await _mixed_workload(d, tmp_path)
+        for job_id in jobs:
+            await d.projected(job_id)
+        states = {
+            j: (await d.request(subjects.JOBS_GET, {"job_id": j})).data["state"] for j in jobs
+        }
+        assert sorted(states.values()) == sorted(
+            ["succeeded", "failed", "succeeded", "timed_out", "failed", "succeeded", "canceled"]
+        )
+        await d.stop_service("projector")
+        await d.start_service("projector", data_dir=tmp_path / "rebuilt", rebuild=True)
+        info = await d.nc.jetstream().stream_info(subjects.STREAM)
+        for _ in range(500):
+            if (
+                Store(store_path(Settings(data_dir=tmp_path / "rebuilt"))).position()[0]
+                >= info.state.last_seq
+            ):
+                break
+            await asyncio.sleep(0.01)
+    live = _rows(store_path(Settings(data_dir=tmp_path / "live")))
+    rebuilt = _rows(store_path(Settings(data_dir=tmp_path / "rebuilt")))
+    assert len(live) == len(jobs) and live == rebuilt
+
+
+async def test_projector_killed_mid_burst_neither_skips_nor_double_counts(
+    fresh_server: NatsServer, ssot: Path, tmp_path: Path
+) -> None:
+    async with Domed.running(
+        fresh_server.url, ssot, tmp_path / "d", services=("router", "executor")
+    ) as d:
+        proj = ServiceProcess("projector", d.url, ssot, tmp_path / "p").start()
+        await proj.wait_ready()
+        jobs = [await d.submit("test.spew", {"lines": 30_000, "stderr_every": 3}) for _ in range(4)]
+        await d.events(jobs[0], timeout=60, until_terminal=False)
+        proj.signal(signal.SIGKILL)
+        proj.wait()
+        expected = {}
+        for job_id in jobs:
+            events = await d.events(job_id, timeout=60)
+            expected[job_id] = (
+                terminal_of(events).state,
+                len(log_lines(events, "stdout")),
+                len(log_lines(events, "stderr")),
+            )
+        proj2 = ServiceProcess("projector", d.url, ssot, tmp_path / "p").start()
+        try:
+            await proj2.wait_ready()
+            for job_id, (state, out, err) in expected.items():
+                got = await d.projected(job_id)
+                assert (got["state"], got["lines"]["stdout"], got["lines"]["stderr"]) == (
+                    state,
+                    out,
+                    err,
+                )
+                assert (await d.kv_value(job_id))["lines"] == {"stdout": out, "stderr": err}
+        finally:
+            proj2.kill()
+
+
+async def test_projector_down_while_jobs_run_catches_up_and_kv_matches(
+    fresh_server: NatsServer, ssot: Path, tmp_path: Path
+) -> None:
+    async with Domed.running(
+        fresh_server.url, ssot, tmp_path / "d", services=("router", "executor")
+    ) as d:
+        jobs = [await d.submit("demo.echo", {"text": str(i)}) for i in range(5)]
+        for job_id in jobs:
+            await d.events(job_id)
+        await d.start_service("projector")
+        for job_id in jobs:
+            got = await d.projected(job_id)
+            kv = await d.kv_value(job_id)
+            assert got["state"] == kv["state"] == "succeeded"
+            assert {k: v for k, v in got.items() if k != "projected_seq"} == kv
+
+    _ = Log
