@@ -8,9 +8,11 @@ placeholders against parameters and rendering argv live in ``services.catalogue`
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails
 
 TOOL_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -107,20 +109,53 @@ class Manifest(_Strict):
 
     @model_validator(mode="after")
     def _cross_field(self) -> Manifest:
-        props = self.parameters.get("properties", {}) if isinstance(self.parameters, dict) else {}
-        for name in self.secrets:
-            if name not in props:
-                raise ValueError(f"secrets: {name!r} is not a parameter")
-        for element in self.entrypoint:
-            for name in PLACEHOLDER.findall(element):
-                if name not in BUILTIN_PLACEHOLDERS and name not in props:
-                    raise ValueError(f"entrypoint: placeholder {{{name}}} names no parameter")
-        if self.retry is not None and not self.idempotent:
-            raise ValueError("retry: only allowed with idempotent: true")
+        problems = cross_field_problems(self.model_dump())
+        if problems:
+            raise ValidationError.from_exception_data(
+                "Manifest",
+                [
+                    InitErrorDetails(
+                        type="value_error", loc=loc, input=None, ctx={"error": ValueError(msg)}
+                    )
+                    for loc, msg in problems
+                ],
+            )
         return self
 
     def summary_fields(self) -> tuple[str, int, str]:
         return self.id, self.version, self.description
+
+
+def cross_field_problems(doc: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
+    """Problems that involve two fields, as ``(location, reason)``; tolerant of any input shape.
+
+    Run on the validated model, and also by the loader on a raw document that failed
+    field validation, so one report lists every problem at once.
+    """
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    params = doc.get("parameters")
+    props = params.get("properties", {}) if isinstance(params, Mapping) else {}
+    if not isinstance(props, Mapping):
+        problems.append(
+            (("parameters", "properties"), "must be a mapping of parameter names to schemas")
+        )
+        props = {}
+    secrets = doc.get("secrets")
+    if isinstance(secrets, list):
+        for i, name in enumerate(secrets):
+            if name not in props:
+                problems.append((("secrets", i), f"{name!r} is not a parameter"))
+    entrypoint = doc.get("entrypoint")
+    if isinstance(entrypoint, list):
+        for i, element in enumerate(entrypoint):
+            for name in PLACEHOLDER.findall(element) if isinstance(element, str) else ():
+                if name not in BUILTIN_PLACEHOLDERS and name not in props:
+                    problems.append(
+                        (("entrypoint", i), f"placeholder {{{name}}} names no parameter")
+                    )
+    if doc.get("retry") is not None and doc.get("idempotent") is not True:
+        problems.append((("retry",), "only allowed with idempotent: true"))
+    return problems
 
 
 def manifest_json_schema() -> dict[str, Any]:

@@ -37,12 +37,12 @@ SERVICE_PROJECTOR: Final = "domed-projector"
 EventKind = Literal["queued", "cancel", "started", "log", "progress", "terminal"]
 EVENT_KINDS: Final[tuple[str, ...]] = ("queued", "cancel", "started", "log", "progress", "terminal")
 
-_JOB_ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
+_JOB_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
 
 def is_job_id(value: str) -> bool:
     """True when ``value`` is a single URL-safe subject token usable as a job id."""
-    return bool(_JOB_ID.match(value))
+    return bool(_JOB_ID.fullmatch(value))
 
 
 def event_subject(job_id: str, kind: str) -> str:

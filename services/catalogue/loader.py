@@ -15,7 +15,7 @@ import jsonschema
 import yaml
 from pydantic import ValidationError
 
-from contracts.manifest import Manifest
+from contracts.manifest import Manifest, cross_field_problems
 
 
 @dataclass(frozen=True)
@@ -105,16 +105,22 @@ def load_file(path: Path, root: Path) -> tuple[Tool | None, list[Problem]]:
         return None, [Problem(rel, "", f"YAML syntax: {getattr(exc, 'problem', exc)}", line)]
     if not isinstance(doc, dict):
         return None, [Problem(rel, "", "a manifest must be a YAML mapping")]
+    plain = _strip_lines(doc)
     try:
-        manifest = Manifest.model_validate(_strip_lines(doc))
+        manifest = Manifest.model_validate(plain)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            field_name = ".".join(str(p) for p in loc)
-            problems.append(
-                Problem(rel, field_name, err["msg"], _line_of(doc, loc) or _line_of(doc, loc[:1]))
+        found: dict[tuple[Any, ...], str] = {tuple(e["loc"]): e["msg"] for e in exc.errors()}
+        for loc, reason in cross_field_problems(plain):  # not run by pydantic when a field failed
+            found.setdefault(loc, f"Value error, {reason}")
+        problems = [
+            Problem(
+                rel,
+                ".".join(str(p) for p in loc),
+                msg,
+                _line_of(doc, loc) or _line_of(doc, loc[:1]),
             )
+            for loc, msg in found.items()
+        ]
         return None, problems
     try:
         validator_cls = jsonschema.validators.validator_for(

@@ -22,9 +22,11 @@ MASK = "***"
 
 def param_errors(validator: Any, params: Mapping[str, Any]) -> list[dict[str, str]]:
     """Every JSON Schema failure of ``params``, each with its JSON path, in path order."""
-    errors = sorted(
-        validator.iter_errors(params), key=lambda e: (list(map(str, e.absolute_path)), e.message)
-    )
+
+    def order(e: Any) -> tuple[list[tuple[int, int | str]], str]:
+        return [(0, p) if isinstance(p, int) else (1, str(p)) for p in e.absolute_path], e.message
+
+    errors = sorted(validator.iter_errors(params), key=order)
     return [{"path": e.json_path, "message": e.message} for e in errors]
 
 
@@ -84,6 +86,11 @@ def render_argv(
     hidden = set(masked)
     argv: list[str] = []
     after_double_dash = False
+
+    def option_like(name: str, text: str, value: Any) -> bool:
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return text.startswith("-") and not after_double_dash and not is_number
+
     for index, element in enumerate(manifest.entrypoint):
         whole = PLACEHOLDER.fullmatch(element)
         if whole:
@@ -93,26 +100,26 @@ def render_argv(
             value = values[name]
             items = value if isinstance(value, list) else [value]
             for item in items:
-                if name in hidden:
-                    argv.append(MASK)
-                    continue
-                text = _scalar(name, item)
-                is_number = isinstance(item, (int, float)) and not isinstance(item, bool)
-                if text.startswith("-") and not after_double_dash and not is_number and index > 0:
+                text = _scalar(
+                    name, item
+                )  # checked even when masked: explain refuses what submit would
+                if index > 0 and option_like(name, text, item):
                     raise _render_error(name, "starts with '-' and would be read as an option")
-                argv.append(text)
+                argv.append(MASK if name in hidden else text)
             continue
 
-        def fill(match: Any) -> str:
+        def fill(match: Any, index: int = index) -> str:
             name = match.group(1)
             if name not in values:
                 raise _render_error(name, "is required by the entrypoint but has no value")
-            if name in hidden:
-                return MASK
             value = values[name]
             if isinstance(value, list):
                 raise _render_error(name, "is a list and may only stand alone as a whole argument")
-            return _scalar(name, value)
+            text = _scalar(name, value)
+            # A value at the very start of an element must not turn it into an option.
+            if index > 0 and match.start() == 0 and option_like(name, text, value):
+                raise _render_error(name, "starts with '-' and would be read as an option")
+            return MASK if name in hidden else text
 
         rendered = PLACEHOLDER.sub(fill, element)
         argv.append(rendered)

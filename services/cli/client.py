@@ -29,14 +29,20 @@ class Unreachable(Exception):
     pass
 
 
+async def _quiet(_: Exception) -> None:
+    """Connection errors become one clear message from the caller, not tracebacks."""
+
+
 async def connect(url: str, creds: str | None = None) -> Client:
     try:
         return await nats.connect(
             servers=[u.strip() for u in url.split(",")],
             user_credentials=creds,
             connect_timeout=2,
-            max_reconnect_attempts=0,
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.1,
             allow_reconnect=False,
+            error_cb=_quiet,
             name="domed-cli",
         )
     except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError, TimeoutError) as exc:

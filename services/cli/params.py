@@ -13,6 +13,13 @@ class ParamError(ValueError):
 def _convert(name: str, raw: str, schema: dict[str, Any]) -> Any:
     kind = schema.get("type")
     kinds = kind if isinstance(kind, list) else [kind]
+    if len(kinds) > 1:  # a union: the first member the value parses as, else a string if allowed
+        for member in kinds:
+            try:
+                return _convert(name, raw, {**schema, "type": member})
+            except ParamError:
+                continue
+        raise ParamError(f"-p {name}={raw}: expected one of {kinds}")
     try:
         if "integer" in kinds:
             return int(raw)

@@ -264,7 +264,9 @@ class Executor:
             await msg.nak(delay=0.2)
             return
         try:
-            await self._run_attempt(msg, tool, queued, attempt, last_seq)
+            await self._run_attempt(
+                msg, tool, queued, attempt, last_seq, slot if isinstance(slot, str) else None
+            )
         finally:
             if isinstance(slot, str):
                 with contextlib.suppress(Exception):
@@ -319,7 +321,7 @@ class Executor:
         return path, False
 
     async def _run_attempt(
-        self, msg: Msg, tool: Tool, queued: Queued, attempt: int, last_seq: int
+        self, msg: Msg, tool: Tool, queued: Queued, attempt: int, last_seq: int, slot: str | None
     ) -> None:
         job_id = queued.job_id
         manifest = tool.manifest
@@ -455,7 +457,7 @@ class Executor:
             for stream, data in buffered:
                 emit(stream, splitters[stream].feed(data))
             buffered.clear()
-            heartbeat = asyncio.create_task(self._heartbeat(msg))
+            heartbeat = asyncio.create_task(self._heartbeat(msg, slot, job_id))
 
             exit_task = asyncio.ensure_future(proc.wait_exit())
             stop_task = asyncio.ensure_future(job.stop_requested.wait())
@@ -528,11 +530,15 @@ class Executor:
             if remove_dir and work_dir:
                 shutil.rmtree(work_dir, ignore_errors=True)
 
-    async def _heartbeat(self, msg: Msg) -> None:
+    async def _heartbeat(self, msg: Msg, slot: str | None, job_id: str) -> None:
+        """Keep the delivery (and the tool's concurrency slot, which has a TTL) alive."""
         while True:
             await asyncio.sleep(self.heartbeat_s)
             with contextlib.suppress(Exception):
                 await msg.in_progress()
+            if slot is not None:
+                with contextlib.suppress(Exception):
+                    await self.slots_kv.put(slot, job_id.encode())
 
     def reap_orphans(self) -> None:
         """Kill process groups left by a previous executor on this host that died (SIGKILL)."""

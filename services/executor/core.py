@@ -36,39 +36,49 @@ class LineSplitter:
 
     @staticmethod
     def _decode(raw: bytes | bytearray) -> str:
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
         return codecs.decode(raw, "utf-8", "replace")
+
+    def _pieces(self, buf: bytearray, start: int, end: int, lines: list[str]) -> int:
+        """Append ``buf[start:end]`` as pieces of at most the limit; return where it stopped."""
+        limit = self.max_line_bytes
+        while end - start > limit:
+            cut = start + _utf8_cut(buf[start:end], limit)
+            lines.append(self._decode(buf[start:cut]))
+            start = cut
+        return start
 
     def feed(self, data: bytes) -> list[str]:
         lines: list[str] = []
         buf = self._pending
         buf += data
         start = 0
-        limit = self.max_line_bytes
         while True:
             nl = buf.find(b"\n", start)
             if nl < 0:
                 break
-            while nl - start > limit:
-                cut = start + _utf8_cut(buf[start:], limit)
-                lines.append(self._decode(buf[start:cut]))
-                start = cut
-            lines.append(self._decode(buf[start:nl]))
+            end = (
+                nl - 1 if nl > start and buf[nl - 1] == 0x0D else nl
+            )  # CRLF: the CR is not content
+            start = self._pieces(buf, start, end, lines)
+            lines.append(self._decode(buf[start:end]))
             start = nl + 1
-        while len(buf) - start > limit:
-            cut = start + _utf8_cut(buf[start:], limit)
-            lines.append(self._decode(buf[start:cut]))
-            start = cut
+        # No newline yet: emit full pieces, but keep one byte back if it may be the CR of a CRLF.
+        keep = 1 if len(buf) > start and buf[-1] == 0x0D else 0
+        start = self._pieces(buf, start, len(buf) - keep, lines)
         del buf[:start]
         return lines
 
     def finish(self) -> list[str]:
         if not self._pending:
             return []
-        line = self._decode(self._pending)
+        lines: list[str] = []
+        end = len(self._pending)
+        if self._pending.endswith(b"\r"):  # a final CR at EOF ends the line, like a newline
+            end -= 1
+        start = self._pieces(self._pending, 0, end, lines)
+        lines.append(self._decode(self._pending[start:end]))
         self._pending.clear()
-        return [line]
+        return lines
 
 
 @dataclass
@@ -80,7 +90,7 @@ class OutputBudget:
     truncated: bool = False
 
     def admit(self, line: str) -> bool:
-        size = len(line) + 1
+        size = (len(line) if line.isascii() else len(line.encode())) + 1
         if self.used + size > self.max_bytes:
             self.truncated = True
             self.used = self.max_bytes

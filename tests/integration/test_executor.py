@@ -27,7 +27,12 @@ async def test_success_records_exit_duration_counts_and_rusage(domed: Domed) -> 
     kinds = [e.kind for e in events]
     assert kinds[:2] == ["queued", "started"] and kinds[-1] == "terminal"
     started = events[1].event
-    assert isinstance(started, Started) and started.attempt == 1 and started.pid > 0 and started.executor
+    assert (
+        isinstance(started, Started)
+        and started.attempt == 1
+        and started.pid > 0
+        and started.executor
+    )
     term = terminal_of(events)
     assert term.state == "succeeded" and term.exit_code == 0 and term.signal is None
     assert term.lines.stdout == 2 and term.lines.stderr == 3
@@ -52,7 +57,9 @@ async def test_a_command_that_cannot_start_fails_with_spawn_failed(domed: Domed)
         _, events = await domed.run(tool)
         assert [e.kind for e in events] == ["queued", "terminal"]
         term = terminal_of(events)
-        assert term.state == "failed" and term.error is not None and term.error.code == "spawn_failed"
+        assert (
+            term.state == "failed" and term.error is not None and term.error.code == "spawn_failed"
+        )
     # the executor survived: it still runs jobs
     _, events = await domed.run("test.true")
     assert terminal_of(events).state == "succeeded"
@@ -62,7 +69,11 @@ async def test_timeout_terms_then_kills_the_group(domed: Domed, tmp_path: Path) 
     pidfile = tmp_path / "pid"
     job_id, events = await domed.run("test.trap_term", {"pidfile": str(pidfile)}, timeout_s=1)
     term = terminal_of(events)
-    assert term.state == "timed_out" and term.signals_sent == ["TERM", "KILL"] and term.signal == "KILL"
+    assert (
+        term.state == "timed_out"
+        and term.signals_sent == ["TERM", "KILL"]
+        and term.signal == "KILL"
+    )
     assert not pid_alive(int(pidfile.read_text()))
     assert processes_with_env(f"DOMED_JOB_ID={job_id}") == []
 
@@ -70,7 +81,9 @@ async def test_timeout_terms_then_kills_the_group(domed: Domed, tmp_path: Path) 
 async def test_cancel_kills_double_forked_grandchildren(domed: Domed, tmp_path: Path) -> None:
     pidfile = tmp_path / "group.json"
     job_id = await domed.submit("test.fork_tree", {"pidfile": str(pidfile)})
-    await wait_until(lambda: pidfile.exists() and pidfile.read_text().endswith("]"), 20, "the process tree")
+    await wait_until(
+        lambda: pidfile.exists() and pidfile.read_text().endswith("]"), 20, "the process tree"
+    )
     group = json.loads(pidfile.read_text())
     assert len(group) >= 3 and all(pid_alive(p) for p in group)
     r = await domed.request(subjects.CANCEL, {"job_id": job_id, "reason": "test"})
@@ -128,7 +141,12 @@ async def test_environment_is_only_the_allowlist(domed: Domed) -> None:
 async def test_progress_lines_become_progress_events_and_stay_in_the_log(domed: Domed) -> None:
     job_id, events = await domed.run("demo.countdown", {"n": 3, "interval": 0.06})
     progress = [e.event for e in events if isinstance(e.event, Progress)]
-    assert progress and progress[-1].current == 3 and progress[-1].total == 3 and progress[-1].percent == 100.0
+    assert (
+        progress
+        and progress[-1].current == 3
+        and progress[-1].total == 3
+        and progress[-1].percent == 100.0
+    )
     assert "progress 3/3" in log_lines(events) and log_lines(events)[-1] == "liftoff"
     state = await domed.projected(job_id)
     assert state["progress"]["percent"] == 100.0

@@ -14,7 +14,9 @@ from tests.support import Domed, ServiceProcess, pid_alive, processes_with_env, 
 
 @pytest.fixture
 async def router_projector(fresh_server: NatsServer, ssot: Path, tmp_path: Path):
-    async with Domed.running(fresh_server.url, ssot, tmp_path / "data", services=("router", "projector"), ack_wait_s=2) as d:
+    async with Domed.running(
+        fresh_server.url, ssot, tmp_path / "data", services=("router", "projector"), ack_wait_s=2
+    ) as d:
         yield d
 
 
@@ -22,7 +24,9 @@ def executor(d: Domed, data_dir: Path, *extra: str) -> ServiceProcess:
     return ServiceProcess("executor", d.url, d.ssot, data_dir, "--ack-wait", "2", *extra)
 
 
-async def test_concurrency_limit_holds_across_two_executors(router_projector: Domed, tmp_path: Path) -> None:
+async def test_concurrency_limit_holds_across_two_executors(
+    router_projector: Domed, tmp_path: Path
+) -> None:
     d = router_projector
     a = executor(d, tmp_path / "a", "--name", "exec-a").start()
     b = executor(d, tmp_path / "b", "--name", "exec-b").start()
@@ -37,14 +41,16 @@ async def test_concurrency_limit_holds_across_two_executors(router_projector: Do
             assert terminal_of(events).state == "succeeded"
             spans.append((start.seq, events[-1].seq))
         spans.sort()
-        for (s1, e1), (s2, _) in zip(spans, spans[1:], strict=False):
+        for (_s1, e1), (s2, _) in zip(spans, spans[1:], strict=False):
             assert s2 > e1, f"two limited jobs overlapped: {spans}"
     finally:
         a.kill()
         b.kill()
 
 
-async def test_executor_sigkill_ends_the_job_lost_and_reaps_its_orphans(router_projector: Domed, tmp_path: Path) -> None:
+async def test_executor_sigkill_ends_the_job_lost_and_reaps_its_orphans(
+    router_projector: Domed, tmp_path: Path
+) -> None:
     d = router_projector
     counter = tmp_path / "count"
     first = executor(d, tmp_path / "x").start()
@@ -61,14 +67,18 @@ async def test_executor_sigkill_ends_the_job_lost_and_reaps_its_orphans(router_p
         assert not pid_alive(pid) and processes_with_env(f"DOMED_JOB_ID={job_id}") == []
         events = await d.events(job_id, timeout=30)
         term = terminal_of(events)
-        assert term.state == "lost" and term.error is not None and term.error.code == "executor_lost"
+        assert (
+            term.state == "lost" and term.error is not None and term.error.code == "executor_lost"
+        )
         assert counter.read_text() == "1"
         assert (await d.projected(job_id))["state"] == "lost"
     finally:
         second.kill()
 
 
-async def test_idempotent_tool_is_retried_after_its_executor_vanished(router_projector: Domed, tmp_path: Path) -> None:
+async def test_idempotent_tool_is_retried_after_its_executor_vanished(
+    router_projector: Domed, tmp_path: Path
+) -> None:
     d = router_projector
     counter = tmp_path / "count"
     first = executor(d, tmp_path / "x").start()
@@ -93,7 +103,9 @@ async def test_idempotent_tool_is_retried_after_its_executor_vanished(router_pro
             os.kill(p, signal.SIGKILL)
 
 
-async def test_sigterm_drains_then_cancels_with_executor_shutdown(router_projector: Domed, tmp_path: Path) -> None:
+async def test_sigterm_drains_then_cancels_with_executor_shutdown(
+    router_projector: Domed, tmp_path: Path
+) -> None:
     d = router_projector
     proc = executor(d, tmp_path / "x", "--drain-timeout", "1").start()
     await proc.wait_ready()
@@ -106,7 +118,11 @@ async def test_sigterm_drains_then_cancels_with_executor_shutdown(router_project
     short = terminal_of(await d.events(short_job, timeout=10))
     assert short.state == "succeeded"
     long = terminal_of(await d.events(long_job, timeout=10))
-    assert long.state == "canceled" and long.error is not None and long.error.code == "executor_shutdown"
+    assert (
+        long.state == "canceled"
+        and long.error is not None
+        and long.error.code == "executor_shutdown"
+    )
     assert processes_with_env(f"DOMED_JOB_ID={long_job}") == []
 
 

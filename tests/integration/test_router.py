@@ -21,21 +21,43 @@ from tests.support import ROOT, Domed, log_lines, terminal_of
 
 
 async def test_invalid_request_bodies_are_refused(domed: Domed) -> None:
-    for raw in (b"not json", b"[1,2]", b'{"params": {}}', b'{"tool": 5}', b'{"tool": "demo.echo", "nope": 1}'):
+    for raw in (
+        b"not json",
+        b"[1,2]",
+        b'{"params": {}}',
+        b'{"tool": 5}',
+        b'{"tool": "demo.echo", "nope": 1}',
+    ):
         r = await domed.request(subjects.SUBMIT, None, raw=raw)
         assert r.error is not None and r.error["code"] == "invalid_request", (raw, r.data)
         assert r.headers["Nats-Service-Error-Code"] == "400"
 
 
 async def test_invalid_params_lists_every_failure_with_its_path(domed: Domed) -> None:
-    r = await domed.request(subjects.SUBMIT, {"tool": "python.script", "params": {"script": "../x", "args": [1, "ok", 2]}})
+    r = await domed.request(
+        subjects.SUBMIT,
+        {"tool": "python.script", "params": {"script": "../x", "args": [1, "ok", 2]}},
+    )
     assert r.error["code"] == "invalid_params"
     paths = sorted(d["path"] for d in r.error["details"])
     assert paths == ["$.args[0]", "$.args[2]", "$.script"]
 
 
-async def test_injection_strings_reach_the_process_as_single_literal_arguments(domed: Domed) -> None:
-    hostile = ["; rm -rf / #", "$(id)", "`id`", "a b  c", "*", "-rf", "'quoted'", '"dq"', "x\ny", "&& echo pwned |"]
+async def test_injection_strings_reach_the_process_as_single_literal_arguments(
+    domed: Domed,
+) -> None:
+    hostile = [
+        "; rm -rf / #",
+        "$(id)",
+        "`id`",
+        "a b  c",
+        "*",
+        "-rf",
+        "'quoted'",
+        '"dq"',
+        "x\ny",
+        "&& echo pwned |",
+    ]
     for value in hostile:
         _, events = await domed.run("test.argv", {"value": value, "items": ["$HOME", "two words"]})
         assert terminal_of(events).state == "succeeded"
@@ -49,13 +71,17 @@ async def test_leading_dash_without_double_dash_is_refused(domed: Domed) -> None
 
 
 async def test_timeout_above_the_manifest_limit_is_refused(domed: Domed) -> None:
-    r = await domed.request(subjects.SUBMIT, {"tool": "demo.echo", "params": {"text": "x"}, "timeout_s": 10_000})
+    r = await domed.request(
+        subjects.SUBMIT, {"tool": "demo.echo", "params": {"text": "x"}, "timeout_s": 10_000}
+    )
     assert r.error["code"] == "invalid_request"
 
 
 async def test_queued_event_carries_manifest_identity_and_masks_secrets(domed: Domed) -> None:
     tool = await domed.request(subjects.TOOLS_GET, {"id": "test.secret"})
-    job_id, events = await domed.run("test.secret", {"token": "hunter2-secret"}, labels={"team": "a"})
+    job_id, events = await domed.run(
+        "test.secret", {"token": "hunter2-secret"}, labels={"team": "a"}
+    )
     queued = events[0].event
     assert queued.tool_version == 1 and queued.manifest_sha256 == tool.data["manifest_sha256"]
     assert queued.params == {"token": "***"} and queued.labels == {"team": "a"}
@@ -66,7 +92,11 @@ async def test_queued_event_carries_manifest_identity_and_masks_secrets(domed: D
 
 
 async def test_idempotency_key_returns_the_first_job_even_when_racing(domed: Domed) -> None:
-    body = {"tool": "demo.echo", "params": {"text": "once"}, "idempotency_key": f"race-{id(domed)}-{asyncio.get_running_loop().time()}"}
+    body = {
+        "tool": "demo.echo",
+        "params": {"text": "once"},
+        "idempotency_key": f"race-{id(domed)}-{asyncio.get_running_loop().time()}",
+    }
     replies = await asyncio.gather(*(domed.request(subjects.SUBMIT, body) for _ in range(8)))
     ids = {r.data["job_id"] for r in replies}
     assert len(ids) == 1
@@ -109,34 +139,75 @@ async def test_tools_list_get_and_explain(domed: Domed) -> None:
     got = (await domed.request(subjects.TOOLS_GET, {"id": "demo.countdown"})).data
     assert got["entrypoint"][0] == "python3" and got["parameters"]["required"] == ["n"]
     assert (await domed.request(subjects.TOOLS_GET, {"id": "nope"})).error["code"] == "unknown_tool"
-    explained = (await domed.request(subjects.TOOLS_EXPLAIN, {"tool": "test.secret", "params": {"token": "abcd1234"}})).data
+    explained = (
+        await domed.request(
+            subjects.TOOLS_EXPLAIN, {"tool": "test.secret", "params": {"token": "abcd1234"}}
+        )
+    ).data
     assert explained["argv"][-1] == "***" and "abcd1234" not in json.dumps(explained)
-    assert explained["env_names"] == ["DOMED_JOB_ID", "PATH"] and explained["working_dir_policy"] == "temp"
+    assert (
+        explained["env_names"] == ["DOMED_JOB_ID", "PATH"]
+        and explained["working_dir_policy"] == "temp"
+    )
     assert len(explained["manifest_sha256"]) == 64
-    bad = await domed.request(subjects.TOOLS_EXPLAIN, {"tool": "demo.countdown", "params": {"n": "x"}})
+    bad = await domed.request(
+        subjects.TOOLS_EXPLAIN, {"tool": "demo.countdown", "params": {"n": "x"}}
+    )
     assert bad.error["code"] == "invalid_params"
 
 
-async def test_router_refuses_a_broken_catalogue_listing_every_problem(tmp_path: Path, nats_server) -> None:
+async def test_router_refuses_a_broken_catalogue_listing_every_problem(
+    tmp_path: Path, nats_server
+) -> None:
     root = tmp_path / "ssot"
     shutil.copytree(ROOT / "ssot", root)
     (root / "tools" / "bad1.yaml").write_text("id: Bad Id\nversion: -1\nentrypoint: []\n")
-    (root / "tools" / "bad2.yaml").write_text("id: demo.echo\nversion: 1\nentrypoint: ['x', '{nope}']\n")
+    (root / "tools" / "bad2.yaml").write_text(
+        "id: demo.echo\nversion: 1\nentrypoint: ['x', '{nope}']\n"
+    )
     (root / "tools" / "bad3.yaml").write_text("id: [unclosed\n")
     with pytest.raises(CatalogueError) as caught:
         await run_router(Settings(nats_url=nats_server.url, ssot=root), asyncio.Event())
     text = str(caught.value)
-    for fragment in ("bad1.yaml", "id", "version", "entrypoint", "bad2.yaml", "{nope}", "bad3.yaml", "YAML syntax"):
+    for fragment in (
+        "bad1.yaml",
+        "id",
+        "version",
+        "entrypoint",
+        "bad2.yaml",
+        "{nope}",
+        "bad3.yaml",
+        "YAML syntax",
+    ):
         assert fragment in text, fragment
-    cli = subprocess.run([sys.executable, "-m", "services.cli.main", "router", "--ssot", str(root), "--nats-url",
-                          nats_server.url], capture_output=True, cwd=ROOT, timeout=30)
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.cli.main",
+            "router",
+            "--ssot",
+            str(root),
+            "--nats-url",
+            nats_server.url,
+        ],
+        capture_output=True,
+        cwd=ROOT,
+        timeout=30,
+    )
     assert cli.returncode == 2 and b"bad1.yaml" in cli.stderr and b"refusing to start" in cli.stderr
-    val = subprocess.run([sys.executable, "-m", "services.cli.main", "tools", "validate", str(root)],
-                         capture_output=True, cwd=ROOT, timeout=30)
+    val = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "tools", "validate", str(root)],
+        capture_output=True,
+        cwd=ROOT,
+        timeout=30,
+    )
     assert val.returncode == 1 and val.stderr.count(b"error") >= 5
 
 
-async def test_submit_answers_unavailable_when_jetstream_is_gone(fresh_domed: Domed, fresh_server) -> None:
+async def test_submit_answers_unavailable_when_jetstream_is_gone(
+    fresh_domed: Domed, fresh_server
+) -> None:
     js = fresh_domed.nc.jetstream()
     await js.delete_stream(subjects.STREAM)  # the stream is gone: nothing can be stored
     r = await fresh_domed.request(subjects.SUBMIT, {"tool": "demo.echo", "params": {"text": "x"}})
@@ -145,7 +216,9 @@ async def test_submit_answers_unavailable_when_jetstream_is_gone(fresh_domed: Do
 
 async def _wait_for_kind(domed: Domed, job_id: str, kind: str, timeout: float = 20) -> None:
     js = domed.nc.jetstream()
-    sub = await js.subscribe(subjects.event_subject(job_id, kind), stream=subjects.STREAM, ordered_consumer=True)
+    sub = await js.subscribe(
+        subjects.event_subject(job_id, kind), stream=subjects.STREAM, ordered_consumer=True
+    )
     try:
         await sub.next_msg(timeout=timeout)
     finally:

@@ -1,0 +1,80 @@
+"""Every real tool in ssot/tools, run through the whole pipeline."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from pathlib import Path
+
+from contracts.events import Progress
+from tests.support import Domed, log_lines, terminal_of
+
+
+async def test_python_script_gets_its_arguments_verbatim(domed: Domed) -> None:
+    args = ["plain", "two words", "$(id)", "--flag"]
+    _, events = await domed.run("python.script", {"script": "argv.py", "args": args})
+    assert terminal_of(events).state == "succeeded"
+    assert [json.loads(line) for line in log_lines(events)] == args
+    _, events = await domed.run("python.script", {"script": "wordcount.py", "args": ["a b", "c"]})
+    assert log_lines(events) == ["3"]
+
+
+async def test_python_script_cannot_escape_its_scripts_dir(domed: Domed) -> None:
+    r = await domed.request(
+        "domed.jobs.submit", {"tool": "python.script", "params": {"script": "../run_script.py"}}
+    )
+    assert r.error["code"] == "invalid_params"
+    _, events = await domed.run("python.script", {"script": "missing.py"})
+    term = terminal_of(events)
+    assert term.state == "failed" and term.exit_code == 2
+    assert log_lines(events, "stderr") == ["no such script: missing.py"]
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    files = {"a.txt": b"alpha\n", "sub/b.bin": bytes(range(256)), "sub/deeper/c.txt": b"c" * 10_000}
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return files
+
+
+async def test_checksum_lists_every_file_with_progress(domed: Domed, tmp_path: Path) -> None:
+    files = _tree(tmp_path / "data")
+    _, events = await domed.run("files.checksum", {"root": str(tmp_path / "data")})
+    assert terminal_of(events).state == "succeeded"
+    digests = [line for line in log_lines(events) if not line.startswith("#")]
+    assert digests == [f"{hashlib.sha256(files[r]).hexdigest()}  {r}" for r in sorted(files)]
+    progress = [e.event for e in events if isinstance(e.event, Progress)]
+    assert progress[-1].current == 3 and progress[-1].total == 3
+
+
+async def test_archive_writes_a_tarball_of_the_directory(domed: Domed, tmp_path: Path) -> None:
+    files = _tree(tmp_path / "data")
+    out = tmp_path / "out.tar.gz"
+    _, events = await domed.run(
+        "files.archive", {"source": str(tmp_path / "data"), "output": str(out)}
+    )
+    assert terminal_of(events).state == "succeeded"
+    with tarfile.open(out) as tar:
+        names = sorted(m.name for m in tar.getmembers())
+        assert names == sorted(f"data/{r}" for r in files)
+        assert tar.extractfile("data/sub/b.bin").read() == files["sub/b.bin"]  # type: ignore[union-attr]
+    assert log_lines(events)[-1] == f"archived 3 files to {out}"
+
+
+async def test_pytest_tool_reports_progress_per_test_and_fails_on_a_failure(
+    domed: Domed, tmp_path: Path
+) -> None:
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_sample.py").write_text(
+        "def test_one():\n    assert 1\n\ndef test_two():\n    assert 2\n\ndef test_three():\n    assert 0, 'boom'\n"
+    )
+    job_id, events = await domed.run("python.pytest", {"path": str(suite)}, timeout=120)
+    term = terminal_of(events)
+    assert term.state == "failed" and term.exit_code == 1
+    progress = [e.event for e in events if isinstance(e.event, Progress)]
+    assert progress[-1].current == 3 and progress[-1].total == 3
+    assert "test_three failed" in (progress[-1].message or "")
+    assert any("1 failed, 2 passed" in line for line in log_lines(events))

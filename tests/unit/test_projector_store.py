@@ -1,0 +1,203 @@
+"""services.projector.store: rows and checkpoint commit together; listing and cursors."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from msgspec.structs import replace
+
+from contracts.api import JobState
+from contracts.events import LineCounts
+from services.projector.store import Store, decode_cursor, encode_cursor
+
+
+def job(
+    n: int,
+    *,
+    state: str = "queued",
+    tool: str = "demo.echo",
+    labels: dict[str, str] | None = None,
+    last_seq: int | None = None,
+) -> JobState:
+    return JobState(
+        job_id=f"01JOB{n:021d}",
+        tool=tool,
+        params={"n": n},
+        labels=labels or {},
+        state=state,  # type: ignore[arg-type]
+        submitted_at=f"2025-01-01T00:00:{n:02d}Z",
+        last_seq=last_seq if last_seq is not None else n,
+    )
+
+
+@pytest.fixture
+def store() -> Iterator[Store]:
+    s = Store(":memory:")
+    yield s
+    s.close()
+
+
+def ids(jobs: list[JobState]) -> list[str]:
+    return [j.job_id for j in jobs]
+
+
+def test_new_store_is_empty_at_position_zero(store: Store) -> None:
+    assert store.position() == (0, 0, 0)
+    assert store.get("nope") is None
+    assert store.all_jobs() == []
+
+
+def test_commit_writes_rows_and_position_together(store: Store) -> None:
+    a, b = job(1), job(2, labels={"team": "x"})
+    store.commit([a, b], seq=2)
+    assert store.position() == (2, 0, 0)
+    assert store.get(a.job_id) == a
+    assert store.get(b.job_id) == b
+
+
+def test_commit_replaces_a_jobs_row_with_its_new_state(store: Store) -> None:
+    first = job(1)
+    store.commit([first], seq=1)
+    done = replace(first, state="succeeded", last_seq=5, lines=LineCounts(3, 1), exit_code=0)
+    store.commit([done], seq=5)
+    assert store.get(first.job_id) == done
+    assert store.list_jobs(state="queued", tool=None, label=None, limit=10, before=None) == []
+    assert store.list_jobs(state="succeeded", tool=None, label=None, limit=10, before=None) == [
+        done
+    ]
+
+
+def test_commit_with_no_rows_still_moves_the_position(store: Store) -> None:
+    store.commit([], seq=9, skipped=2)
+    store.commit([], seq=11, skipped=1)
+    assert store.position() == (11, 0, 3)
+
+
+def test_failed_commit_leaves_neither_rows_nor_position(store: Store) -> None:
+    store.commit([job(1)], seq=1)
+    broken = replace(job(3), submitted_at=None)  # violates NOT NULL inside the transaction
+    with pytest.raises(sqlite3.IntegrityError):
+        store.commit([job(2), broken], seq=3, skipped=4)
+    assert store.position() == (1, 0, 0)
+    assert ids(store.all_jobs()) == [job(1).job_id]
+    store.commit([job(2)], seq=2)  # the store is still usable afterwards
+    assert store.position() == (2, 0, 0)
+
+
+def test_committed_state_survives_reopening_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "projection.db"
+    first = Store(path)
+    first.commit([job(1, labels={"k": "v"})], seq=7, skipped=1)
+    first.set_kv_seq(6)
+    first.close()
+    reopened = Store(path)
+    try:
+        assert reopened.position() == (7, 6, 1)
+        assert reopened.get(job(1).job_id) == job(1, labels={"k": "v"})
+        assert ids(
+            reopened.list_jobs(state=None, tool=None, label="k=v", limit=5, before=None)
+        ) == [job(1).job_id]
+    finally:
+        reopened.close()
+
+
+def test_set_kv_seq_moves_only_the_kv_position(store: Store) -> None:
+    store.commit([job(1)], seq=4)
+    store.set_kv_seq(3)
+    assert store.position() == (4, 3, 0)
+
+
+@pytest.fixture
+def populated(store: Store) -> Store:
+    store.commit(
+        [
+            job(1, state="succeeded", tool="a", labels={"team": "x"}),
+            job(2, state="failed", tool="b", labels={"team": "y"}),
+            job(3, state="running", tool="a", labels={"team": "x", "env": "prod"}),
+            job(4, state="succeeded", tool="b", labels={"env": "prod"}),
+            job(5, state="queued", tool="a"),
+            job(6, state="succeeded", tool="a", labels={"team": "x", "url": "a=b"}),
+        ],
+        seq=6,
+    )
+    return store
+
+
+@pytest.mark.parametrize(
+    ("state", "tool", "label", "expected"),
+    [
+        (None, None, None, [6, 5, 4, 3, 2, 1]),
+        ("succeeded", None, None, [6, 4, 1]),
+        (None, "a", None, [6, 5, 3, 1]),
+        ("succeeded", "a", None, [6, 1]),
+        (None, None, "team=x", [6, 3, 1]),
+        (None, None, "env=prod", [4, 3]),
+        ("succeeded", None, "env=prod", [4]),
+        (None, "a", "env=prod", [3]),
+        (None, None, "url=a=b", [6]),
+        (None, None, "team=z", []),
+        ("lost", None, None, []),
+        (None, "c", None, []),
+    ],
+)
+def test_list_jobs_is_newest_first_with_filters(
+    populated: Store, state: str | None, tool: str | None, label: str | None, expected: list[int]
+) -> None:
+    jobs = populated.list_jobs(state=state, tool=tool, label=label, limit=100, before=None)
+    assert ids(jobs) == [job(n).job_id for n in expected]
+
+
+@pytest.mark.parametrize(
+    ("state", "label", "limit"),
+    [
+        (None, None, 1),
+        (None, None, 2),
+        (None, None, 4),
+        ("succeeded", None, 2),
+        (None, "team=x", 1),
+    ],
+)
+def test_cursor_pages_cover_every_job_once(
+    populated: Store, state: str | None, label: str | None, limit: int
+) -> None:
+    everything = populated.list_jobs(state=state, tool=None, label=label, limit=100, before=None)
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        before = decode_cursor(cursor) if cursor else None
+        page = populated.list_jobs(state=state, tool=None, label=label, limit=limit, before=before)
+        assert len(page) <= limit
+        seen += ids(page)
+        if len(page) < limit:
+            break
+        cursor = encode_cursor(page[-1].job_id)
+    assert seen == ids(everything)
+
+
+def test_limit_caps_the_page(populated: Store) -> None:
+    page = populated.list_jobs(state=None, tool=None, label=None, limit=2, before=None)
+    assert ids(page) == [job(6).job_id, job(5).job_id]
+
+
+@pytest.mark.parametrize(
+    "job_id", ["01JOB000", "a", "ab", "abc", "01ARZ3NDEKTSV4RRFFQ69G5FAV", "x-_y"]
+)
+def test_cursor_round_trips_and_is_url_safe(job_id: str) -> None:
+    cursor = encode_cursor(job_id)
+    assert decode_cursor(cursor) == job_id
+    assert all(c.isalnum() or c in "-_" for c in cursor)
+
+
+def test_changed_since_returns_jobs_updated_after_a_seq(populated: Store) -> None:
+    assert sorted(ids(populated.changed_since(4))) == [job(5).job_id, job(6).job_id]
+    assert populated.changed_since(6) == []
+    assert len(populated.changed_since(0)) == 6
+    populated.commit([job(1, state="lost", last_seq=9)], seq=9)
+    assert ids(populated.changed_since(6)) == [job(1).job_id]
+
+
+def test_all_jobs_is_in_job_id_order(populated: Store) -> None:
+    assert ids(populated.all_jobs()) == [job(n).job_id for n in range(1, 7)]
