@@ -77,6 +77,8 @@ class Projector:
         self.skipped = 0
         self.events_applied = 0
         self.wake = asyncio.Event()
+        self.reconnected = asyncio.Event()
+        self.generation = 0
         self.committed = asyncio.Condition()
 
     # ---- reading the stream ---------------------------------------------------------------
@@ -114,33 +116,53 @@ class Projector:
     async def follow(self, stop: asyncio.Event) -> None:
         """Keep the store and KV up to date until ``stop``; commits every ``COMMIT_S``."""
         await self.repair_kv()
-        cfg = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.applied_seq + 1
-        )
-        sub = await self.js.subscribe(
-            subjects.STORED_SUBJECTS,
-            stream=subjects.STREAM,
-            cb=self.on_event,
-            ordered_consumer=True,
-            config=cfg,
-            idle_heartbeat=5.0,
-            pending_msgs_limit=-1,
-            pending_bytes_limit=256 * 1024 * 1024,
-        )
+        sub = await self._subscribe()
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), COMMIT_S)
                 self.wake.clear()
                 await self.commit()
+                if self.reconnected.is_set():
+                    # A restarted server may have lost our ephemeral consumer; start a new
+                    # one from where we are rather than wait for missed heartbeats.
+                    self.reconnected.clear()
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+                    sub = await self._subscribe()
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
             await self.commit()
 
+    async def _subscribe(self) -> Any:
+        self.generation += 1
+        generation = self.generation
+
+        async def deliver(msg: Msg) -> None:
+            if generation == self.generation:  # ignore stragglers of a replaced consumer
+                await self.on_event(msg)
+
+        cfg = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.applied_seq + 1
+        )
+        return await self.js.subscribe(
+            subjects.STORED_SUBJECTS,
+            stream=subjects.STREAM,
+            cb=deliver,
+            ordered_consumer=True,
+            config=cfg,
+            idle_heartbeat=5.0,
+            pending_msgs_limit=-1,
+            pending_bytes_limit=256 * 1024 * 1024,
+        )
+
     async def commit(self) -> None:
         if self.applied_seq == self.committed_seq:
+            if self.kv_seq < self.committed_seq:  # an earlier KV mirror failed: catch it up
+                await self.repair_kv()
             return
+        kv_in_step = self.kv_seq >= self.committed_seq
         dirty = list(self.dirty.values())
         self.dirty = {}
         self.store.commit(dirty, self.applied_seq, self.skipped)
@@ -151,7 +173,10 @@ class Projector:
                 self.cache.pop(state.job_id, None)
         async with self.committed:
             self.committed.notify_all()
-        await self.mirror(dirty, self.committed_seq)
+        if kv_in_step:
+            await self.mirror(dirty, self.committed_seq)
+        else:
+            await self.repair_kv()
 
     async def mirror(self, states: list[JobState], seq: int) -> None:
         """Put each changed job into the KV bucket (pipelined), then record how far the KV got."""
@@ -283,12 +308,20 @@ async def run_projector(
     if settings.rebuild:
         discard_store(path)
     store = Store(path)
-    nc = await bus.connect(settings, settings.name or "domed-projector")
+    reconnected = asyncio.Event()
+
+    async def on_reconnect() -> None:
+        reconnected.set()
+
+    nc = await bus.connect(
+        settings, settings.name or "domed-projector", reconnected_cb=on_reconnect
+    )
     try:
         js = nc.jetstream(timeout=settings.request_timeout_s)
         await bus.ensure_stream(js, settings.stream)
         kv = await bus.ensure_kv(js, subjects.KV_JOBS, settings.stream)
         projector = Projector(settings, nc, js, kv, store)
+        projector.reconnected = reconnected
         service = await serve(
             nc,
             subjects.SERVICE_PROJECTOR,

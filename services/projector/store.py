@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, job_id);
 CREATE INDEX IF NOT EXISTS jobs_tool ON jobs(tool, job_id);
+CREATE INDEX IF NOT EXISTS jobs_last_seq ON jobs(last_seq);
 CREATE TABLE IF NOT EXISTS labels (
     job_id TEXT NOT NULL,
     label TEXT NOT NULL,

@@ -1,0 +1,150 @@
+"""Faults and hostile input: a NATS restart, a burst of bad and good requests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nats.errors
+
+from contracts import subjects
+from services.runtime.natsserver import NatsServer
+from tests.support import ROOT, Domed, terminal_of
+
+
+async def test_services_reconnect_after_nats_restarts(
+    fresh_server: NatsServer, ssot: Path, tmp_path: Path
+) -> None:
+    async with Domed.running(fresh_server.url, ssot, tmp_path / "d") as d:
+        before, events = await d.run("demo.echo", {"text": "before"})
+        assert terminal_of(events).state == "succeeded"
+        fresh_server.kill()
+        down = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "services.cli.main",
+                "submit",
+                "demo.echo",
+                "-p",
+                "text=x",
+                "--nats-url",
+                d.url,
+            ],
+            capture_output=True,
+            cwd=ROOT,
+            timeout=30,
+        )
+        assert down.returncode == 3 and b"cannot reach NATS" in down.stderr
+        fresh_server.start()
+        deadline = time.monotonic() + 30
+        reply = None
+        while time.monotonic() < deadline:  # until the router has re-subscribed after reconnecting
+            try:
+                reply = await d.request(
+                    subjects.SUBMIT, {"tool": "demo.echo", "params": {"text": "after"}}, timeout=1
+                )
+                break
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                await asyncio.sleep(0.1)
+        assert reply is not None and reply.error is None, reply
+        after = reply.data["job_id"]
+        assert terminal_of(await d.events(after, timeout=30)).state == "succeeded"
+        assert (await d.projected(after, timeout=30))["state"] == "succeeded"
+        assert (await d.projected(before))["state"] == "succeeded"
+
+
+BAD_BODIES: list[tuple[bytes, str]] = [
+    (b"{", "invalid_request"),
+    (b"\xff\xfe\x00", "invalid_request"),
+    (b'"just a string"', "invalid_request"),
+    (b"null", "invalid_request"),
+    (b'{"tool": null}', "invalid_request"),
+    (b'{"tool": "demo.echo", "params": []}', "invalid_request"),
+    (b'{"tool": "demo.echo", "params": {"text": "x"}, "labels": {"a": 1}}', "invalid_request"),
+    (b'{"tool": "demo.echo", "params": {"text": "x"}, "timeout_s": "soon"}', "invalid_request"),
+    (b'{"tool": "demo.echo", "params": {"text": "x"}, "timeout_s": -1}', "invalid_request"),
+    (b'{"tool": "demo.echo", "params": {"text": "x"}, "surprise": true}', "invalid_request"),
+    (b'{"tool": "../../etc/passwd", "params": {}}', "unknown_tool"),
+    (b'{"tool": "demo.echo", "params": {"text": 5}}', "invalid_params"),
+    (b'{"tool": "demo.echo", "params": {"text": "x", "extra": "y"}}', "invalid_params"),
+    (
+        json.dumps({"tool": "demo.echo", "params": {"text": "y" * 900_000}}).encode(),
+        "invalid_params",
+    ),
+    (
+        json.dumps({"tool": "python.script", "params": {"script": "/etc/passwd"}}).encode(),
+        "invalid_params",
+    ),
+    (
+        json.dumps({"tool": "files.checksum", "params": {"root": "relative/../path"}}).encode(),
+        "invalid_params",
+    ),
+]
+
+
+async def test_bad_input_gets_typed_errors_and_crashes_nothing(domed: Domed) -> None:
+    for raw, code in BAD_BODIES:
+        r = await domed.request(subjects.SUBMIT, None, raw=raw)
+        assert r.error is not None and r.error["code"] == code, (raw[:80], r.data)
+    for subject in (
+        subjects.CANCEL,
+        subjects.JOBS_GET,
+        subjects.JOBS_LIST,
+        subjects.JOBS_EVENTS,
+        subjects.TOOLS_GET,
+        subjects.TOOLS_EXPLAIN,
+    ):
+        r = await domed.request(subject, None, raw=b"{not json")
+        assert r.error["code"] == "invalid_request", subject
+    try:
+        await domed.nc.request(subjects.SUBMIT, b"x" * (domed.nc.max_payload + 1), timeout=2)
+        raise AssertionError("an over-size body was sent")
+    except nats.errors.MaxPayloadError:
+        pass
+    _, events = await domed.run("demo.echo", {"text": "still alive"})
+    assert terminal_of(events).state == "succeeded"
+
+
+async def test_a_burst_of_submits_is_all_served_and_nothing_accepted_is_lost(domed: Domed) -> None:
+    n = 10_000
+    terminals: set[str] = set()
+    done = asyncio.Event()
+    accepted: set[str] = set()
+
+    async def on_terminal(msg) -> None:
+        terminals.add(msg.subject.split(".")[1])
+        if accepted and accepted <= terminals:
+            done.set()
+
+    sub = await domed.nc.subscribe("job.*.terminal", cb=on_terminal)
+    sem = asyncio.Semaphore(256)
+
+    async def one(i: int) -> str | None:
+        async with sem:
+            body = (
+                {"tool": "test.true", "params": {}}
+                if i % 3 == 0
+                else {"tool": "test.true", "params": {"x": i}}
+            )
+            r = await domed.request(subjects.SUBMIT, body, timeout=30)
+            if r.error is None:
+                return str(r.data["job_id"])
+            assert r.error["code"] == "invalid_params"
+            return None
+
+    results = await asyncio.gather(*(one(i) for i in range(n)))
+    accepted.update(j for j in results if j)
+    assert len(accepted) == len(range(0, n, 3))
+    if not accepted <= terminals:
+        await asyncio.wait_for(done.wait(), 120)
+    await sub.unsubscribe()
+    js = domed.nc.jetstream()
+    sample = sorted(accepted)[:: max(1, len(accepted) // 50)]
+    for job_id in sample:
+        msg = await js.get_last_msg(subjects.STREAM, subjects.event_subject(job_id, "terminal"))
+        assert json.loads(msg.data)["state"] == "succeeded"
