@@ -79,6 +79,8 @@ def now_iso() -> str:
 @dataclass
 class RunningJob:
     job_id: str
+    attempt: int = 1
+    superseded: bool = False
     stop_reason: core.StopReason | None = None
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -334,7 +336,7 @@ class Executor:
             except nats.js.errors.KeyNotFoundError:
                 pass
         secrets = secret_values(manifest, params)
-        job = RunningJob(job_id)
+        job = RunningJob(job_id, attempt)
         self.running[job_id] = job
         work_dir, remove_dir = "", False
         proc: JobProcess | None = None
@@ -457,7 +459,7 @@ class Executor:
             for stream, data in buffered:
                 emit(stream, splitters[stream].feed(data))
             buffered.clear()
-            heartbeat = asyncio.create_task(self._heartbeat(msg, slot, job_id))
+            heartbeat = asyncio.create_task(self._heartbeat(msg, slot, job, pipeline))
 
             exit_task = asyncio.ensure_future(proc.wait_exit())
             stop_task = asyncio.ensure_future(job.stop_requested.wait())
@@ -481,6 +483,13 @@ class Executor:
             if remove_dir:  # before the terminal, so a client that saw it sees the dir gone
                 shutil.rmtree(work_dir, ignore_errors=True)
                 remove_dir = False
+            if job.superseded:
+                # Another executor already ended or re-ran this job: publish nothing more, and
+                # do not ack (a late ack could settle the other executor's delivery).
+                log.warning(
+                    "job %s attempt %d was superseded; its output is dropped", job_id, attempt
+                )
+                return
             for stream in ("stdout", "stderr"):
                 emit(stream, splitters[stream].finish())
             await pipeline.close()
@@ -530,15 +539,30 @@ class Executor:
             if remove_dir and work_dir:
                 shutil.rmtree(work_dir, ignore_errors=True)
 
-    async def _heartbeat(self, msg: Msg, slot: str | None, job_id: str) -> None:
-        """Keep the delivery (and the tool's concurrency slot, which has a TTL) alive."""
+    async def _heartbeat(
+        self, msg: Msg, slot: str | None, job: RunningJob, pipeline: EventPipeline
+    ) -> None:
+        """Keep the delivery (and the tool's concurrency slot, which has a TTL) alive, and
+        fence ourselves: if the job has a terminal or a newer attempt we did not write (we
+        were presumed dead, e.g. after a long pause or partition), stop and go quiet."""
         while True:
             await asyncio.sleep(self.heartbeat_s)
             with contextlib.suppress(Exception):
                 await msg.in_progress()
             if slot is not None:
                 with contextlib.suppress(Exception):
-                    await self.slots_kv.put(slot, job_id.encode())
+                    await self.slots_kv.put(slot, job.job_id.encode())
+            try:
+                last = await bus.last_event(self.js, job.job_id)
+            except bus.UNAVAILABLE_ERRORS:
+                continue
+            event = last[1] if last else None
+            newer = isinstance(event, Started) and event.attempt != job.attempt
+            if isinstance(event, Terminal) or newer:
+                job.superseded = True
+                pipeline.silence()
+                job.request_stop(core.StopReason("canceled", None, "superseded"))
+                return
 
     def reap_orphans(self) -> None:
         """Kill process groups left by a previous executor on this host that died (SIGKILL)."""

@@ -72,6 +72,7 @@ class EventPipeline:
         self._progress_last = 0.0
         self._progress_n = 0
         self._task: asyncio.Task[None] | None = None
+        self._silenced = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(
@@ -137,7 +138,14 @@ class EventPipeline:
         self._lines = []
         self._bytes = 0
 
+    def silence(self) -> None:
+        """Publish nothing more (this attempt was superseded by another executor)."""
+        self._silenced = True
+        self._lines = []
+
     def _enqueue(self, event: Event, n: str) -> None:
+        if self._silenced:
+            return
         kind = type(event).__struct_config__.tag
         out = _Outgoing(
             subjects.ingest_subject(self.job_id, str(kind)),

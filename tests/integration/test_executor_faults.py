@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -136,3 +138,30 @@ async def _until_kind(d: Domed, job_id: str, kind: str, timeout: float = 30):
             return events
         assert not any(isinstance(e.event, Terminal) for e in events), [e.kind for e in events]
     raise TimeoutError(f"{job_id} never reached {kind}")
+
+
+async def test_a_paused_executor_fences_itself_after_being_presumed_dead(
+    router_projector: Domed, tmp_path: Path
+) -> None:
+    d = router_projector
+    first = executor(d, tmp_path / "x").start()
+    await first.wait_ready()
+    job_id = await d.submit("test.sleep", {"seconds": 60})
+    events = await _until_kind(d, job_id, "started")
+    pid = next(e.event.pid for e in events if isinstance(e.event, Started))
+    first.signal(signal.SIGSTOP)  # a long GC pause or a partition: heartbeats stop
+    second = executor(d, tmp_path / "y").start()
+    try:
+        term = terminal_of(await d.events(job_id, timeout=30))
+        assert term.state == "lost"
+        first.signal(signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while pid_alive(pid) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not pid_alive(pid), "the superseded attempt's process must be killed"
+        js = d.nc.jetstream()
+        last = await js.get_last_msg("DOMED_JOBS", f"job.{job_id}.*")
+        assert last.subject == f"job.{job_id}.terminal"
+    finally:
+        first.kill()
+        second.kill()
