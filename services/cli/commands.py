@@ -12,6 +12,8 @@ from typing import Any
 
 import msgspec
 from rich.console import Console
+from rich.progress import Progress as RichProgress
+from rich.progress import TaskID
 from rich.table import Table
 
 from contracts import subjects
@@ -139,6 +141,7 @@ async def _follow(
     loop.add_signal_handler(signal.SIGINT, interrupted.set)
     terminal: Terminal | None = None
     events: list[Any] = []
+    bar = _ProgressBar(enabled=err.is_terminal and not args.json)
 
     async def consume() -> None:
         nonlocal terminal
@@ -153,20 +156,21 @@ async def _follow(
                         err.print(f"[yellow]{line}[/yellow]")
                 sys.stdout.flush()
             elif isinstance(event, Progress) and not args.json:
-                pct = f"{event.percent:.0f}%" if event.percent is not None else ""
-                err.print(f"[cyan]progress {pct} {event.message or ''}[/cyan]".rstrip())
+                bar.update(event)
             elif isinstance(event, Started) and not args.json:
                 err.print(
                     f"[dim]started on {event.executor} (pid {event.pid}, attempt {event.attempt})[/dim]"
                 )
             elif isinstance(event, Terminal):
                 terminal = event
+                bar.close()
 
     task = asyncio.create_task(consume())
     stopper = asyncio.create_task(interrupted.wait())
     try:
         done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if stopper in done and not task.done():
+            bar.close()
             if cancel_on_interrupt or (sys.stdin.isatty() and _ask("cancel the job? [y/N] ")):
                 await request(
                     nc, subjects.CANCEL, {"job_id": job_id, "reason": "interrupted from the CLI"}
@@ -179,6 +183,7 @@ async def _follow(
                 return 130
         await task
     finally:
+        bar.close()
         loop.remove_signal_handler(signal.SIGINT)
         stopper.cancel()
     assert terminal is not None
@@ -192,6 +197,34 @@ async def _follow(
         color = "green" if terminal.state == "succeeded" else "red"
         err.print(f"[{color}]{terminal.state}[/{color}]{dur}{code}{sig}{why}")
     return exit_code_for(terminal)
+
+
+class _ProgressBar:
+    """A live bar on a terminal; plain ``progress`` lines on stderr otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: RichProgress | None = None
+        self.task: TaskID | None = None
+
+    def update(self, event: Progress) -> None:
+        if not self.enabled:
+            pct = f"{event.percent:.0f}%" if event.percent is not None else ""
+            err.print(f"[cyan]progress {pct} {event.message or ''}[/cyan]".rstrip())
+            return
+        if self.bar is None:
+            self.bar = RichProgress(console=err, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("progress", total=None)
+        assert self.task is not None
+        total = event.total if event.total else (100.0 if event.percent is not None else None)
+        done = event.current if event.current is not None else event.percent
+        self.bar.update(self.task, total=total, completed=done or 0, description=event.message or "progress")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
 
 
 def _ask(prompt: str) -> bool:
