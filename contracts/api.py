@@ -85,7 +85,7 @@ class JobState(msgspec.Struct, frozen=True, omit_defaults=True):
     state: JobStateName
     submitted_at: str
     last_seq: int
-    lines: LineCounts = LineCounts()
+    lines: LineCounts
     tool_version: int | None = None
     timeout_s: float | None = None
     attempt: int = 0

@@ -29,7 +29,7 @@ class Queued(_Event, frozen=True, tag="queued"):
     params: dict[str, Any]
     submitted_at: str
     timeout_s: float
-    labels: dict[str, str] = {}
+    labels: dict[str, str]
     idempotency_key: str | None = None
 
 
@@ -79,18 +79,43 @@ class Rusage(msgspec.Struct, frozen=True):
 
 
 class Terminal(_Event, frozen=True, tag="terminal"):
+    """The job's one and last event. ``attempt`` is 0 for a job that never started."""
+
     state: TerminalState
     finished_at: str
-    attempt: int = 0
+    attempt: int
+    lines: LineCounts
+    truncated: bool
+    signals_sent: list[str]
     exit_code: int | None = None
     signal: str | None = None
     started_at: str | None = None
     duration_s: float | None = None
     error: TerminalError | None = None
-    lines: LineCounts = LineCounts()
-    truncated: bool = False
-    signals_sent: list[str] = []
     rusage: Rusage | None = None
+
+
+def never_ran(
+    job_id: str,
+    state: TerminalState,
+    finished_at: str,
+    attempt: int,
+    error: TerminalError | None = None,
+    started_at: str | None = None,
+) -> Terminal:
+    """The terminal of a job (or attempt) that produced no output: canceled before it
+    started, could not start, or lost with its executor."""
+    return Terminal(
+        job_id=job_id,
+        state=state,
+        finished_at=finished_at,
+        attempt=attempt,
+        lines=LineCounts(),
+        truncated=False,
+        signals_sent=[],
+        error=error,
+        started_at=started_at,
+    )
 
 
 Event = Queued | Cancel | Started | Log | Progress | Terminal

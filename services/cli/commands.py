@@ -219,7 +219,9 @@ class _ProgressBar:
         assert self.task is not None
         total = event.total if event.total else (100.0 if event.percent is not None else None)
         done = event.current if event.current is not None else event.percent
-        self.bar.update(self.task, total=total, completed=done or 0, description=event.message or "progress")
+        self.bar.update(
+            self.task, total=total, completed=done or 0, description=event.message or "progress"
+        )
 
     def close(self) -> None:
         if self.bar is not None:

@@ -48,6 +48,7 @@ from contracts.events import (
     Terminal,
     TerminalError,
     decode_event,
+    never_ran,
 )
 from services.catalogue.loader import Tool, load_catalogue
 from services.catalogue.render import (
@@ -212,7 +213,7 @@ class Executor:
             if started_ev.attempt >= max_attempts:
                 await self._finish_without_run(
                     msg,
-                    Terminal(
+                    never_ran(
                         job_id=job_id,
                         state="lost",
                         finished_at=now_iso(),
@@ -236,7 +237,7 @@ class Executor:
         if await bus.last_event(self.js, job_id, "cancel") is not None:
             await self._finish_without_run(
                 msg,
-                Terminal(
+                never_ran(
                     job_id=job_id, state="canceled", finished_at=now_iso(), attempt=attempt - 1
                 ),
                 cas_seq=last_seq,
@@ -250,7 +251,7 @@ class Executor:
             )
             await self._finish_without_run(
                 msg,
-                Terminal(
+                never_ran(
                     job_id=job_id,
                     state="failed",
                     finished_at=now_iso(),
@@ -353,7 +354,7 @@ class Executor:
             except Exception as exc:
                 await self._finish_without_run(
                     msg,
-                    Terminal(
+                    never_ran(
                         job_id=job_id,
                         state="failed",
                         finished_at=now_iso(),
@@ -397,7 +398,7 @@ class Executor:
             except OSError as exc:
                 await self._finish_without_run(
                     msg,
-                    Terminal(
+                    never_ran(
                         job_id=job_id,
                         state="failed",
                         finished_at=now_iso(),
@@ -440,7 +441,7 @@ class Executor:
                 elif await bus.last_event(self.js, job_id, "cancel") is not None:
                     await self._finish_without_run(
                         msg,
-                        Terminal(
+                        never_ran(
                             job_id=job_id,
                             state="canceled",
                             finished_at=now_iso(),

@@ -38,6 +38,7 @@ def apply(state: JobState | None, seq: int, event: Event) -> JobState | None:
                 state="queued",
                 submitted_at=event.submitted_at,
                 timeout_s=event.timeout_s,
+                lines=LineCounts(),
                 last_seq=seq,
             )
         return None  # the job's queued event is gone (retention) or not yet seen

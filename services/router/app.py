@@ -35,7 +35,7 @@ from contracts.api import (
     ToolSummary,
 )
 from contracts.errors import DomedError, ErrorCode
-from contracts.events import Cancel, Started, Terminal
+from contracts.events import Cancel, Started, Terminal, never_ran
 from services.catalogue.loader import Tool, load_catalogue
 from services.router import core
 from services.runtime import bus
@@ -135,7 +135,7 @@ class Router:
         started = await bus.last_event(self.js, req.job_id, "started")
         if started is not None:
             return CancelReply(job_id=req.job_id, state="running")
-        terminal = Terminal(
+        terminal = never_ran(
             job_id=req.job_id, state="canceled", finished_at=core.now_iso(), attempt=0
         )
         try:

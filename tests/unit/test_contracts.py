@@ -24,6 +24,7 @@ from contracts.events import (
     TerminalError,
     decode_event,
     encode_event,
+    never_ran,
 )
 from contracts.schemas import all_schemas
 from services.cli.schemas import render
@@ -78,6 +79,7 @@ EVENTS: list[Event] = [
         params={},
         submitted_at=TS,
         timeout_s=1.5,
+        labels={},
     ),
     Cancel(job_id=JOB, requested_at=TS, reason="user asked"),
     Cancel(job_id=JOB, requested_at=TS),
@@ -101,7 +103,7 @@ EVENTS: list[Event] = [
         signals_sent=["TERM", "KILL"],
         rusage=Rusage(max_rss_kb=2048, user_s=0.25, sys_s=0.125),
     ),
-    Terminal(job_id=JOB, state="canceled", finished_at=TS),
+    never_ran(JOB, "canceled", TS, 0),
 ]
 
 

@@ -58,6 +58,9 @@ def terminal(state: str = "succeeded", attempt: int = 1, job: str = JOB, **kw: o
     fields: dict[str, object] = {
         "finished_at": "2025-01-01T00:00:05.000000Z",
         "exit_code": 0 if state == "succeeded" else None,
+        "lines": LineCounts(),
+        "truncated": False,
+        "signals_sent": [],
         **kw,
     }
     return Terminal(job_id=job, state=state, attempt=attempt, **fields)  # type: ignore[arg-type]
@@ -96,6 +99,7 @@ def test_queued_creates_the_job_from_its_event() -> None:
         state="queued",
         submitted_at=TS,
         timeout_s=30.0,
+        lines=LineCounts(),
         last_seq=7,
     )
 

@@ -30,6 +30,7 @@ def job(
         state=state,  # type: ignore[arg-type]
         submitted_at=f"2025-01-01T00:00:{n:02d}Z",
         last_seq=last_seq if last_seq is not None else n,
+        lines=LineCounts(),
     )
 
 
