@@ -94,7 +94,7 @@ class Domed:
             drain_timeout_s=drain_timeout_s,
             stream=StreamSettings(ack_wait_s=ack_wait_s),
         )
-        nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        nc = await nats.connect(url.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         d = cls(url, ssot, data_dir, nc, settings)
         try:
             for name in services:
