@@ -85,6 +85,7 @@ class Domed:
         ack_wait_s: float = 30.0,
         slots: int = 8,
         drain_timeout_s: float = 10.0,
+        max_age_s: float = 0.0,
     ) -> AsyncIterator[Domed]:
         settings = Settings(
             nats_url=url,
@@ -92,7 +93,7 @@ class Domed:
             data_dir=data_dir,
             slots=slots,
             drain_timeout_s=drain_timeout_s,
-            stream=StreamSettings(ack_wait_s=ack_wait_s),
+            stream=StreamSettings(ack_wait_s=ack_wait_s, max_age_s=max_age_s),
         )
         nc = await nats.connect(url.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         d = cls(url, ssot, data_dir, nc, settings)

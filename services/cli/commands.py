@@ -20,7 +20,7 @@ from contracts import subjects
 from contracts.events import Log, Progress, Started, Terminal
 from services.cli.client import ApiError, Unreachable, connect, follow_job, request
 from services.cli.params import ParamError, parse_params
-from services.runtime.settings import resolve_nats_creds, resolve_nats_url
+from services.runtime.settings import redact_url, resolve_nats_creds, resolve_nats_url
 
 EXIT_FOR_STATE = {"succeeded": 0, "timed_out": 124, "canceled": 130, "lost": 75}
 
@@ -64,7 +64,7 @@ async def run_command(args: argparse.Namespace) -> int:
         nc = await connect(url, resolve_nats_creds(args.nats_creds))
     except Unreachable:
         err.print(
-            f"domed: cannot reach NATS at {url}. Start the embedded one with `domed up`, "
+            f"domed: cannot reach NATS at {redact_url(url)}. Start the embedded one with `domed up`, "
             "or pass --nats-url / set DOMED_NATS_URL."
         )
         return 3

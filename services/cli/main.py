@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from services.runtime.settings import Settings, StreamSettings, resolve_nats_creds, resolve_nats_url
+from services.runtime.settings import (
+    Settings,
+    StreamSettings,
+    redact_url,
+    redact_urls_in,
+    resolve_nats_creds,
+    resolve_nats_url,
+)
 
 EXIT_FOR_STATE = {"succeeded": 0, "timed_out": 124, "canceled": 130, "lost": 75}
 
@@ -180,6 +188,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(
         nats_url=resolve_nats_url(args.nats_url),
         nats_creds=resolve_nats_creds(args.nats_creds),
+        service=args.command if args.command in ("router", "executor", "projector") else "",
         ssot=getattr(args, "ssot", Path("ssot")),
         data_dir=getattr(args, "data_dir", Path(".domed")),
         name=getattr(args, "name", ""),
@@ -190,13 +199,26 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
+class _RedactUrls(logging.Filter):
+    """Drops the user info (a password, a token) of any URL in a log line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        clean = redact_urls_in(text)
+        if clean != text:
+            record.msg, record.args = clean, None
+        return True
+
+
 def run_service(args: argparse.Namespace) -> int:
     from services.catalogue.loader import CatalogueError
-    from services.runtime.bus import ProvisioningError
+    from services.runtime.bus import NotProvisionedError, ProvisioningError
     from services.runtime.lifecycle import configure_logging, run
 
     settings = settings_from(args)
     configure_logging(f"domed-{args.command}")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_RedactUrls())
     if args.command == "router":
         from services.router.app import run_router as runner
     elif args.command == "executor":
@@ -216,9 +238,14 @@ def run_service(args: argparse.Namespace) -> int:
     except ProvisioningError as exc:
         print(f"domed {args.command}: {exc}", file=sys.stderr)
         return 2
+    except NotProvisionedError as exc:
+        # 3, like an unreachable NATS: systemd retries, and it heals once the admin provisions.
+        print(f"domed {args.command}: {exc}", file=sys.stderr)
+        return 3
     except (OSError, TimeoutError) as exc:
         print(
-            f"domed {args.command}: cannot reach NATS at {settings.nats_url}: {exc}",
+            f"domed {args.command}: cannot reach NATS at {redact_url(settings.nats_url)}: "
+            f"{redact_urls_in(str(exc))}",
             file=sys.stderr,
         )
         return 3

@@ -601,25 +601,57 @@ def _alive(pid: int) -> bool:
 async def run_executor(
     settings: Settings, stop: asyncio.Event, ready: asyncio.Event | None = None
 ) -> None:
+    from dataclasses import replace
+
+    from services.runtime.settings import redact_url
+
     tools = load_catalogue(settings.ssot)
-    nc = await bus.connect(settings, settings.name or "domed-executor")
+    nc = await bus.connect(settings, settings.name or "domed-executor", service="executor")
     try:
         js = nc.jetstream(timeout=settings.request_timeout_s)
         await bus.ensure_stream(js, settings.stream)
+        # The consumer is shared by every executor: look it up, create it only if it is
+        # missing (provisioning does that as admin), and never change it. A create on an
+        # existing durable would update it for all executors.
+        want = bus.executors_consumer_config(settings.stream)
         try:
-            await js.add_consumer(subjects.STREAM, bus.executors_consumer_config(settings.stream))
-        except nats.js.errors.BadRequestError as exc:
-            log.info("executors consumer exists: %s", exc.description)
+            have = (await js.consumer_info(subjects.STREAM, subjects.EXECUTORS_CONSUMER)).config
+        except nats.js.errors.NotFoundError:
+            have = await bus.create_executors_consumer(js, settings.stream)
+        if have.deliver_subject or have.ack_policy != want.ack_policy:
+            raise bus.ProvisioningError(
+                f"consumer {subjects.EXECUTORS_CONSUMER} on {subjects.STREAM} is not a pull "
+                f"consumer with explicit acks (deliver_subject={have.deliver_subject!r}, "
+                f"ack_policy={have.ack_policy}); executors cannot share it. Recreate it as admin: "
+                "deploy/provision.sh"
+            )
+        differ = bus.executors_consumer_differences(have, want)
+        if differ:
+            log.warning(
+                "consumer %s exists with other settings than this executor's "
+                "(setting: consumer's, this executor's): %s; domed does not change a shared "
+                "consumer, so this executor uses it as it is (re-provision it as admin to change it)",
+                subjects.EXECUTORS_CONSUMER,
+                ", ".join(f"{k}: {h} != {w}" for k, (h, w) in differ.items()),
+            )
+        # Heartbeats (in-progress acks, Executor.heartbeat_s) and slot leases follow the
+        # consumer's real ack_wait, not this executor's --ack-wait.
+        ack_wait_s = have.ack_wait if have.ack_wait else settings.stream.ack_wait_s
+        settings = replace(settings, stream=replace(settings.stream, ack_wait_s=ack_wait_s))
         secrets = await bus.ensure_kv(js, subjects.KV_SECRETS, settings.stream)
         slots = await bus.ensure_kv(
             js, subjects.KV_SLOTS, settings.stream, ttl_s=max(10.0, settings.stream.ack_wait_s * 2)
         )
-        executor = Executor(settings, tools, nc, js, secrets, slots)
+        executor = Executor(settings, tools, nc, js, secrets, slots)  # heartbeat from ack_wait_s
         service = await serve(
             nc, subjects.SERVICE_EXECUTOR, VERSION, "runs queued jobs as local processes", []
         )
         log.info(
-            "executor %s ready: %d slots, NATS %s", executor.name, settings.slots, settings.nats_url
+            "executor %s ready: %d slots, ack_wait %gs, NATS %s",
+            executor.name,
+            settings.slots,
+            ack_wait_s,
+            redact_url(settings.nats_url),
         )
         if ready is not None:
             ready.set()

@@ -78,6 +78,7 @@ class Projector:
         self.events_applied = 0
         self.wake = asyncio.Event()
         self.reconnected = asyncio.Event()
+        self.gap: tuple[int, int] | None = None
         self.generation = 0
         self.committed = asyncio.Condition()
 
@@ -134,6 +135,22 @@ class Projector:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
             await self.commit()
+
+    async def note_retention_gap(self) -> None:
+        """Say so when the stream's retention removed events this projection never read.
+
+        The jobs already projected are kept; events that are gone cannot be replayed, so
+        a job whose ``queued`` is gone is skipped (counted in the store's position).
+        """
+        info = await self.js.stream_info(subjects.STREAM)
+        first = info.state.first_seq
+        if first > self.applied_seq + 1:
+            self.gap = (self.applied_seq + 1, first - 1)
+            log.warning(
+                "events %d..%d were removed by the stream's retention before this projection "
+                "read them; the jobs already projected are kept, those events cannot be replayed",
+                *self.gap,
+            )
 
     async def _subscribe(self) -> Any:
         self.generation += 1
@@ -209,11 +226,12 @@ class Projector:
     async def get(self, req: JobsGetRequest) -> JobsGetReply:
         state = self.store.get(req.job_id)
         if state is None:
-            raise DomedError(
-                ErrorCode.UNKNOWN_JOB,
-                f"no job has id {req.job_id!r}",
-                {"projected_seq": self.committed_seq},
-            )
+            details: dict[str, Any] = {"projected_seq": self.committed_seq}
+            hint = ""
+            if self.gap is not None:
+                details["retention_gap"] = list(self.gap)
+                hint = f" (events {self.gap[0]}..{self.gap[1]} were removed by retention unread)"
+            raise DomedError(ErrorCode.UNKNOWN_JOB, f"no job has id {req.job_id!r}{hint}", details)
         return JobsGetReply(**msgspec.structs.asdict(state), projected_seq=self.committed_seq)
 
     async def list_jobs(self, req: JobsListRequest) -> JobsListReply:
@@ -322,6 +340,7 @@ async def run_projector(
         kv = await bus.ensure_kv(js, subjects.KV_JOBS, settings.stream)
         projector = Projector(settings, nc, js, kv, store)
         projector.reconnected = reconnected
+        await projector.note_retention_gap()
         service = await serve(
             nc,
             subjects.SERVICE_PROJECTOR,

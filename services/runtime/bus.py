@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -60,11 +61,50 @@ class ProvisioningError(Exception):
     """The stream or a bucket exists with settings domed cannot safely reconcile."""
 
 
-async def connect(settings: Settings, name: str, **options: Any) -> Client:
-    """Connect with reconnects forever, so a NATS restart heals by itself."""
+class NotProvisionedError(Exception):
+    """The stream, a bucket or the consumer is missing and this user may not create it.
+
+    Unlike :class:`ProvisioningError` this can heal by itself: once the admin has
+    provisioned (deploy/provision.sh), a restart succeeds.
+    """
+
+
+PROVISION_HINT = "provision it as admin: deploy/provision.sh"
+
+SERVICE_KINDS = ("router", "executor", "projector")
+
+_NOT_A_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def inbox_prefix(name: str, service: str = "") -> str:
+    """The inbox prefix of a service's connection: ``_INBOX_domed-<service>``.
+
+    Each service gets its own, so the deployment (deploy/nats/accounts.conf) can allow a
+    service to subscribe to its own replies only; with the shared ``_INBOX`` any service's
+    credentials could read the replies to another's requests (the executor reads secret
+    parameters back from a KV bucket). ``service`` is the kind (``router``, ``executor``,
+    ``projector``), never a custom ``--name``, which may differ per executor. Without it a
+    connection named ``domed-<kind>`` gets that kind's prefix, any other name its own.
+    The prefix is one subject token: characters other than letters, digits, ``_`` and ``-``
+    become ``_``.
+    """
+    if not service:
+        kind = name.removeprefix("domed-")
+        service = kind if kind in SERVICE_KINDS and name == f"domed-{kind}" else ""
+    label = f"domed-{service}" if service else name
+    return "_INBOX_" + _NOT_A_TOKEN.sub("_", label)
+
+
+async def connect(settings: Settings, name: str, *, service: str = "", **options: Any) -> Client:
+    """Connect with reconnects forever, so a NATS restart heals by itself.
+
+    ``service`` (or ``settings.service``) is the service kind that names the inbox prefix;
+    see :func:`inbox_prefix`.
+    """
     kwargs: dict[str, Any] = {
         "servers": [u.strip() for u in settings.nats_url.split(",")],
         "name": name,
+        "inbox_prefix": inbox_prefix(name, service or settings.service),
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.25,
         "connect_timeout": 2,
@@ -73,10 +113,15 @@ async def connect(settings: Settings, name: str, **options: Any) -> Client:
     if settings.nats_creds:
         kwargs["user_credentials"] = settings.nats_creds
 
-    async def _quiet(exc: Exception) -> None:
-        log.debug("nats: %r", exc)
+    async def _report(exc: Exception) -> None:
+        # A permissions violation means this user's allowlist and what domed does disagree
+        # (deploy/nats/accounts.conf): an operator must see it. The rest is reconnect noise.
+        if "permissions violation" in str(exc).lower():
+            log.error("nats refused: %s (%s)", exc, name)
+        else:
+            log.debug("nats: %r", exc)
 
-    kwargs.setdefault("error_cb", _quiet)
+    kwargs.setdefault("error_cb", _report)
     kwargs.update(options)
     return await nats.connect(**kwargs)
 
@@ -96,7 +141,10 @@ def stream_config(ss: StreamSettings) -> StreamConfig:
         num_replicas=ss.replicas,
         max_age=ss.max_age_s,
         max_bytes=ss.max_bytes,
-        duplicate_window=ss.duplicate_window_s,
+        # The server refuses a duplicate window longer than max_age.
+        duplicate_window=min(ss.duplicate_window_s, ss.max_age_s)
+        if ss.max_age_s
+        else ss.duplicate_window_s,
         deny_delete=True,
         deny_purge=True,
         allow_rollup_hdrs=False,
@@ -116,8 +164,18 @@ def _shape(cfg: StreamConfig) -> dict[str, Any]:
     }
 
 
+# What a create or update refused by the user's permissions looks like to nats-py: the server
+# drops the request (and reports the violation to the error callback), so it times out.
+_REFUSED = (nats.errors.TimeoutError, nats.errors.NoRespondersError, asyncio.TimeoutError)
+
+
 async def ensure_stream(js: JetStreamContext, ss: StreamSettings) -> None:
-    """Create ``DOMED_JOBS`` if missing, else check its shape and update safe limits."""
+    """Create ``DOMED_JOBS`` if missing, else check its shape and update safe limits.
+
+    A user without the right to create or update the stream (every service user of
+    deploy/nats) gets :class:`NotProvisionedError` for a missing stream and
+    :class:`ProvisioningError` for one whose limits differ from ``ss``.
+    """
     want = stream_config(ss)
     try:
         info = await js.stream_info(subjects.STREAM)
@@ -125,6 +183,11 @@ async def ensure_stream(js: JetStreamContext, ss: StreamSettings) -> None:
         try:
             await js.add_stream(want)
             return
+        except _REFUSED:
+            raise NotProvisionedError(
+                f"stream {subjects.STREAM} is missing and this user may not create it; "
+                f"{PROVISION_HINT}"
+            ) from None
         except nats.js.errors.BadRequestError as exc:
             if "already in use" not in str(exc.description):
                 raise
@@ -144,13 +207,28 @@ async def ensure_stream(js: JetStreamContext, ss: StreamSettings) -> None:
         "discard",
         "allow_direct",
     )
-    if any(getattr(have, k) != getattr(want, k) for k in safe):
-        await js.update_stream(want)
+    differ = {
+        k: (getattr(have, k), getattr(want, k))
+        for k in safe
+        if getattr(have, k) != getattr(want, k)
+    }
+    if differ:
+        try:
+            await js.update_stream(want)
+        except _REFUSED:
+            raise ProvisioningError(
+                f"stream {subjects.STREAM} has other settings than this service "
+                f"(setting: stream's, this service's): {differ}; this user may not update it. "
+                "Start every service and deploy/provision.sh with the same --replicas --max-age "
+                "--max-bytes (DOMED_STREAM_ARGS; deploy/README.md, Provisioning)."
+            ) from None
 
 
 async def ensure_kv(
     js: JetStreamContext, bucket: str, ss: StreamSettings, ttl_s: float = 0, history: int = 1
 ) -> KeyValue:
+    """Open ``bucket``, creating it if missing; :class:`NotProvisionedError` if it is missing
+    and this user may not create it."""
     try:
         return await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
@@ -165,6 +243,10 @@ async def ensure_kv(
                 storage=StorageType.FILE,
             )
         )
+    except _REFUSED:
+        raise NotProvisionedError(
+            f"KV bucket {bucket} is missing and this user may not create it; {PROVISION_HINT}"
+        ) from None
     except nats.js.errors.BadRequestError:
         return await js.key_value(bucket)
 
@@ -182,6 +264,39 @@ def executors_consumer_config(ss: StreamSettings) -> ConsumerConfig:
         max_waiting=512,
         num_replicas=ss.replicas,
     )
+
+
+def executors_consumer_differences(
+    have: ConsumerConfig, want: ConsumerConfig
+) -> dict[str, tuple[Any, Any]]:
+    """The settings of the shared consumer that differ from ``want``: name -> (have, want)."""
+
+    def filt(c: ConsumerConfig) -> str | None:
+        return c.filter_subject or (",".join(c.filter_subjects) if c.filter_subjects else None)
+
+    out: dict[str, tuple[Any, Any]] = {}
+    if have.ack_wait is None or want.ack_wait is None or abs(have.ack_wait - want.ack_wait) > 1e-3:
+        out["ack_wait"] = (have.ack_wait, want.ack_wait)
+    if have.max_ack_pending != want.max_ack_pending:
+        out["max_ack_pending"] = (have.max_ack_pending, want.max_ack_pending)
+    if filt(have) != filt(want):
+        out["filter_subject"] = (filt(have), filt(want))
+    return out
+
+
+async def create_executors_consumer(js: JetStreamContext, ss: StreamSettings) -> ConsumerConfig:
+    """Create the missing consumer ``executors`` (what provisioning does); its config.
+
+    :class:`NotProvisionedError` if this user may not create it (deploy/nats: only admin).
+    """
+    try:
+        info = await js.add_consumer(subjects.STREAM, executors_consumer_config(ss))
+    except _REFUSED:
+        raise NotProvisionedError(
+            f"consumer {subjects.EXECUTORS_CONSUMER} on stream {subjects.STREAM} is missing and "
+            f"this user may not create it; {PROVISION_HINT}"
+        ) from None
+    return info.config
 
 
 async def retry_until(

@@ -80,4 +80,5 @@ async def serve(
     service = await add_service(nc, name=name, version=version, description=description)
     for ep in endpoints:
         await service.add_endpoint(name=ep.name, subject=ep.subject, handler=_wrap(ep))
+    await nc.flush()  # the server has our subscriptions before anyone is told we are ready
     return service

@@ -3,10 +3,37 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?(.*)$", re.S)
+_USERINFO_IN_TEXT = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^\s/,'\"]+@")
+
+
+def redact_url(url: str) -> str:
+    """``url`` (or a comma-separated list of them) without user info, so it can be printed:
+    ``nats://router:secret@10.0.0.1:4222`` becomes ``nats://10.0.0.1:4222``.
+
+    Use it wherever a NATS URL is logged or shown; a URL may carry a password or a token.
+    """
+    parts = []
+    for part in url.split(","):
+        lead = part[: len(part) - len(part.lstrip())]
+        m = _SCHEME.match(part.lstrip())
+        assert m is not None
+        scheme, rest = m.group(1) or "", m.group(2)
+        if "@" in rest:
+            rest = rest.rsplit("@", 1)[1]
+        parts.append(lead + scheme + rest)
+    return ",".join(parts)
+
+
+def redact_urls_in(text: str) -> str:
+    """``text`` with the user info of every ``scheme://user:password@host`` in it removed."""
+    return _USERINFO_IN_TEXT.sub(r"\1", text)
 
 
 def resolve_nats_url(explicit: str | None, environ: dict[str, str] | None = None) -> str:
@@ -36,6 +63,9 @@ class StreamSettings:
 class Settings:
     nats_url: str = DEFAULT_URL
     nats_creds: str | None = None
+    # the service this process runs (router, executor, projector), if the CLI started one;
+    # it names the service's inbox prefix (services/runtime/bus.py, connect)
+    service: str = ""
     ssot: Path = Path("ssot")
     data_dir: Path = Path(".domed")
     name: str = ""

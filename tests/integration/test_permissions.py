@@ -12,10 +12,11 @@ passwords. The admin user provisions the stream and buckets the way deploy/READM
   service discovery) with no permissions violation in the server log; so does the cluster
   with three replicas;
 - a client never sees a secret parameter, whatever it subscribes to;
-- each service is refused what belongs to another one.
-
-Two tests are strict xfails: they fail today for the reason given and name the change in the
-services that would make them pass.
+- each service is refused what belongs to another one;
+- each service subscribes only to its own inbox (`_INBOX_domed-<service>`), and an executor
+  never creates or changes the shared consumer;
+- the `domed` CLI follows jobs as `submitter`; a service started before provisioning says so;
+  no password is printed.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ import base64
 import binascii
 import contextlib
 import json
+import logging
 import re
 import secrets
 import subprocess
+import sys
 import time
 import urllib.request
 from collections import defaultdict
@@ -143,7 +146,7 @@ class UserConn:
         self.nc: Client | None = None
 
     @classmethod
-    async def connect(cls, url: str, name: str) -> UserConn:
+    async def connect(cls, url: str, name: str, inbox_prefix: str = "_INBOX") -> UserConn:
         self = cls()
 
         async def on_error(exc: Exception) -> None:
@@ -151,7 +154,9 @@ class UserConn:
                 self.errors.append(str(exc))
                 self.changed.notify_all()
 
-        self.nc = await nats.connect(url, name=name, error_cb=on_error, connect_timeout=2)
+        self.nc = await nats.connect(
+            url, name=name, error_cb=on_error, connect_timeout=2, inbox_prefix=inbox_prefix
+        )
         return self
 
     async def refused(self, subject: str, kind: str = "publish", timeout: float = 5.0) -> None:
@@ -169,8 +174,9 @@ class UserConn:
 
 
 @contextlib.asynccontextmanager
-async def connected(url: str, name: str) -> AsyncIterator[UserConn]:
-    c = await UserConn.connect(url, name)
+async def connected(url: str, name: str, inbox_prefix: str = "_INBOX") -> AsyncIterator[UserConn]:
+    """A service user may receive replies only on its own inbox prefix (``_INBOX_domed-<service>``)."""
+    c = await UserConn.connect(url, name, inbox_prefix)
     try:
         yield c
     finally:
@@ -533,47 +539,68 @@ async def test_secrets_stay_out_of_the_clients_account(
     assert not [p for p in seen + watch.raw if mentions(p, token)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs: per-service inbox prefixes (services/runtime/bus.py connect(): "
-    "inbox_prefix=f'_INBOX_{name}') and accounts.conf allowing each service only its own "
-    "_INBOX_<service>.> subscription; today every DOMED user may subscribe _INBOX.>",
-)
 async def test_a_service_cannot_read_another_services_replies(
     secured: SecuredServer, admin: Client, pipeline: Domed
 ) -> None:
-    """The projector has no business with secrets; its credentials must not reveal them."""
+    """The projector has no business with secrets; its credentials must not reveal them.
+    Each service has an inbox prefix of its own and may subscribe to that one only."""
     token = f"tok-{secrets.token_hex(12)}"
     watch = await Watch().start(pipeline.nc)
     seen: list[bytes] = []
+    own: list[bytes] = []
     async with connected(secured.user_url("projector"), "test-projector-snoop") as c:
         assert c.nc is not None
 
         async def collect(msg: Msg) -> None:
             seen.append(msg.data)
 
-        await c.nc.subscribe("_INBOX.>", cb=collect)
+        async def collect_own(msg: Msg) -> None:
+            own.append(msg.data)
+
+        for subject in ("_INBOX.>", "_INBOX_domed-executor.>", "_INBOX_domed-router.>", ">"):
+            await c.nc.subscribe(subject, cb=collect)
+            await c.refused(subject, "subscription")
+        await c.nc.subscribe("_INBOX_domed-projector.>", cb=collect_own)
         await c.nc.flush()
         job_id = await pipeline.submit("test.secret", {"token": token})
         assert (await watch.terminal(job_id))["state"] == "succeeded"
+        await watch.projected(job_id)
     await watch.stop()
-    assert not [p for p in seen if mentions(p, token)]
+    assert not [p for p in seen + own if mentions(p, token)]
+    assert not seen
+    # the subscription to its own inbox was allowed (and saw the real projector's replies)
+    assert not [e for e in c.errors if "_INBOX_domed-projector" in e]
+    # the services really connect with their own prefixes
+    prefixes = {c.get("name"): c.get("subscriptions_list") for c in await _connz_subs(secured)}
+    for name in SERVICES:
+        subs = prefixes.get(f"domed-{name}") or []
+        assert any(sub.startswith(f"_INBOX_domed-{name}.") for sub in subs), (name, subs)
+        assert not [sub for sub in subs if sub.startswith("_INBOX.")], (name, subs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs: run_executor (services/executor/app.py) to look the consumer up "
-    "(consumer_info) instead of calling add_consumer, and accounts.conf to drop "
-    "$JS.API.CONSUMER.DURABLE.CREATE.DOMED_JOBS.executors; today a create on an existing "
-    "durable updates it",
-)
+async def _connz_subs(server: SecuredServer) -> list[dict[str, Any]]:
+    def fetch() -> list[dict[str, Any]]:
+        url = f"http://{server.host}:{server.http_port}/connz?auth=1&subs=1&limit=1024"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return list(json.load(resp).get("connections") or [])
+
+    return await asyncio.to_thread(fetch)
+
+
 async def test_an_executor_cannot_reconfigure_the_shared_consumer(
-    secured: SecuredServer, admin: Client, ssot: Path, tmp_path: Path
+    secured: SecuredServer,
+    admin: Client,
+    ssot: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """One executor started with another --ack-wait must not change it for all of them."""
+    """One executor started with another --ack-wait must not change it for all of them; it
+    says what differs, and keeps its deliveries alive at the consumer's real ack_wait."""
+    caplog.set_level(logging.INFO, logger="domed")
     js = admin.jetstream()
     before = (await js.consumer_info(subjects.STREAM, subjects.EXECUTORS_CONSUMER)).config
     assert before.ack_wait is not None
+    mark = secured.log_size()
     try:
         async with Domed.running(secured.user_url("submitter"), ssot, tmp_path, services=()) as d:
             # slots=0: it takes no job away from another test's executor
@@ -587,6 +614,141 @@ async def test_an_executor_cannot_reconfigure_the_shared_consumer(
     finally:
         await js.add_consumer(subjects.STREAM, before)  # as admin: put it back
     assert after.ack_wait == before.ack_wait
+    assert secured.violations(since=mark) == []  # it did not even try
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("ack_wait" in w and "does not change a shared consumer" in w for w in warnings), (
+        warnings
+    )
+    assert any(f"ack_wait {before.ack_wait:g}s" in r.getMessage() for r in caplog.records)
+
+
+# ---- the CLI as a client; services before provisioning; no passwords in output ---------------
+
+
+async def cli(
+    *args: str, timeout: float = 60, until: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m services.cli.main ARGS``; with ``until``, SIGTERM it once stderr has a line
+    containing that text."""
+    argv = [sys.executable, "-m", "services.cli.main", *args]
+    proc = await asyncio.create_subprocess_exec(
+        *argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    if until is None:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    else:
+        lines: list[bytes] = []
+        try:
+            async with asyncio.timeout(timeout):
+                while line := await proc.stderr.readline():
+                    lines.append(line)
+                    if until.encode() in line:
+                        proc.terminate()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+        out = await proc.stdout.read()
+        err = b"".join(lines) + await proc.stderr.read()
+        await proc.wait()
+    assert proc.returncode is not None
+    return subprocess.CompletedProcess(argv, proc.returncode, out.decode(), err.decode())
+
+
+async def test_the_submitter_follows_jobs_with_the_cli(
+    secured: SecuredServer, admin: Client, pipeline: Domed
+) -> None:
+    """`domed submit --follow` and `domed logs -f` need no consumer: they read the history
+    through domed.jobs.events and the live events from `job.<id>.*`."""
+    mark = secured.log_size()
+    url = secured.user_url("submitter")
+    r = await cli("submit", "demo.echo", "-p", "text=hi", "--follow", "--nats-url", url)
+    assert r.returncode == 0 and r.stdout == "hi\n" and "succeeded" in r.stderr, r.stderr
+    assert secured.passwords["submitter"] not in r.stdout + r.stderr
+    # a job with output and progress over time, followed from the middle
+    job_id = await pipeline.submit("demo.countdown", {"n": 20, "interval": 0.1})
+    await asyncio.sleep(0.25)
+    f = await cli("logs", job_id, "-f", "--json", "--nats-url", url)
+    assert f.returncode == 0, f.stderr
+    doc = json.loads(f.stdout)
+    assert doc["terminal"]["state"] == "succeeded"
+    stored = await pipeline_events(admin, job_id)
+    assert [e["kind"] for e in doc["events"]] == [kind for _, kind in stored]
+    assert secured.violations(since=mark) == []
+
+
+async def pipeline_events(admin: Client, job_id: str) -> list[tuple[int, str]]:
+    """(seq, kind) of a job's stored events, read as admin with an ordered consumer."""
+    sub = await admin.jetstream().subscribe(
+        subjects.job_events_filter(job_id), stream=subjects.STREAM, ordered_consumer=True
+    )
+    out: list[tuple[int, str]] = []
+    try:
+        while not out or out[-1][1] != "terminal":
+            msg = await sub.next_msg(timeout=10)
+            out.append((msg.metadata.sequence.stream, msg.subject.rsplit(".", 1)[1]))
+    finally:
+        await sub.unsubscribe()
+    return out
+
+
+async def test_services_before_provisioning_say_so_without_passwords(
+    ssot: Path, tmp_path: Path
+) -> None:
+    """A service whose user may not create the stream or the consumer exits 3 (systemd retries)
+    with a message that says to provision as admin; the refusal is logged as an error; no
+    password is ever printed."""
+    passwords = {user: secrets.token_urlsafe(18) for user in USERS}
+    server = SecuredServer(store_dir=tmp_path / "nats", passwords=passwords).start()
+    try:
+        common = ("--ssot", str(ssot), "--data-dir", str(tmp_path / "data"))
+        r = await cli("router", *common, "--nats-url", server.user_url("router"))
+        assert r.returncode == 3, r.stderr
+        assert (
+            "stream DOMED_JOBS is missing and this user may not create it; "
+            "provision it as admin: deploy/provision.sh" in r.stderr
+        ), r.stderr
+        assert re.search(r"(?m) ERROR .*permissions violation for publish", r.stderr, re.I)
+        assert "cannot reach NATS" not in r.stderr
+
+        # the stream and the router's buckets provisioned, the executor's consumer not
+        async with Domed.running(
+            server.user_url("admin"), ssot, tmp_path / "prov", services=("router",)
+        ):
+            pass
+        e = await cli("executor", *common, "--nats-url", server.user_url("executor"))
+        assert e.returncode == 3, e.stderr
+        assert (
+            "consumer executors on stream DOMED_JOBS is missing and this user may not create it"
+            in e.stderr
+        ), e.stderr
+
+        # a ready service logs its URL without the user info
+        async with Domed.running(
+            server.user_url("admin"), ssot, tmp_path / "prov", services=("executor",)
+        ):
+            pass
+        ready = await cli(
+            "executor",
+            *common,
+            "--slots",
+            "0",
+            "--nats-url",
+            server.user_url("executor"),
+            until=" ready",
+        )
+        assert f"NATS nats://127.0.0.1:{server.port}" in ready.stderr, ready.stderr
+        down = await cli(
+            "jobs",
+            "ls",
+            "--nats-url",
+            f"nats://submitter:{passwords['submitter']}@127.0.0.1:{free_port()}",
+        )
+        assert down.returncode == 3 and "cannot reach NATS at nats://127.0.0.1:" in down.stderr
+        for out in (r, e, ready, down):
+            assert not [p for p in passwords.values() if p in out.stdout + out.stderr]
+    finally:
+        server.stop()
 
 
 # ---- each service is refused what belongs to another -----------------------------------------
@@ -652,7 +814,9 @@ async def test_the_projectors_consumer_right_cannot_write_events(
     holds; a push consumer delivering into the stream's own subjects is refused as a cycle."""
     job_id = str(ULID())
     before = await stored_count(admin)
-    async with connected(secured.user_url("projector"), "test-projector-consumer") as c:
+    async with connected(
+        secured.user_url("projector"), "test-projector-consumer", "_INBOX_domed-projector"
+    ) as c:
         assert c.nc is not None
         js = c.nc.jetstream(timeout=5)
         with pytest.raises(nats.js.errors.BadRequestError, match="cycle"):

@@ -195,3 +195,28 @@ async def test_projector_down_while_jobs_run_catches_up_and_kv_matches(
             assert {k: v for k, v in got.items() if k != "projected_seq"} == kv
 
     _ = Log
+
+
+async def test_events_removed_by_retention_keep_projected_jobs_and_are_reported(
+    fresh_server: NatsServer, ssot: Path, tmp_path: Path
+) -> None:
+    async with Domed.running(fresh_server.url, ssot, tmp_path / "d", max_age_s=1.0) as d:
+        old, events = await d.run("demo.echo", {"text": "old"})
+        assert (await d.projected(old))["state"] == "succeeded"
+        js = d.nc.jetstream()
+        for _ in range(100):  # until retention has removed every event
+            if (await js.stream_info(subjects.STREAM)).state.messages == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert (await js.stream_info(subjects.STREAM)).state.messages == 0
+        assert (await d.request(subjects.JOBS_GET, {"job_id": old})).data["state"] == "succeeded"
+        await d.stop_service("projector")
+        await d.start_service("projector", data_dir=tmp_path / "fresh", rebuild=True)
+        r = await d.request(subjects.JOBS_GET, {"job_id": old})
+        info = await js.stream_info(subjects.STREAM)
+        assert r.error["code"] == "unknown_job" and "retention" in r.error["message"], (
+            r.data,
+            info.state,
+        )
+        new, _ = await d.run("demo.echo", {"text": "new"})
+        assert (await d.projected(new))["state"] == "succeeded"
