@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from services.runtime.natsserver import NatsServer
-from services.runtime.settings import Settings
+from services.runtime.settings import Settings, redact_url
 
 ORDER = ("projector", "executor", "router")
 STOP_ORDER = ("router", "executor", "projector")
@@ -116,7 +116,7 @@ def up(args: argparse.Namespace, settings: Settings) -> int:
             flush=True,
         )
     else:
-        print(f"domed up: using NATS at {settings.nats_url}", flush=True)
+        print(f"domed up: using NATS at {redact_url(settings.nats_url)}", flush=True)
 
     children: dict[str, subprocess.Popen[bytes]] = {}
     restarts: dict[str, float] = {}

@@ -59,7 +59,7 @@ from services.catalogue.render import (
     secret_values,
 )
 from services.executor import core
-from services.executor.publisher import EventPipeline
+from services.executor.publisher import EventPipeline, Superseded
 from services.executor.runner import JobProcess, rusage_fields
 from services.runtime import bus
 from services.runtime.endpoints import serve
@@ -201,7 +201,10 @@ class Executor:
             await msg.ack()
             return
         tool = self.tools.get(queued.tool)
-        prev_started = await bus.last_event(self.js, job_id, "started")
+        # Nothing after `queued` (the usual case): no earlier attempt, no cancel; skip two
+        # round trips. The `started` compare-and-set still guards against a racing cancel.
+        fresh = last_seq == msg.metadata.sequence.stream
+        prev_started = None if fresh else await bus.last_event(self.js, job_id, "started")
         attempt = 1
         if prev_started is not None:
             started_ev = prev_started[1]
@@ -234,7 +237,7 @@ class Executor:
                 last = await bus.last_event(self.js, job_id)
                 assert last is not None
                 last_seq, last_ev = last
-        if await bus.last_event(self.js, job_id, "cancel") is not None:
+        if not fresh and await bus.last_event(self.js, job_id, "cancel") is not None:
             await self._finish_without_run(
                 msg,
                 never_ran(
@@ -307,7 +310,9 @@ class Executor:
                 continue
         return False
 
-    async def _forget_secrets(self, job_id: str) -> None:
+    async def _forget_secrets(self, job_id: str, tool: Tool | None = None) -> None:
+        if tool is not None and not tool.manifest.secrets:
+            return
         with contextlib.suppress(Exception):
             await self.secrets.purge(job_id)
 
@@ -374,8 +379,16 @@ class Executor:
             counts = core.LineCounter()
             buffered: list[tuple[str, bytes]] = []
 
+            plain = not secrets and manifest.progress is None
+
             def emit(stream: str, lines: list[str]) -> None:
                 assert pipeline is not None
+                if not lines:
+                    return
+                if plain and budget.admit_all(lines):  # the common case, per chunk not per line
+                    counts.add(stream, len(lines))
+                    pipeline.add_lines(stream, lines)
+                    return
                 for line in lines:
                     if secrets:
                         line = mask_line(line, secrets)
@@ -395,6 +408,7 @@ class Executor:
             started_mono = time.monotonic()
             try:
                 proc = await JobProcess.spawn(argv, cwd=work_dir, env=env, on_output=on_output)
+                proc.pause_reading()  # the pipe holds output until `started` is stored
             except OSError as exc:
                 await self._finish_without_run(
                     msg,
@@ -460,6 +474,7 @@ class Executor:
             for stream, data in buffered:
                 emit(stream, splitters[stream].feed(data))
             buffered.clear()
+            proc.resume_reading()
             heartbeat = asyncio.create_task(self._heartbeat(msg, slot, job, pipeline))
 
             exit_task = asyncio.ensure_future(proc.wait_exit())
@@ -493,7 +508,15 @@ class Executor:
                 return
             for stream in ("stdout", "stderr"):
                 emit(stream, splitters[stream].finish())
-            await pipeline.close()
+            try:
+                await pipeline.close()
+            except Superseded:
+                log.warning(
+                    "job %s attempt %d was superseded while cut off; its output is dropped",
+                    job_id,
+                    attempt,
+                )
+                return
             finished_mono = time.monotonic()
 
             verdict = core.outcome(result.returncode, job.stop_reason)
@@ -526,13 +549,15 @@ class Executor:
                     raise
                 log.warning("job %s already had a terminal; this attempt was superseded", job_id)
             await msg.ack()
-            await self._forget_secrets(job_id)
+            await self._forget_secrets(job_id, tool)
         finally:
             self.running.pop(job_id, None)
             if heartbeat is not None:
                 heartbeat.cancel()
-            if proc is not None and proc.popen.returncode is None:
-                proc.signal_group(signal.SIGKILL)
+            if proc is not None:
+                if proc.popen.returncode is None:
+                    proc.signal_group(signal.SIGKILL)
+                proc.close()
             if pipeline is not None:
                 pipeline.abort()
             with contextlib.suppress(FileNotFoundError):
@@ -606,7 +631,12 @@ async def run_executor(
     from services.runtime.settings import redact_url
 
     tools = load_catalogue(settings.ssot)
-    nc = await bus.connect(settings, settings.name or "domed-executor", service="executor")
+    # No buffering while reconnecting: a log line held back during an outage could land
+    # after another executor declared the job lost. A publish that fails is retried by
+    # the pipeline with a compare-and-set that checks we still own the job.
+    nc = await bus.connect(
+        settings, settings.name or "domed-executor", service="executor", pending_size=0
+    )
     try:
         js = nc.jetstream(timeout=settings.request_timeout_s)
         await bus.ensure_stream(js, settings.stream)

@@ -48,9 +48,26 @@ class LineSplitter:
         return start
 
     def feed(self, data: bytes) -> list[str]:
-        lines: list[str] = []
         buf = self._pending
         buf += data
+        last_nl = buf.rfind(b"\n")
+        if last_nl >= 0 and buf.find(b"\r", 0, last_nl) < 0:
+            # Fast path (no CR, no over-long line): decode the complete lines at once. Splitting
+            # after decoding equals decoding each line: a newline byte is never inside a
+            # multibyte sequence, so "replace" never swallows one.
+            complete = bytes(buf[:last_nl])
+            if (
+                last_nl <= self.max_line_bytes
+                or max(map(len, complete.split(b"\n"))) <= self.max_line_bytes
+            ):
+                del buf[: last_nl + 1]
+                lines = complete.decode("utf-8", "replace").split("\n")
+                return lines + self._rest()
+        return self._rest()
+
+    def _rest(self) -> list[str]:
+        lines: list[str] = []
+        buf = self._pending
         start = 0
         while True:
             nl = buf.find(b"\n", start)
@@ -88,6 +105,14 @@ class OutputBudget:
     max_bytes: int
     used: int = 0
     truncated: bool = False
+
+    def admit_all(self, lines: list[str]) -> bool:
+        """Admit every line at once if all of them fit; False (nothing admitted) otherwise."""
+        size = len("\n".join(lines).encode()) + 1
+        if self.used + size > self.max_bytes:
+            return False
+        self.used += size
+        return True
 
     def admit(self, line: str) -> bool:
         size = (len(line) if line.isascii() else len(line.encode())) + 1

@@ -18,10 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import nats.js.errors
 from nats.js import JetStreamContext
 
 from contracts import subjects
-from contracts.events import Event, Log, Progress, encode_event
+from contracts.events import Event, Log, Progress, Started, Terminal, encode_event
 from services.executor.core import ProgressReading
 from services.runtime import bus
 
@@ -40,6 +41,10 @@ class _Outgoing:
     subject: str
     payload: bytes
     headers: dict[str, str]
+
+
+class Superseded(Exception):
+    """Another executor ended or re-ran this job while we could not publish."""
 
 
 class EventPipeline:
@@ -92,6 +97,29 @@ class EventPipeline:
         if len(self._lines) >= MAX_BATCH_LINES or self._bytes >= MAX_BATCH_BYTES:
             self.flush()
         elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
+
+    def add_lines(self, stream: str, lines: list[str]) -> None:
+        """Many lines of one stream at once (same result as ``add_line`` for each)."""
+        if self._lines and stream != self._stream:
+            self.flush()
+        self._stream = stream
+        i = 0
+        while i < len(lines):
+            room = MAX_BATCH_LINES - len(self._lines)
+            part = lines[i : i + room]
+            size = sum(map(len, part)) + 16 * len(part)
+            if self._bytes + size >= MAX_BATCH_BYTES and len(part) > 1:
+                for line in part:  # near the byte limit: one at a time keeps batches bounded
+                    self.add_line(stream, line)
+                i += len(part)
+                continue
+            self._lines.extend(part)
+            self._bytes += size
+            i += len(part)
+            if len(self._lines) >= MAX_BATCH_LINES:
+                self.flush()
+        if self._lines and self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
 
     def add_progress(self, reading: ProgressReading) -> None:
@@ -190,10 +218,33 @@ class EventPipeline:
         self._futures.clear()
 
     async def _republish(self, out: _Outgoing, deadline_s: float) -> None:
-        async def once() -> Any:
-            return await self.js.publish(out.subject, out.payload, headers=out.headers, timeout=2.0)
-
-        await bus.retry_until(deadline_s, once)
+        """Publish an event whose first try got no ack, but only while this attempt still
+        owns the job: the job's newest event must not be a terminal or another attempt's
+        ``started`` (we may have been presumed dead while cut off). Compare-and-set on the
+        job's subjects makes that check and the write one step.
+        """
+        end = time.monotonic() + deadline_s
+        while True:
+            try:
+                last = await bus.last_event(self.js, self.job_id)
+                if last is not None:
+                    seq, event = last
+                    if isinstance(event, Terminal) or (
+                        isinstance(event, Started) and event.attempt != self.attempt
+                    ):
+                        raise Superseded(self.job_id)
+                    headers = {**out.headers, **bus.cas_headers(self.job_id, seq)}
+                else:
+                    headers = out.headers
+                await self.js.publish(out.subject, out.payload, headers=headers, timeout=2.0)
+                return
+            except nats.js.errors.APIError as exc:
+                if not bus.is_wrong_last_sequence(exc) or time.monotonic() > end:
+                    raise
+            except bus.UNAVAILABLE_ERRORS:
+                if time.monotonic() > end:
+                    raise
+                await asyncio.sleep(0.1)
 
     def abort(self) -> None:
         if self._timer is not None:

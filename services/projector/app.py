@@ -38,13 +38,13 @@ from contracts.api import (
     StoredEvent,
 )
 from contracts.errors import DomedError, ErrorCode
-from contracts.events import TERMINAL_STATES, decode_event
+from contracts.events import TERMINAL_STATES, Queued, decode_event
 from services.projector.fold import apply
 from services.projector.store import Store, decode_cursor, encode_cursor
 from services.runtime import bus
 from services.runtime.endpoints import Endpoint, serve
 from services.runtime.lifecycle import VERSION
-from services.runtime.settings import Settings
+from services.runtime.settings import Settings, redact_url
 
 log = logging.getLogger("domed.projector")
 
@@ -79,6 +79,8 @@ class Projector:
         self.wake = asyncio.Event()
         self.reconnected = asyncio.Event()
         self.gap: tuple[int, int] | None = None
+        self.fresh_store = seq == 0
+        self.catch_up_to = 0
         self.generation = 0
         self.committed = asyncio.Condition()
 
@@ -91,7 +93,7 @@ class Projector:
         return state
 
     async def on_event(self, msg: Msg) -> None:
-        seq = msg.metadata.sequence.stream
+        seq = stream_seq(msg)
         if seq <= self.applied_seq:
             return
         try:
@@ -102,7 +104,10 @@ class Projector:
             self.applied_seq = seq
             self.skipped += 1
             return
-        before = self._state_of(job_id)
+        if self.fresh_store and isinstance(event, Queued):
+            before = self.cache.get(job_id)  # a job's first event: an empty store cannot know it
+        else:
+            before = self._state_of(job_id)
         after = apply(before, seq, event)
         self.applied_seq = seq
         self.events_applied += 1
@@ -117,7 +122,9 @@ class Projector:
     async def follow(self, stop: asyncio.Event) -> None:
         """Keep the store and KV up to date until ``stop``; commits every ``COMMIT_S``."""
         await self.repair_kv()
-        sub = await self._subscribe()
+        with contextlib.suppress(*bus.UNAVAILABLE_ERRORS):
+            self.catch_up_to = (await self.js.stream_info(subjects.STREAM)).state.last_seq
+        sub = await self._subscribe_until(stop)
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -130,7 +137,7 @@ class Projector:
                     self.reconnected.clear()
                     with contextlib.suppress(Exception):
                         await sub.unsubscribe()
-                    sub = await self._subscribe()
+                    sub = await self._subscribe_until(stop)
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -151,6 +158,19 @@ class Projector:
                 "read them; the jobs already projected are kept, those events cannot be replayed",
                 *self.gap,
             )
+
+    async def _subscribe_until(self, stop: asyncio.Event) -> Any:
+        """Subscribe, retrying while JetStream is unreachable (e.g. a cluster electing a
+        leader); a projector never dies of an outage."""
+        while True:
+            try:
+                return await self._subscribe()
+            except bus.UNAVAILABLE_ERRORS + (nats.js.errors.APIError,) as exc:
+                if stop.is_set():
+                    raise
+                log.warning("cannot read the stream yet (%r); retrying", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
 
     async def _subscribe(self) -> Any:
         self.generation += 1
@@ -190,6 +210,8 @@ class Projector:
                 self.cache.pop(state.job_id, None)
         async with self.committed:
             self.committed.notify_all()
+        if self.committed_seq < self.catch_up_to:
+            return  # catching up: mirror the KV once at the end, not every 20 ms (repair_kv)
         if kv_in_step:
             await self.mirror(dirty, self.committed_seq)
         else:
@@ -306,8 +328,22 @@ class Projector:
         return [
             Endpoint("jobs-get", subjects.JOBS_GET, JobsGetRequest, self.get),
             Endpoint("jobs-list", subjects.JOBS_LIST, JobsListRequest, self.list_jobs),
-            Endpoint("jobs-events", subjects.JOBS_EVENTS, JobsEventsRequest, self.events),
+            Endpoint(
+                "jobs-events", subjects.JOBS_EVENTS, JobsEventsRequest, self.events, concurrent=True
+            ),
         ]
+
+
+def stream_seq(msg: Msg) -> int:
+    """The stream sequence from a JetStream delivery's reply subject (cheaper than
+    ``msg.metadata``, which parses every field): ``$JS.ACK.[<domain>.<hash>.]<stream>.
+    <consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>[.<token>]``."""
+    tokens = msg.reply.split(".")
+    if len(tokens) == 9:
+        return int(tokens[5])
+    if len(tokens) >= 11:
+        return int(tokens[7])
+    return int(msg.metadata.sequence.stream)
 
 
 def discard_store(path: Path) -> None:
@@ -332,7 +368,10 @@ async def run_projector(
         reconnected.set()
 
     nc = await bus.connect(
-        settings, settings.name or "domed-projector", reconnected_cb=on_reconnect
+        settings,
+        settings.name or "domed-projector",
+        service="projector",
+        reconnected_cb=on_reconnect,
     )
     try:
         js = nc.jetstream(timeout=settings.request_timeout_s)
@@ -348,7 +387,11 @@ async def run_projector(
             "job state projected from the DOMED_JOBS stream",
             projector.endpoints(),
         )
-        log.info("projector ready at seq %d, NATS %s", projector.committed_seq, settings.nats_url)
+        log.info(
+            "projector ready at seq %d, NATS %s",
+            projector.committed_seq,
+            redact_url(settings.nats_url),
+        )
         if ready is not None:
             ready.set()
         reporter = asyncio.create_task(report_rebuild(projector, js)) if settings.rebuild else None

@@ -41,7 +41,7 @@ from services.router import core
 from services.runtime import bus
 from services.runtime.endpoints import Endpoint, serve
 from services.runtime.lifecycle import VERSION
-from services.runtime.settings import Settings
+from services.runtime.settings import Settings, redact_url
 
 log = logging.getLogger("domed.router")
 
@@ -168,8 +168,8 @@ class Router:
 
     def endpoints(self) -> list[Endpoint]:
         return [
-            Endpoint("submit", subjects.SUBMIT, SubmitRequest, self.submit),
-            Endpoint("cancel", subjects.CANCEL, CancelRequest, self.cancel),
+            Endpoint("submit", subjects.SUBMIT, SubmitRequest, self.submit, concurrent=True),
+            Endpoint("cancel", subjects.CANCEL, CancelRequest, self.cancel, concurrent=True),
             Endpoint("tools-list", subjects.TOOLS_LIST, ToolsListRequest, self.tools_list),
             Endpoint("tools-get", subjects.TOOLS_GET, ToolsGetRequest, self.tools_get),
             Endpoint("tools-explain", subjects.TOOLS_EXPLAIN, ExplainRequest, self.tools_explain),
@@ -181,7 +181,7 @@ async def run_router(
 ) -> None:
     """Serve until ``stop`` is set. Refuses to start on a catalogue with any problem."""
     tools = load_catalogue(settings.ssot)
-    nc: Client = await bus.connect(settings, settings.name or "domed-router")
+    nc: Client = await bus.connect(settings, settings.name or "domed-router", service="router")
     try:
         js = nc.jetstream(timeout=settings.request_timeout_s)
         await bus.ensure_stream(js, settings.stream)
@@ -197,7 +197,7 @@ async def run_router(
             "validates job requests against tool manifests",
             router.endpoints(),
         )
-        log.info("router ready: %d tools, NATS %s", len(tools), settings.nats_url)
+        log.info("router ready: %d tools, NATS %s", len(tools), redact_url(settings.nats_url))
         if ready is not None:
             ready.set()
         await stop.wait()

@@ -7,10 +7,11 @@ else becomes a plain 500 with a safe message (the exception is logged, never sen
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from nats.aio.client import Client
@@ -31,6 +32,12 @@ class Endpoint:
     subject: str
     request_type: type[msgspec.Struct]
     handler: Callable[[Any], Awaitable[Any]]
+    # nats.micro runs one request per endpoint at a time (PERFORMANCE.md); a handler that
+    # awaits the bus is run as its own task instead, so requests overlap.
+    concurrent: bool = False
+
+
+MAX_IN_FLIGHT = 512
 
 
 def decode_request(data: bytes, request_type: type[msgspec.Struct]) -> Any:
@@ -56,19 +63,50 @@ def error_reply(err: DomedError) -> tuple[bytes, dict[str, str]]:
     return _encoder.encode(err.body()), headers
 
 
-def _wrap(endpoint: Endpoint) -> Callable[[Request], Awaitable[None]]:
-    async def handle(request: Request) -> None:
+class _Counters(Protocol):
+    _num_errors: int
+    _last_error: str | None
+
+
+def _wrap(endpoint: Endpoint, stats: list[_Counters]) -> Callable[[Request], Awaitable[None]]:
+    in_flight: set[asyncio.Task[None]] = set()
+    slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+
+    def count_error(err: DomedError) -> None:
+        # We answer errors ourselves, so nats.micro never sees them: keep its
+        # $SRV.STATS error counters true by hand (they are plain attributes).
+        for ep in stats:
+            ep._num_errors += 1
+            ep._last_error = f"{err.code.value}: {err.message}"
+
+    async def answer(request: Request) -> None:
         try:
             reply = await endpoint.handler(decode_request(request.data, endpoint.request_type))
             await request.respond(_encoder.encode(reply))
         except DomedError as err:
+            count_error(err)
             data, headers = error_reply(err)
             await request.respond(data, headers=headers)
         except Exception:
             log.exception("endpoint %s failed", endpoint.subject)
             internal = DomedError(ErrorCode.INTERNAL, "internal error; see the service log")
+            count_error(internal)
             data, headers = error_reply(internal)
             await request.respond(data, headers=headers)
+
+    async def handle(request: Request) -> None:
+        if not endpoint.concurrent:
+            await answer(request)
+            return
+        await slots.acquire()
+        task = asyncio.create_task(answer(request))
+        in_flight.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            in_flight.discard(t)
+            slots.release()
+
+        task.add_done_callback(done)
 
     return handle
 
@@ -79,6 +117,8 @@ async def serve(
     """Register the service and its endpoints; returns the Service to ``stop()`` later."""
     service = await add_service(nc, name=name, version=version, description=description)
     for ep in endpoints:
-        await service.add_endpoint(name=ep.name, subject=ep.subject, handler=_wrap(ep))
+        stats: list[Any] = []
+        await service.add_endpoint(name=ep.name, subject=ep.subject, handler=_wrap(ep, stats))
+        stats.extend(e for e in service._endpoints if e._subject == ep.subject)
     await nc.flush()  # the server has our subscriptions before anyone is told we are ready
     return service

@@ -16,11 +16,12 @@ import nats
 import nats.errors
 
 from contracts import subjects
-from contracts.events import Log, Terminal, decode_event
+from contracts.events import Terminal, decode_event
 from services.projector.app import store_path
 from services.projector.store import Store
 from services.runtime.settings import Settings, StreamSettings
 from tests.integration.test_permissions import DEPLOY, SERVICES, USERS, SecuredServer, wait_healthy
+from tests.integration.test_soak import assert_gap_free
 from tests.support import Domed, ServiceProcess
 
 R3 = StreamSettings(replicas=3, ack_wait_s=3)
@@ -133,11 +134,7 @@ async def test_killing_the_stream_leader_loses_nothing(ssot: Path, tmp_path: Pat
                     and kinds.count("terminal") == 1
                     and kinds[-1] == "terminal"
                 ), kinds
-                nxt: dict[int, int] = defaultdict(int)
-                for _, ev in by_job[job_id]:
-                    if isinstance(ev, Log):
-                        assert ev.seq == nxt[ev.attempt], (job_id, ev.seq)
-                        nxt[ev.attempt] += len(ev.lines)
+                assert_gap_free(job_id, [ev for _, ev in by_job[job_id]])
                 assert isinstance(by_job[job_id][-1][1], Terminal)
 
             last_seq = (await js.stream_info(subjects.STREAM)).state.last_seq
