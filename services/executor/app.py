@@ -252,18 +252,7 @@ class Executor:
                 if tool is None
                 else "differs from the one the job was queued with"
             )
-            await self._finish_without_run(
-                msg,
-                never_ran(
-                    job_id=job_id,
-                    state="failed",
-                    finished_at=now_iso(),
-                    attempt=attempt,
-                    error=TerminalError(
-                        TerminalErrorCode.SPAWN_FAILED, f"manifest of {queued.tool!r} {why}"
-                    ),
-                ),
-            )
+            await self._spawn_failed(msg, job_id, attempt, f"manifest of {queued.tool!r} {why}")
             return
         slot = await self._acquire_slot(tool, job_id)
         if slot is False:
@@ -295,6 +284,11 @@ class Executor:
                 return
         await msg.ack()
         await self._forget_secrets(terminal.job_id)
+
+    async def _spawn_failed(self, msg: Msg, job_id: str, attempt: int, message: str) -> None:
+        """End a job ``failed`` with ``spawn_failed``: its command could not be started."""
+        error = TerminalError(TerminalErrorCode.SPAWN_FAILED, message)
+        await self._finish_without_run(msg, never_ran(job_id, "failed", now_iso(), attempt, error))
 
     async def _acquire_slot(self, tool: Tool, job_id: str) -> str | bool:
         """A per-tool concurrency slot shared by all executors (KV create is atomic)."""
@@ -357,18 +351,7 @@ class Executor:
                 )
                 env = child_env(manifest, self.environ, job_id)
             except Exception as exc:
-                await self._finish_without_run(
-                    msg,
-                    never_ran(
-                        job_id=job_id,
-                        state="failed",
-                        finished_at=now_iso(),
-                        attempt=attempt,
-                        error=TerminalError(
-                            TerminalErrorCode.SPAWN_FAILED, f"could not prepare the job: {exc}"
-                        ),
-                    ),
-                )
+                await self._spawn_failed(msg, job_id, attempt, f"could not prepare the job: {exc}")
                 return
 
             splitters = {
@@ -410,18 +393,7 @@ class Executor:
                 proc = await JobProcess.spawn(argv, cwd=work_dir, env=env, on_output=on_output)
                 proc.pause_reading()  # the pipe holds output until `started` is stored
             except OSError as exc:
-                await self._finish_without_run(
-                    msg,
-                    never_ran(
-                        job_id=job_id,
-                        state="failed",
-                        finished_at=now_iso(),
-                        attempt=attempt,
-                        error=TerminalError(
-                            TerminalErrorCode.SPAWN_FAILED, f"{argv[0]}: {exc.strerror or exc}"
-                        ),
-                    ),
-                )
+                await self._spawn_failed(msg, job_id, attempt, f"{argv[0]}: {exc.strerror or exc}")
                 return
             record.write_text(
                 json.dumps({"job_id": job_id, "pid": proc.pid, "executor_pid": os.getpid()})
