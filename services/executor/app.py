@@ -109,7 +109,6 @@ class Executor:
         self.slots_kv = slots_kv
         self.name = settings.name or f"{socket.gethostname()}-{os.getpid()}"
         self.running: dict[str, RunningJob] = {}
-        self.free_slots = asyncio.Semaphore(settings.slots)
         self.heartbeat_s = max(0.2, settings.stream.ack_wait_s / 3)
         self.records = Path(settings.data_dir) / "executor" / "running"
         self.environ = dict(os.environ)
@@ -121,38 +120,41 @@ class Executor:
         self.records.mkdir(parents=True, exist_ok=True)
         self.reap_orphans()
         cancel_sub = await self.nc.subscribe("job.*.cancel", cb=self._on_cancel)
-        psub = await self.js.pull_subscribe_bind(subjects.EXECUTORS_CONSUMER, subjects.STREAM)
-        async with asyncio.TaskGroup() as jobs:
-            fetcher = asyncio.create_task(self._fetch_loop(psub, jobs))
+        # One pull subscription and worker per slot: a slot that frees up asks for its
+        # next job at once (a shared batch fetch made free slots wait for the batch).
+        psubs = [
+            await self.js.pull_subscribe_bind(subjects.EXECUTORS_CONSUMER, subjects.STREAM)
+            for _ in range(self.settings.slots)
+        ]
+        fetching: dict[int, bool] = {}
+        async with asyncio.TaskGroup() as workers:
+            tasks = [workers.create_task(self._worker(i, p, fetching)) for i, p in enumerate(psubs)]
             await stop.wait()
             self.accepting = False
-            fetcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await fetcher
+            for i, task in enumerate(tasks):
+                if fetching.get(i):  # idle: waiting for work, holding none
+                    task.cancel()
             await self._drain()
         await cancel_sub.unsubscribe()
-        with contextlib.suppress(Exception):
-            await psub.unsubscribe()
+        for psub in psubs:
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
 
-    async def _fetch_loop(self, psub: Any, jobs: asyncio.TaskGroup) -> None:
-        while True:
-            await self.free_slots.acquire()
-            free = 1
-            while free < self.settings.slots and not self.free_slots.locked():
-                await self.free_slots.acquire()
-                free += 1
+    async def _worker(self, index: int, psub: Any, fetching: dict[int, bool]) -> None:
+        while self.accepting:
+            fetching[index] = True
             try:
-                msgs = await psub.fetch(free, timeout=1.0)
+                msgs = await psub.fetch(1, timeout=5.0)
             except (TimeoutError, nats.errors.TimeoutError):
-                msgs = []
+                continue
             except bus.UNAVAILABLE_ERRORS + (nats.js.errors.APIError,) as exc:
                 log.warning("fetch failed: %r", exc)
-                msgs = []
                 await asyncio.sleep(0.5)
+                continue
+            finally:
+                fetching[index] = False
             for msg in msgs:
-                jobs.create_task(self._job_task(msg))
-            for _ in range(free - len(msgs)):
-                self.free_slots.release()
+                await self._job_task(msg)
 
     async def _drain(self) -> None:
         """Let running jobs finish within the drain timeout, then cancel the rest."""
@@ -183,8 +185,6 @@ class Executor:
             log.exception("job delivery failed; it will be redelivered")
             with contextlib.suppress(Exception):
                 await msg.nak(delay=1.0)
-        finally:
-            self.free_slots.release()
 
     # ---- one delivery ----------------------------------------------------------------------
 
@@ -469,7 +469,7 @@ class Executor:
             proc.kill_leftovers()
             proc.close()
             if remove_dir:  # before the terminal, so a client that saw it sees the dir gone
-                shutil.rmtree(work_dir, ignore_errors=True)
+                remove_tree(work_dir)
                 remove_dir = False
             if job.superseded:
                 # Another executor already ended or re-ran this job: publish nothing more, and
@@ -535,7 +535,7 @@ class Executor:
             with contextlib.suppress(FileNotFoundError):
                 record.unlink()
             if remove_dir and work_dir:
-                shutil.rmtree(work_dir, ignore_errors=True)
+                remove_tree(work_dir)
 
     async def _heartbeat(
         self, msg: Msg, slot: str | None, job: RunningJob, pipeline: EventPipeline
@@ -583,6 +583,14 @@ class Executor:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
             record.unlink(missing_ok=True)
+
+
+def remove_tree(path: str) -> None:
+    """Remove a job's temp dir; most are empty, and rmdir is much cheaper than rmtree."""
+    try:
+        os.rmdir(path)
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
