@@ -95,7 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("executor", "run queued jobs"),
         ("projector", "serve job state"),
     ):
-        sp = sub.add_parser(name, help=f"run the {name} service ({text}) in the foreground")
+        sp = sub.add_parser(
+            name,
+            help=f"run the {name} service ({text}) in the foreground",
+            epilog=f"example: domed {name} --nats-url nats://127.0.0.1:4222 --ssot ./ssot --data-dir ./.domed",
+        )
         _common(sp)
         _service_args(sp)
         if name == "executor":
@@ -140,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--tool")
     ls.add_argument("--label")
     ls.add_argument("--limit", type=int, default=50)
-    show = jsub.add_parser("show", help="one job's state")
+    show = jsub.add_parser(
+        "show", help="one job's state", epilog="example: domed jobs show 01J... --json"
+    )
     _common(show)
     show.add_argument("job_id")
 
@@ -151,16 +157,24 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("job_id")
     logs.add_argument("-f", "--follow", action="store_true")
 
-    cancel = sub.add_parser("cancel", help="cancel a queued or running job")
+    cancel = sub.add_parser(
+        "cancel",
+        help="cancel a queued or running job",
+        epilog="example: domed cancel 01J... --reason 'wrong input'",
+    )
     _common(cancel)
     cancel.add_argument("job_id")
     cancel.add_argument("--reason", default=None)
 
     tools = sub.add_parser("tools", help="the tool catalogue")
     tsub = tools.add_subparsers(dest="tools_command", required=True)
-    tls = tsub.add_parser("ls", help="list tools")
+    tls = tsub.add_parser("ls", help="list tools", epilog="example: domed tools ls --json")
     _common(tls)
-    tval = tsub.add_parser("validate", help="check manifests; print every problem")
+    tval = tsub.add_parser(
+        "validate",
+        help="check manifests; print every problem",
+        epilog="example: domed tools validate ./ssot",
+    )
     tval.add_argument("ssot", nargs="?", type=Path, default=Path("ssot"))
     tval.add_argument("--json", action="store_true")
     texp = tsub.add_parser(
@@ -173,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     texp.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
     texp.add_argument("--params-json", default=None)
 
-    status = sub.add_parser("status", help="services, stream and consumer lag")
+    status = sub.add_parser(
+        "status", help="services, stream and consumer lag", epilog="example: domed status --json"
+    )
     _common(status)
     return parser
 
