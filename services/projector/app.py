@@ -49,6 +49,7 @@ from services.runtime.settings import Settings, redact_url
 log = logging.getLogger("domed.projector")
 
 COMMIT_S = 0.02
+KV_MIRROR_S = 0.1
 COMMIT_MAX_DIRTY = 20_000
 LIST_LIMIT_DEFAULT = 50
 LIST_LIMIT_MAX = 500
@@ -80,6 +81,9 @@ class Projector:
         self.reconnected = asyncio.Event()
         self.gap: tuple[int, int] | None = None
         self.fresh_store = seq == 0
+        self.kv_pending: dict[str, JobState] = {}
+        self.kv_repair = False
+        self.last_mirror = 0.0
         self.catch_up_to = 0
         self.generation = 0
         self.committed = asyncio.Condition()
@@ -141,7 +145,7 @@ class Projector:
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-            await self.commit()
+            await self.commit(final=True)
 
     async def note_retention_gap(self) -> None:
         """Say so when the stream's retention removed events this projection never read.
@@ -194,30 +198,42 @@ class Projector:
             pending_bytes_limit=256 * 1024 * 1024,
         )
 
-    async def commit(self) -> None:
-        if self.applied_seq == self.committed_seq:
-            if self.kv_seq < self.committed_seq:  # an earlier KV mirror failed: catch it up
-                await self.repair_kv()
-            return
-        kv_in_step = self.kv_seq >= self.committed_seq
-        dirty = list(self.dirty.values())
-        self.dirty = {}
-        self.store.commit(dirty, self.applied_seq, self.skipped)
-        self.skipped = 0
-        self.committed_seq = self.applied_seq
-        for state in dirty:  # keep only live jobs in memory; finished ones are read from the store
-            if state.state in TERMINAL_STATES:
-                self.cache.pop(state.job_id, None)
-        async with self.committed:
-            self.committed.notify_all()
-        if self.committed_seq < self.catch_up_to:
-            return  # catching up: mirror the KV once at the end, not every 20 ms (repair_kv)
-        if kv_in_step:
-            await self.mirror(dirty, self.committed_seq)
-        else:
-            await self.repair_kv()
+    async def commit(self, *, final: bool = False) -> None:
+        if self.applied_seq != self.committed_seq:
+            dirty = list(self.dirty.values())
+            self.dirty = {}
+            self.store.commit(dirty, self.applied_seq, self.skipped)
+            self.skipped = 0
+            self.committed_seq = self.applied_seq
+            for state in dirty:  # keep only live jobs in memory; finished ones are in the store
+                if state.state in TERMINAL_STATES:
+                    self.cache.pop(state.job_id, None)
+            async with self.committed:
+                self.committed.notify_all()
+            if self.committed_seq < self.catch_up_to:
+                self.kv_repair = True  # catching up: mirror once at the end (repair_kv)
+            else:
+                self.kv_pending.update((s.job_id, s) for s in dirty)
+        await self.mirror_pending(final)
 
-    async def mirror(self, states: list[JobState], seq: int) -> None:
+    async def mirror_pending(self, final: bool = False) -> None:
+        """Mirror changed jobs into the KV at most every ``KV_MIRROR_S``: a short job's
+        intermediate states then cost no KV write (each is an fsynced message)."""
+        if self.kv_seq >= self.committed_seq or self.committed_seq < self.catch_up_to:
+            return
+        now = time.monotonic()
+        if not final and now - self.last_mirror < KV_MIRROR_S:
+            return
+        self.last_mirror = now
+        if self.kv_repair:
+            self.kv_pending.clear()
+            self.kv_repair = not await self.repair_kv()
+        else:
+            states = list(self.kv_pending.values())
+            self.kv_pending.clear()
+            self.kv_repair = not await self.mirror(states, self.committed_seq)
+
+    async def mirror(self, states: list[JobState], seq: int) -> bool:
         """Put each changed job into the KV bucket (pipelined), then record how far the KV got."""
         if states:
             try:
@@ -232,16 +248,17 @@ class Projector:
                 log.warning(
                     "KV mirror lags (%r); it is repaired on the next commit or restart", exc
                 )
-                return
+                return False
         if seq > self.kv_seq:
             self.kv_seq = seq
             self.store.set_kv_seq(seq)
+        return True
 
-    async def repair_kv(self) -> None:
+    async def repair_kv(self) -> bool:
         stale = self.store.changed_since(self.kv_seq)
         if stale:
             log.info("repairing %d KV entries behind the store", len(stale))
-        await self.mirror(stale, self.committed_seq)
+        return await self.mirror(stale, self.committed_seq)
 
     # ---- endpoints ----------------------------------------------------------------------
 
