@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import signal
 import time
 from pathlib import Path
@@ -83,13 +85,17 @@ async def test_idempotent_tool_is_retried_after_its_executor_vanished(
 ) -> None:
     d = router_projector
     counter = tmp_path / "count"
+    gate = tmp_path / "gate"
+    for run in (1, 2):
+        os.mkfifo(f"{gate}.{run}")
     first = executor(d, tmp_path / "x").start()
     await first.wait_ready()
-    job_id = await d.submit("test.counter_idempotent", {"file": str(counter), "seconds": 1.0})
+    job_id = await d.submit("test.counter_idempotent", {"file": str(counter), "gate": str(gate)})
     await _until_kind(d, job_id, "started")
-    first.kill()
+    first.kill()  # attempt 1 is held at its gate, so it cannot have finished
     second = executor(d, tmp_path / "y").start()
     try:
+        await open_gate(f"{gate}.2")  # once attempt 2 waits there
         events = await d.events(job_id, timeout=30)
         term = terminal_of(events)
         assert term.state == "succeeded" and term.attempt == 2
@@ -100,8 +106,6 @@ async def test_idempotent_tool_is_retried_after_its_executor_vanished(
     finally:
         second.kill()
         for p in processes_with_env("DOMED_JOB_ID=" + job_id):
-            import os
-
             os.kill(p, signal.SIGKILL)
 
 
@@ -126,6 +130,20 @@ async def test_sigterm_drains_then_cancels_with_executor_shutdown(
         and long.error.code == "executor_shutdown"
     )
     assert processes_with_env(f"DOMED_JOB_ID={long_job}") == []
+
+
+async def open_gate(path: str, timeout: float = 30) -> None:
+    """Release the run waiting on FIFO ``path``: opening it for writing succeeds only once
+    a reader (the run) has it open; closing it again ends the reader's read."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            return
+        except OSError as exc:
+            if exc.errno != errno.ENXIO or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.02)
 
 
 async def _until_kind(d: Domed, job_id: str, kind: str, timeout: float = 30):

@@ -31,6 +31,7 @@ f.add_argument("--pidfile", required=True)
 c = sub.add_parser("counter")
 c.add_argument("--file", required=True)
 c.add_argument("--seconds", type=float, default=0)
+c.add_argument("--gate", default="")
 se = sub.add_parser("secret")
 se.add_argument("--token", required=True)
 args = p.parse_args()
@@ -69,20 +70,22 @@ elif args.cmd == "trap_term":
         fh.write(str(os.getpid()))
     print("ignoring SIGTERM", flush=True)
     while True:
-        time.sleep(1)
+        signal.pause()
 elif args.cmd == "fork_tree":
-    pids = []
+    ready_r, ready_w = os.pipe()
     for _ in range(2):
         pid = os.fork()
         if pid == 0:
             # a double fork: the grandchild is reparented but stays in the job's process group
             if os.fork() == 0:
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                os.write(ready_w, b"!")  # ready: TERM is ignored from here on
                 while True:
-                    time.sleep(1)
+                    signal.pause()
             os._exit(0)
         os.waitpid(pid, 0)
-    time.sleep(0.2)
+    os.close(ready_w)
+    assert os.read(ready_r, 1) + os.read(ready_r, 1) == b"!!"  # both grandchildren are up
     me = os.getpgrp()
     group = []
     for entry in os.listdir("/proc"):
@@ -98,13 +101,18 @@ elif args.cmd == "fork_tree":
         json.dump(group, fh)
     print(f"group {me} has {len(group)} processes", flush=True)
     while True:
-        time.sleep(1)
+        signal.pause()
 elif args.cmd == "counter":
     n = int(open(args.file).read()) if os.path.exists(args.file) else 0
     with open(args.file, "w") as fh:
         fh.write(str(n + 1))
     print(f"run {n + 1}", flush=True)
-    time.sleep(args.seconds)
+    if args.gate:
+        # Wait until the caller opens this run's gate (a FIFO) for writing, then closes it.
+        with open(f"{args.gate}.{n + 1}") as gate:
+            gate.read()
+    else:
+        time.sleep(args.seconds)
     print("done", flush=True)
 elif args.cmd == "secret":
     print(f"the token is {args.token}!", flush=True)
