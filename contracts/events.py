@@ -7,6 +7,7 @@ Timestamps are RFC 3339 strings in UTC.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
@@ -119,6 +120,12 @@ def never_ran(
 
 
 Event = Queued | Cancel | Started | Log | Progress | Terminal
+
+
+def now_iso() -> str:
+    """Now, in the contract's timestamp format: RFC 3339, UTC, microseconds, ``Z``."""
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
 
 _decoder = msgspec.json.Decoder(Event)
 _encoder = msgspec.json.Encoder()

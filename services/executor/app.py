@@ -49,6 +49,7 @@ from contracts.events import (
     TerminalError,
     decode_event,
     never_ran,
+    now_iso,
 )
 from services.catalogue.loader import Tool, load_catalogue
 from services.catalogue.render import (
@@ -71,17 +72,10 @@ log = logging.getLogger("domed.executor")
 DRAIN_PIPES_S = 2.0
 
 
-def now_iso() -> str:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 @dataclass
 class RunningJob:
     job_id: str
     attempt: int = 1
-    superseded: bool = False
     stop_reason: core.StopReason | None = None
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -238,13 +232,7 @@ class Executor:
                 assert last is not None
                 last_seq, last_ev = last
         if not fresh and await bus.last_event(self.js, job_id, "cancel") is not None:
-            await self._finish_without_run(
-                msg,
-                never_ran(
-                    job_id=job_id, state="canceled", finished_at=now_iso(), attempt=attempt - 1
-                ),
-                cas_seq=last_seq,
-            )
+            await self._canceled_before_start(msg, job_id, attempt, last_seq)
             return
         if tool is None or tool.sha256 != queued.manifest_sha256:
             why = (
@@ -284,6 +272,14 @@ class Executor:
                 return
         await msg.ack()
         await self._forget_secrets(terminal.job_id)
+
+    async def _canceled_before_start(
+        self, msg: Msg, job_id: str, attempt: int, newest_seq: int
+    ) -> None:
+        """End a job ``canceled`` whose ``attempt`` never started; only if ``newest_seq`` is
+        still the job's newest event (compare-and-set)."""
+        terminal = never_ran(job_id, "canceled", now_iso(), attempt - 1)
+        await self._finish_without_run(msg, terminal, cas_seq=newest_seq)
 
     async def _spawn_failed(self, msg: Msg, job_id: str, attempt: int, message: str) -> None:
         """End a job ``failed`` with ``spawn_failed``: its command could not be started."""
@@ -417,7 +413,6 @@ class Executor:
                 if not bus.is_wrong_last_sequence(exc):
                     raise
                 # A cancel (or another executor) got there first: this attempt never starts.
-                proc.pause_reading()
                 proc.kill_leftovers()
                 await proc.wait_exit()
                 latest = await bus.last_event(self.js, job_id)
@@ -425,16 +420,7 @@ class Executor:
                 if isinstance(latest[1], Terminal):
                     await msg.ack()
                 elif await bus.last_event(self.js, job_id, "cancel") is not None:
-                    await self._finish_without_run(
-                        msg,
-                        never_ran(
-                            job_id=job_id,
-                            state="canceled",
-                            finished_at=now_iso(),
-                            attempt=attempt - 1,
-                        ),
-                        cas_seq=latest[0],
-                    )
+                    await self._canceled_before_start(msg, job_id, attempt, latest[0])
                 else:
                     await msg.nak(delay=0.1)
                 return
@@ -471,22 +457,15 @@ class Executor:
             if remove_dir:  # before the terminal, so a client that saw it sees the dir gone
                 remove_tree(work_dir)
                 remove_dir = False
-            if job.superseded:
-                # Another executor already ended or re-ran this job: publish nothing more, and
-                # do not ack (a late ack could settle the other executor's delivery).
-                log.warning(
-                    "job %s attempt %d was superseded; its output is dropped", job_id, attempt
-                )
-                return
             for stream in ("stdout", "stderr"):
                 emit(stream, splitters[stream].finish())
             try:
                 await pipeline.close()
             except Superseded:
+                # Another executor already ended or re-ran this job: publish nothing more, and
+                # do not ack (a late ack could settle the other executor's delivery).
                 log.warning(
-                    "job %s attempt %d was superseded while cut off; its output is dropped",
-                    job_id,
-                    attempt,
+                    "job %s attempt %d was superseded; its output is dropped", job_id, attempt
                 )
                 return
             finished_mono = time.monotonic()
@@ -554,10 +533,7 @@ class Executor:
                 last = await bus.last_event(self.js, job.job_id)
             except bus.UNAVAILABLE_ERRORS:
                 continue
-            event = last[1] if last else None
-            newer = isinstance(event, Started) and event.attempt != job.attempt
-            if isinstance(event, Terminal) or newer:
-                job.superseded = True
+            if core.superseded_by(last[1] if last else None, job.attempt):
                 pipeline.silence()
                 job.request_stop(core.StopReason("canceled", None, "superseded"))
                 return

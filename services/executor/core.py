@@ -7,8 +7,9 @@ from __future__ import annotations
 import codecs
 import re
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from contracts.events import Event, Started, Terminal
 from contracts.manifest import ProgressRule
 
 
@@ -168,6 +169,14 @@ class StopReason:
     message: str | None = None
 
 
+def superseded_by(newest: Event | None, attempt: int) -> bool:
+    """Whether the job's newest event shows that ``attempt`` no longer owns the job: it
+    has a terminal, or another attempt started (we were presumed dead)."""
+    return isinstance(newest, Terminal) or (
+        isinstance(newest, Started) and newest.attempt != attempt
+    )
+
+
 @dataclass(frozen=True)
 class Outcome:
     state: str
@@ -195,7 +204,6 @@ def outcome(returncode: int, stopped: StopReason | None) -> Outcome:
 class LineCounter:
     stdout: int = 0
     stderr: int = 0
-    by_stream: dict[str, int] = field(default_factory=dict)
 
     def add(self, stream: str, n: int) -> None:
         if stream == "stdout":

@@ -21,9 +21,8 @@ from typing import Any
 import nats.js.errors
 from nats.js import JetStreamContext
 
-from contracts import subjects
-from contracts.events import Event, Log, Progress, Started, Terminal, encode_event
-from services.executor.core import ProgressReading
+from contracts.events import Event, Log, Progress
+from services.executor.core import ProgressReading, superseded_by
 from services.runtime import bus
 
 log = logging.getLogger("domed.executor.publisher")
@@ -83,10 +82,6 @@ class EventPipeline:
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name=f"publish-{self.job_id}"
         )
-
-    @property
-    def lines_published(self) -> int:
-        return self._seq
 
     def add_line(self, stream: str, line: str) -> None:
         if self._lines and (stream != self._stream):
@@ -174,12 +169,7 @@ class EventPipeline:
     def _enqueue(self, event: Event, n: str) -> None:
         if self._silenced:
             return
-        kind = type(event).__struct_config__.tag
-        out = _Outgoing(
-            subjects.ingest_subject(self.job_id, str(kind)),
-            encode_event(event),
-            {"Nats-Msg-Id": subjects.msg_id(self.job_id, str(kind), n)},
-        )
+        out = _Outgoing(*bus.event_message(event, n))
         self._queue.put_nowait(out)
         if not self._paused and self._queue.qsize() >= HIGH_WATER:
             self._paused = True
@@ -202,7 +192,12 @@ class EventPipeline:
                 self._resume()
 
     async def close(self, deadline_s: float = 30.0) -> None:
-        """Publish what is left and wait until every event is stored (retrying failures)."""
+        """Publish what is left and wait until every event is stored (retrying failures).
+
+        Raises Superseded if this attempt lost the job (silenced, or found so on a retry).
+        """
+        if self._silenced:
+            raise Superseded(self.job_id)
         self._emit_progress()
         self.flush()
         self._queue.put_nowait(None)
@@ -229,9 +224,7 @@ class EventPipeline:
                 last = await bus.last_event(self.js, self.job_id)
                 if last is not None:
                     seq, event = last
-                    if isinstance(event, Terminal) or (
-                        isinstance(event, Started) and event.attempt != self.attempt
-                    ):
+                    if superseded_by(event, self.attempt):
                         raise Superseded(self.job_id)
                     headers = {**out.headers, **bus.cas_headers(self.job_id, seq)}
                 else:

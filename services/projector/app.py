@@ -126,8 +126,6 @@ class Projector:
     async def follow(self, stop: asyncio.Event) -> None:
         """Keep the store and KV up to date until ``stop``; commits every ``COMMIT_S``."""
         await self.repair_kv()
-        with contextlib.suppress(*bus.UNAVAILABLE_ERRORS):
-            self.catch_up_to = (await self.js.stream_info(subjects.STREAM)).state.last_seq
         sub = await self._subscribe_until(stop)
         try:
             while not stop.is_set():
@@ -147,13 +145,15 @@ class Projector:
                 await sub.unsubscribe()
             await self.commit(final=True)
 
-    async def note_retention_gap(self) -> None:
-        """Say so when the stream's retention removed events this projection never read.
+    async def read_stream_bounds(self) -> None:
+        """Learn where the stream ends (how far a catch-up goes) and say so when its
+        retention removed events this projection never read.
 
         The jobs already projected are kept; events that are gone cannot be replayed, so
         a job whose ``queued`` is gone is skipped (counted in the store's position).
         """
         info = await self.js.stream_info(subjects.STREAM)
+        self.catch_up_to = info.state.last_seq
         first = info.state.first_seq
         if first > self.applied_seq + 1:
             self.gap = (self.applied_seq + 1, first - 1)
@@ -396,7 +396,7 @@ async def run_projector(
         kv = await bus.ensure_kv(js, subjects.KV_JOBS, settings.stream)
         projector = Projector(settings, nc, js, kv, store)
         projector.reconnected = reconnected
-        await projector.note_retention_gap()
+        await projector.read_stream_bounds()
         service = await serve(
             nc,
             subjects.SERVICE_PROJECTOR,
@@ -411,7 +411,7 @@ async def run_projector(
         )
         if ready is not None:
             ready.set()
-        reporter = asyncio.create_task(report_rebuild(projector, js)) if settings.rebuild else None
+        reporter = asyncio.create_task(report_rebuild(projector)) if settings.rebuild else None
         await projector.follow(stop)
         if reporter is not None:
             reporter.cancel()
@@ -421,9 +421,8 @@ async def run_projector(
         store.close()
 
 
-async def report_rebuild(projector: Projector, js: JetStreamContext) -> None:
-    info = await js.stream_info(subjects.STREAM)
-    target = info.state.last_seq
+async def report_rebuild(projector: Projector) -> None:
+    target = projector.catch_up_to
     start = time.monotonic()
     async with projector.committed:
         await projector.committed.wait_for(lambda: projector.committed_seq >= target)
@@ -440,7 +439,3 @@ async def report_rebuild(projector: Projector, js: JetStreamContext) -> None:
         f"rebuild: {projector.events_applied} events in {took:.2f}s ({rate:,.0f} events/s)",
         flush=True,
     )
-
-
-def state_dump(states: list[JobState]) -> Any:
-    return [msgspec.to_builtins(s) for s in states]

@@ -35,7 +35,7 @@ from contracts.api import (
     ToolSummary,
 )
 from contracts.errors import DomedError, ErrorCode
-from contracts.events import Cancel, Started, Terminal, never_ran
+from contracts.events import Cancel, Started, Terminal, never_ran, now_iso
 from services.catalogue.loader import Tool, load_catalogue
 from services.router import core
 from services.runtime import bus
@@ -121,7 +121,7 @@ class Router:
                     f"job {req.job_id} already ended {event.state}",
                     {"state": event.state},
                 )
-            cancel = Cancel(job_id=req.job_id, requested_at=core.now_iso(), reason=req.reason)
+            cancel = Cancel(job_id=req.job_id, requested_at=now_iso(), reason=req.reason)
             try:
                 ack = await bus.publish_event(
                     self.js, cancel, last_seq, headers=bus.cas_headers(req.job_id, last_seq)
@@ -135,9 +135,7 @@ class Router:
         started = await bus.last_event(self.js, req.job_id, "started")
         if started is not None:
             return CancelReply(job_id=req.job_id, state="running")
-        terminal = never_ran(
-            job_id=req.job_id, state="canceled", finished_at=core.now_iso(), attempt=0
-        )
+        terminal = never_ran(job_id=req.job_id, state="canceled", finished_at=now_iso(), attempt=0)
         try:
             await bus.publish_event(self.js, terminal, headers=bus.cas_headers(req.job_id, ack.seq))
             return CancelReply(job_id=req.job_id, state="canceled")

@@ -5,12 +5,11 @@ from __future__ import annotations
 import difflib
 import hashlib
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from contracts.api import ExplainReply, SubmitRequest
 from contracts.errors import DomedError, ErrorCode
-from contracts.events import Queued
+from contracts.events import Queued, now_iso
 from services.catalogue.loader import Tool
 from services.catalogue.render import (
     env_names,
@@ -19,10 +18,6 @@ from services.catalogue.render import (
     render_argv,
     with_defaults,
 )
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def find_tool(tools: Mapping[str, Tool], tool_id: str) -> Tool:

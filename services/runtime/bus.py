@@ -325,16 +325,20 @@ async def publish_event(
     timeout_s: float = 2.0,
 ) -> Any:
     """Publish one event, awaiting its ack; the stream dedupes on ``Nats-Msg-Id``."""
-    kind = type(event).__struct_config__.tag
-    assert isinstance(kind, str)
-    hdrs = {"Nats-Msg-Id": subjects.msg_id(event.job_id, kind, n)}
+    subject, payload, hdrs = event_message(event, n)
     if headers:
         hdrs.update(headers)
-    return await js.publish(
+    return await js.publish(subject, payload, timeout=timeout_s, headers=hdrs)
+
+
+def event_message(event: Event, n: int | str = 0) -> tuple[str, bytes, dict[str, str]]:
+    """The ingest subject, payload and ``Nats-Msg-Id`` header of one event."""
+    kind = type(event).__struct_config__.tag
+    assert isinstance(kind, str)
+    return (
         subjects.ingest_subject(event.job_id, kind),
         encode_event(event),
-        timeout=timeout_s,
-        headers=hdrs,
+        {"Nats-Msg-Id": subjects.msg_id(event.job_id, kind, n)},
     )
 
 
