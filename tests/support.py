@@ -155,9 +155,14 @@ class Domed:
         return str(reply.data["job_id"])
 
     async def events(
-        self, job_id: str, timeout: float = 60, until_terminal: bool = True
+        self,
+        job_id: str,
+        timeout: float = 60,
+        until_terminal: bool = True,
+        stop_at: str = "terminal",
     ) -> list[StoredEvent]:
-        """Every stored event of a job, in stream order, through its terminal."""
+        """Every stored event of a job, in stream order, through its terminal (or through
+        its first ``stop_at`` event; a terminal always ends the list)."""
         js = self.nc.jetstream()
         sub = await js.subscribe(
             subjects.job_events_filter(job_id),
@@ -182,10 +187,17 @@ class Domed:
                     continue
                 ev = StoredEvent(msg.metadata.sequence.stream, msg.subject, decode_event(msg.data))
                 out.append(ev)
-                if until_terminal and isinstance(ev.event, Terminal):
+                if (until_terminal and isinstance(ev.event, Terminal)) or ev.kind == stop_at:
                     return out
         finally:
             await sub.unsubscribe()
+
+    async def until_kind(self, job_id: str, kind: str, timeout: float = 30) -> list[StoredEvent]:
+        """A job's stored events up to its first ``kind`` event, waiting for it; fails if the
+        job ends first."""
+        events = await self.events(job_id, timeout=timeout, stop_at=kind)
+        assert events[-1].kind == kind, f"{job_id} ended before {kind}: {[e.kind for e in events]}"
+        return events
 
     async def run(
         self, tool: str, params: dict[str, Any] | None = None, timeout: float = 60, **extra: Any

@@ -59,7 +59,7 @@ from services.catalogue.render import (
     render_argv,
     secret_values,
 )
-from services.executor import core
+from services.executor import core, records
 from services.executor.publisher import EventPipeline, Superseded
 from services.executor.runner import JobProcess, rusage_fields
 from services.runtime import bus
@@ -104,16 +104,17 @@ class Executor:
         self.name = settings.name or f"{socket.gethostname()}-{os.getpid()}"
         self.running: dict[str, RunningJob] = {}
         self.heartbeat_s = max(0.2, settings.stream.ack_wait_s / 3)
-        self.records = Path(settings.data_dir) / "executor" / "running"
+        self.records = records.records_dir(Path(settings.data_dir), dict(os.environ))
         self.environ = dict(os.environ)
         self.accepting = True
+        self.cancel_watch = core.CancelWatch()
 
     # ---- the work loop -------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        self.records.mkdir(parents=True, exist_ok=True)
-        self.reap_orphans()
+        records.reap_orphans(self.records)
         cancel_sub = await self.nc.subscribe("job.*.cancel", cb=self._on_cancel)
+        await self.watch_cancels()
         # One pull subscription and worker per slot: a slot that frees up asks for its
         # next job at once (a shared batch fetch made free slots wait for the batch).
         psubs = [
@@ -164,7 +165,21 @@ class Executor:
                 )
             )
 
+    async def watch_cancels(self) -> None:
+        """Note from which stream sequence on our cancel subscription sees every cancel
+        (see ``core.CancelWatch``); called at start and after each reconnect."""
+        try:
+            await self.nc.flush()
+            info = await self.js.stream_info(subjects.STREAM)
+        except bus.UNAVAILABLE_ERRORS + (nats.js.errors.APIError,) as exc:
+            log.warning("cannot read the stream's position (%r); looking every job up", exc)
+            return
+        self.cancel_watch.watching_from(info.state.last_seq)
+
     async def _on_cancel(self, msg: Msg) -> None:
+        with contextlib.suppress(ValueError):
+            job_id, _ = subjects.parse_event_subject(msg.subject)
+            self.cancel_watch.saw(job_id, int((msg.headers or {}).get("Nats-Sequence", 0)))
         try:
             event = decode_event(msg.data)
         except msgspec.ValidationError:
@@ -188,16 +203,21 @@ class Executor:
             await msg.term()
             return
         job_id = queued.job_id
-        last = await bus.last_event(self.js, job_id)
-        assert last is not None
-        last_seq, last_ev = last
-        if isinstance(last_ev, Terminal):
-            await msg.ack()
-            return
+        meta = msg.metadata
+        queued_seq = meta.sequence.stream
+        if self.cancel_watch.needs_lookup(job_id, queued_seq, meta.num_delivered):
+            last = await bus.last_event(self.js, job_id)
+            assert last is not None
+            last_seq, last_ev = last
+            if isinstance(last_ev, Terminal):
+                await msg.ack()
+                return
+        else:  # a first delivery with no cancel since: `queued` is the job's newest event
+            last_seq = queued_seq
         tool = self.tools.get(queued.tool)
         # Nothing after `queued` (the usual case): no earlier attempt, no cancel; skip two
         # round trips. The `started` compare-and-set still guards against a racing cancel.
-        fresh = last_seq == msg.metadata.sequence.stream
+        fresh = last_seq == queued_seq
         prev_started = None if fresh else await bus.last_event(self.js, job_id, "started")
         attempt = 1
         if prev_started is not None:
@@ -338,7 +358,7 @@ class Executor:
         proc: JobProcess | None = None
         pipeline: EventPipeline | None = None
         heartbeat: asyncio.Task[None] | None = None
-        record = self.records / job_id
+        record: Path | None = None
         try:
             try:
                 work_dir, remove_dir = self._work_dir(tool, job_id)
@@ -391,9 +411,7 @@ class Executor:
             except OSError as exc:
                 await self._spawn_failed(msg, job_id, attempt, f"{argv[0]}: {exc.strerror or exc}")
                 return
-            record.write_text(
-                json.dumps({"job_id": job_id, "pid": proc.pid, "executor_pid": os.getpid()})
-            )
+            record = records.write(self.records, job_id, proc.pid)
             started_at = now_iso()
             started = Started(
                 job_id=job_id,
@@ -511,8 +529,8 @@ class Executor:
                 proc.close()
             if pipeline is not None:
                 pipeline.abort()
-            with contextlib.suppress(FileNotFoundError):
-                record.unlink()
+            if record is not None:
+                record.unlink(missing_ok=True)
             if remove_dir and work_dir:
                 remove_tree(work_dir)
 
@@ -538,28 +556,6 @@ class Executor:
                 job.request_stop(core.StopReason("canceled", None, "superseded"))
                 return
 
-    def reap_orphans(self) -> None:
-        """Kill process groups left by a previous executor on this host that died (SIGKILL)."""
-        for record in self.records.glob("*"):
-            try:
-                data = json.loads(record.read_text())
-                owner = int(data["executor_pid"])
-                pid = int(data["pid"])
-            except (OSError, ValueError, KeyError):
-                record.unlink(missing_ok=True)
-                continue
-            if owner != os.getpid() and _alive(owner):
-                continue
-            try:
-                environ = Path(f"/proc/{pid}/environ").read_bytes()
-            except OSError:
-                environ = b""
-            if f"DOMED_JOB_ID={data['job_id']}".encode() in environ.split(b"\0"):
-                log.warning("killing orphaned process group %d of job %s", pid, data["job_id"])
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
-            record.unlink(missing_ok=True)
-
 
 def remove_tree(path: str) -> None:
     """Remove a job's temp dir; most are empty, and rmdir is much cheaper than rmtree."""
@@ -567,16 +563,6 @@ def remove_tree(path: str) -> None:
         os.rmdir(path)
     except OSError:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
 
 
 async def run_executor(
@@ -590,8 +576,26 @@ async def run_executor(
     # No buffering while reconnecting: a log line held back during an outage could land
     # after another executor declared the job lost. A publish that fails is retried by
     # the pipeline with a compare-and-set that checks we still own the job.
+    executor: Executor | None = None
+    watching: set[asyncio.Task[None]] = set()
+
+    async def on_disconnect() -> None:
+        if executor is not None:
+            executor.cancel_watch.lost()
+
+    async def on_reconnect() -> None:
+        if executor is not None:
+            task = asyncio.create_task(executor.watch_cancels())
+            watching.add(task)
+            task.add_done_callback(watching.discard)
+
     nc = await bus.connect(
-        settings, settings.name or "domed-executor", service="executor", pending_size=0
+        settings,
+        settings.name or "domed-executor",
+        service="executor",
+        pending_size=0,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
     )
     try:
         js = nc.jetstream(timeout=settings.request_timeout_s)
@@ -642,6 +646,8 @@ async def run_executor(
         if ready is not None:
             ready.set()
         await executor.run(stop)
+        for task in watching:
+            task.cancel()
         await service.stop()
     finally:
         await nc.drain()

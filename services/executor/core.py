@@ -210,3 +210,43 @@ class LineCounter:
             self.stdout += n
         else:
             self.stderr += n
+
+
+class CancelWatch:
+    """Which recently stored ``cancel`` events this executor has seen, so a job's first
+    delivery can skip looking the job up.
+
+    A job delivered for the first time has no ``started`` (no executor had it) and can
+    have a newer event only if it was canceled. The executor subscribes to stored
+    cancels; once that subscription is in place (``watching_from`` the stream's last
+    sequence at that moment), every cancel of a job queued later reaches it before the
+    job does. For such a job the look-up is needed only if a cancel was seen. Jobs
+    queued earlier, and every job while the connection is down (``lost``), are looked
+    up as before. Either way the ``started`` compare-and-set stays the final guard.
+    """
+
+    def __init__(self, max_entries: int = 50_000) -> None:
+        self.max_entries = max_entries
+        self.from_seq: int | None = None
+        self._seen: dict[str, int] = {}
+
+    def watching_from(self, stream_seq: int) -> None:
+        self.from_seq = stream_seq if self.from_seq is None else max(self.from_seq, stream_seq)
+
+    def lost(self) -> None:
+        """Cancels may be missed from now until ``watching_from`` is called again."""
+        self.from_seq = None
+
+    def saw(self, job_id: str, cancel_seq: int) -> None:
+        self._seen[job_id] = cancel_seq
+        if len(self._seen) > self.max_entries:
+            # Forget the oldest; jobs queued before the cancel we forget get looked up.
+            oldest = next(iter(self._seen))
+            forgotten = self._seen.pop(oldest)
+            if self.from_seq is not None:
+                self.from_seq = max(self.from_seq, forgotten)
+
+    def needs_lookup(self, job_id: str, queued_seq: int, deliveries: int) -> bool:
+        if deliveries != 1 or self.from_seq is None or queued_seq <= self.from_seq:
+            return True
+        return job_id in self._seen

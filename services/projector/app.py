@@ -51,6 +51,12 @@ log = logging.getLogger("domed.projector")
 COMMIT_S = 0.02
 KV_MIRROR_S = 0.1
 COMMIT_MAX_DIRTY = 20_000
+KV_PUTS_IN_FLIGHT = 256
+REPAIR_PAGE = 1000
+# Read the KV before repairing it only when that many jobs would be put, and the KV holds
+# at most KV_READ_PER_PUT values per job to put (reading it then costs less than the puts).
+REPAIR_READ_FIRST = 1000
+KV_READ_PER_PUT = 8
 LIST_LIMIT_DEFAULT = 50
 LIST_LIMIT_MAX = 500
 EVENTS_LIMIT_DEFAULT = 1000
@@ -87,6 +93,10 @@ class Projector:
         self.catch_up_to = 0
         self.generation = 0
         self.committed = asyncio.Condition()
+        self.caught_up_at: float | None = None  # when the store reached catch_up_to
+        self.kv_caught_up = asyncio.Event()  # the KV mirror reached catch_up_to
+        self.kv_repaired = 0  # jobs put into the KV by repairs
+        self.kv_already_right = 0  # jobs a repair found right in the KV already
 
     # ---- reading the stream ---------------------------------------------------------------
 
@@ -96,7 +106,7 @@ class Projector:
             state = self.store.get(job_id)
         return state
 
-    async def on_event(self, msg: Msg) -> None:
+    def on_event(self, msg: Msg) -> None:
         seq = stream_seq(msg)
         if seq <= self.applied_seq:
             return
@@ -182,7 +192,7 @@ class Projector:
 
         async def deliver(msg: Msg) -> None:
             if generation == self.generation:  # ignore stragglers of a replaced consumer
-                await self.on_event(msg)
+                self.on_event(msg)
 
         cfg = ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.applied_seq + 1
@@ -205,13 +215,17 @@ class Projector:
             self.store.commit(dirty, self.applied_seq, self.skipped)
             self.skipped = 0
             self.committed_seq = self.applied_seq
+            if self.caught_up_at is None and self.committed_seq >= self.catch_up_to:
+                self.caught_up_at = time.monotonic()
             for state in dirty:  # keep only live jobs in memory; finished ones are in the store
                 if state.state in TERMINAL_STATES:
                     self.cache.pop(state.job_id, None)
             async with self.committed:
                 self.committed.notify_all()
-            if self.committed_seq < self.catch_up_to:
-                self.kv_repair = True  # catching up: mirror once at the end (repair_kv)
+            if self.kv_seq < self.catch_up_to:
+                # Catching up (a restart or a rebuild): mirror once at the end, by repair_kv,
+                # which puts only what the KV lacks.
+                self.kv_repair = True
             else:
                 self.kv_pending.update((s.job_id, s) for s in dirty)
         await self.mirror_pending(final)
@@ -235,30 +249,90 @@ class Projector:
 
     async def mirror(self, states: list[JobState], seq: int) -> bool:
         """Put each changed job into the KV bucket (pipelined), then record how far the KV got."""
-        if states:
-            try:
-                sem = asyncio.Semaphore(256)
+        if not await self._put_all([(s.job_id, _enc.encode(s)) for s in states]):
+            return False
+        self._kv_reached(seq)
+        return True
 
-                async def put(state: JobState) -> None:
-                    async with sem:
-                        await self.kv.put(state.job_id, _enc.encode(state))
+    async def _put_all(self, docs: list[tuple[str, bytes]]) -> bool:
+        if not docs:
+            return True
+        sem = asyncio.Semaphore(KV_PUTS_IN_FLIGHT)
 
-                await asyncio.gather(*(put(s) for s in states))
-            except bus.UNAVAILABLE_ERRORS as exc:
-                log.warning(
-                    "KV mirror lags (%r); it is repaired on the next commit or restart", exc
-                )
-                return False
+        async def put(job_id: str, doc: bytes) -> None:
+            async with sem:
+                await self.kv.put(job_id, doc)
+
+        try:
+            await asyncio.gather(*(put(job_id, doc) for job_id, doc in docs))
+        except bus.UNAVAILABLE_ERRORS as exc:
+            log.warning("KV mirror lags (%r); it is repaired on the next commit or restart", exc)
+            return False
+        return True
+
+    def _kv_reached(self, seq: int) -> None:
         if seq > self.kv_seq:
             self.kv_seq = seq
             self.store.set_kv_seq(seq)
-        return True
+        if self.kv_seq >= self.catch_up_to:
+            self.kv_caught_up.set()
 
     async def repair_kv(self) -> bool:
-        stale = self.store.changed_since(self.kv_seq)
-        if stale:
-            log.info("repairing %d KV entries behind the store", len(stale))
-        return await self.mirror(stale, self.committed_seq)
+        """Bring the KV up to the store: put every job changed since the KV's position,
+        a page at a time (memory stays flat however many there are).
+
+        When the KV is small next to what would be put (after a rebuild, every job), it is
+        read first and only the values that differ are put: a read costs far less than a
+        put, which the server fsyncs.
+        """
+        seq = self.committed_seq
+        try:
+            skip = await self._kv_values_already_right(self.kv_seq)
+        except bus.UNAVAILABLE_ERRORS as exc:
+            log.warning("cannot read the KV mirror (%r); it is repaired later", exc)
+            return False
+        after = ""
+        while page := self.store.changed_since(self.kv_seq, after_id=after, limit=REPAIR_PAGE):
+            after = page[-1][0]
+            stale = [(job_id, doc) for job_id, doc in page if job_id not in skip]
+            self.kv_repaired += len(stale)
+            self.kv_already_right += len(page) - len(stale)
+            if not await self._put_all(stale):
+                return False
+        if self.kv_repaired:
+            log.info(
+                "KV repaired: %d jobs put, %d already right",
+                self.kv_repaired,
+                self.kv_already_right,
+            )
+        self._kv_reached(seq)
+        return True
+
+    async def _kv_values_already_right(self, since: int) -> set[str]:
+        """The jobs changed after ``since`` whose KV value already equals the store's,
+        when reading the KV is the cheaper way to find out (else an empty set)."""
+        want: dict[str, int] = {}
+        after = ""
+        while page := self.store.changed_since(since, after_id=after, limit=REPAIR_PAGE):
+            after = page[-1][0]
+            want.update((job_id, hash(doc)) for job_id, doc in page)
+        if len(want) < REPAIR_READ_FIRST:
+            return set()
+        status = await self.kv.status()
+        if status.values > KV_READ_PER_PUT * len(want):
+            return set()
+        same: set[str] = set()
+        watcher = await self.kv.watchall(ignore_deletes=True)
+        try:
+            async for entry in watcher:
+                if entry is None:  # the initial values are all in
+                    break
+                if entry.value is not None and want.get(entry.key) == hash(entry.value):
+                    same.add(entry.key)
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()
+        return same
 
     # ---- endpoints ----------------------------------------------------------------------
 
@@ -422,11 +496,13 @@ async def run_projector(
 
 
 async def report_rebuild(projector: Projector) -> None:
+    """Print how fast the store was rebuilt, then how long the KV mirror took to catch up
+    (every job is put into the KV once more, after the store has it)."""
     target = projector.catch_up_to
     start = time.monotonic()
     async with projector.committed:
         await projector.committed.wait_for(lambda: projector.committed_seq >= target)
-    took = time.monotonic() - start
+    took = (projector.caught_up_at or time.monotonic()) - start
     rate = projector.events_applied / took if took > 0 else float("inf")
     log.info(
         "rebuild: %d events to seq %d in %.2fs (%.0f events/s)",
@@ -436,6 +512,13 @@ async def report_rebuild(projector: Projector) -> None:
         rate,
     )
     print(
-        f"rebuild: {projector.events_applied} events in {took:.2f}s ({rate:,.0f} events/s)",
+        f"rebuild: {projector.events_applied} events in {took:.2f}s ({rate:,.0f} events/s) "
+        "into the store",
+        flush=True,
+    )
+    await projector.kv_caught_up.wait()
+    print(
+        f"rebuild: KV mirror repaired {time.monotonic() - start - took:.2f}s later: "
+        f"{projector.kv_repaired} jobs put, {projector.kv_already_right} already right",
         flush=True,
     )

@@ -46,6 +46,17 @@ def apply(state: JobState | None, seq: int, event: Event) -> JobState | None:
         return state
     if state.state in TERMINAL_STATES:
         return replace(state, last_seq=seq)
+    # Most events are log batches: test for them first.
+    if isinstance(event, Log):
+        if event.attempt != state.attempt:
+            return replace(state, last_seq=seq)
+        n = len(event.lines)
+        lines = (
+            LineCounts(state.lines.stdout + n, state.lines.stderr)
+            if event.stream == "stdout"
+            else LineCounts(state.lines.stdout, state.lines.stderr + n)
+        )
+        return replace(state, lines=lines, last_seq=seq)
     if isinstance(event, Queued):
         return replace(state, last_seq=seq)
     if isinstance(event, Cancel):
@@ -64,16 +75,6 @@ def apply(state: JobState | None, seq: int, event: Event) -> JobState | None:
             progress=None,
             last_seq=seq,
         )
-    if isinstance(event, Log):
-        if event.attempt != state.attempt:
-            return replace(state, last_seq=seq)
-        n = len(event.lines)
-        lines = (
-            LineCounts(state.lines.stdout + n, state.lines.stderr)
-            if event.stream == "stdout"
-            else LineCounts(state.lines.stdout, state.lines.stderr + n)
-        )
-        return replace(state, lines=lines, last_seq=seq)
     if isinstance(event, Progress):
         if event.attempt != state.attempt:
             return replace(state, last_seq=seq)

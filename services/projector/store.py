@@ -90,6 +90,7 @@ class Store:
         return _dec.decode(row[0]) if row else None
 
     def commit(self, states: Iterable[JobState], seq: int, skipped: int = 0) -> None:
+        states = list(states)
         rows = [
             (s.job_id, s.tool, s.state, s.submitted_at, s.last_seq, _enc.encode(s)) for s in states
         ]
@@ -102,9 +103,7 @@ class Store:
                 rows,
             )
             labels = [
-                (job_id, f"{k}={v}")
-                for job_id, doc in ((r[0], r[5]) for r in rows)
-                for k, v in _dec.decode(doc).labels.items()
+                (s.job_id, f"{k}={v}") for s in states if s.labels for k, v in s.labels.items()
             ]
             if labels:
                 cur.executemany(
@@ -121,10 +120,18 @@ class Store:
     def set_kv_seq(self, seq: int) -> None:
         self.db.execute("UPDATE position SET kv_seq = ? WHERE id = 1", (seq,))
 
-    def changed_since(self, seq: int) -> list[JobState]:
+    def changed_since(
+        self, seq: int, *, after_id: str = "", limit: int = 1000
+    ) -> list[tuple[str, bytes]]:
+        """One page of ``(job_id, doc)`` of jobs changed after stream ``seq``, in job id
+        order after ``after_id``; ``doc`` is the JSON the KV mirror holds for the job."""
         return [
-            _dec.decode(r[0])
-            for r in self.db.execute("SELECT doc FROM jobs WHERE last_seq > ?", (seq,))
+            (r[0], r[1])
+            for r in self.db.execute(
+                "SELECT job_id, doc FROM jobs WHERE last_seq > ? AND job_id > ? "
+                "ORDER BY job_id LIMIT ?",
+                (seq, after_id, limit),
+            )
         ]
 
     def list_jobs(

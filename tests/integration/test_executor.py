@@ -180,3 +180,41 @@ async def test_secrets_are_deleted_when_the_job_ends(domed: Domed) -> None:
         assert "NotFound" in type(exc).__name__ or "Deleted" in type(exc).__name__
 
     _ = time
+
+
+async def _run_then_check_never_ran(d: Domed, canceled: str, counter: Path) -> None:
+    # The executor takes jobs in stream order: once a later job has ended, it has dealt
+    # with the canceled one too.
+    _, events = await d.run("test.argv", {"value": "after"})
+    assert terminal_of(events).state == "succeeded"
+    kinds = [e.kind for e in await d.events(canceled)]
+    assert kinds == ["queued", "cancel", "terminal"]
+    assert not counter.exists(), "a canceled job's command ran"
+
+
+async def test_a_job_canceled_while_it_waits_for_a_free_slot_never_runs(
+    fresh_server, ssot: Path, tmp_path: Path
+) -> None:
+    async with Domed.running(fresh_server.url, ssot, tmp_path / "data", slots=1) as d:
+        blocker = await d.submit("test.sleep", {"seconds": 30})
+        await d.until_kind(blocker, "started")
+        counter = tmp_path / "ran"
+        waiting = await d.submit("test.counter", {"file": str(counter)})
+        r = await d.request(subjects.CANCEL, {"job_id": waiting})
+        assert r.data == {"job_id": waiting, "state": "canceled"}
+        await d.request(subjects.CANCEL, {"job_id": blocker})
+        await _run_then_check_never_ran(d, waiting, counter)
+
+
+async def test_jobs_canceled_before_any_executor_started_never_run(
+    fresh_server, ssot: Path, tmp_path: Path
+) -> None:
+    async with Domed.running(
+        fresh_server.url, ssot, tmp_path / "data", services=("router", "projector")
+    ) as d:
+        counter = tmp_path / "ran"
+        waiting = await d.submit("test.counter", {"file": str(counter)})
+        r = await d.request(subjects.CANCEL, {"job_id": waiting})
+        assert r.data == {"job_id": waiting, "state": "canceled"}
+        await d.start_service("executor")
+        await _run_then_check_never_ran(d, waiting, counter)

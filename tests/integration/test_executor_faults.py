@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from contracts.events import Started, Terminal
+from contracts.events import Started
 from services.runtime.natsserver import NatsServer
 from tests.support import Domed, ServiceProcess, pid_alive, processes_with_env, terminal_of
 
@@ -60,7 +60,7 @@ async def test_executor_sigkill_ends_the_job_lost_and_reaps_its_orphans(
     first = executor(d, tmp_path / "x").start()
     await first.wait_ready()
     job_id = await d.submit("test.counter", {"file": str(counter), "seconds": 60})
-    events = await _until_kind(d, job_id, "started")
+    events = await d.until_kind(job_id, "started")
     pid = next(e.event.pid for e in events if isinstance(e.event, Started))
     assert pid_alive(pid)
     first.kill()
@@ -91,7 +91,7 @@ async def test_idempotent_tool_is_retried_after_its_executor_vanished(
     first = executor(d, tmp_path / "x").start()
     await first.wait_ready()
     job_id = await d.submit("test.counter_idempotent", {"file": str(counter), "gate": str(gate)})
-    await _until_kind(d, job_id, "started")
+    await d.until_kind(job_id, "started")
     first.kill()  # attempt 1 is held at its gate, so it cannot have finished
     second = executor(d, tmp_path / "y").start()
     try:
@@ -117,8 +117,8 @@ async def test_sigterm_drains_then_cancels_with_executor_shutdown(
     await proc.wait_ready()
     long_job = await d.submit("test.sleep", {"seconds": 60})
     short_job = await d.submit("test.sleep", {"seconds": 0.3})
-    await _until_kind(d, long_job, "started")
-    await _until_kind(d, short_job, "started")
+    await d.until_kind(long_job, "started")
+    await d.until_kind(short_job, "started")
     proc.signal(signal.SIGTERM)
     assert proc.wait(30) == 0
     short = terminal_of(await d.events(short_job, timeout=10))
@@ -146,18 +146,6 @@ async def open_gate(path: str, timeout: float = 30) -> None:
         await asyncio.sleep(0.02)
 
 
-async def _until_kind(d: Domed, job_id: str, kind: str, timeout: float = 30):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        events = await d.events(job_id, timeout=1, until_terminal=False)
-        if any(e.kind == kind for e in events):
-            return events
-        assert not any(isinstance(e.event, Terminal) for e in events), [e.kind for e in events]
-    raise TimeoutError(f"{job_id} never reached {kind}")
-
-
 async def test_a_paused_executor_fences_itself_after_being_presumed_dead(
     router_projector: Domed, tmp_path: Path
 ) -> None:
@@ -165,7 +153,7 @@ async def test_a_paused_executor_fences_itself_after_being_presumed_dead(
     first = executor(d, tmp_path / "x").start()
     await first.wait_ready()
     job_id = await d.submit("test.sleep", {"seconds": 60})
-    events = await _until_kind(d, job_id, "started")
+    events = await d.until_kind(job_id, "started")
     pid = next(e.event.pid for e in events if isinstance(e.event, Started))
     first.signal(signal.SIGSTOP)  # a long GC pause or a partition: heartbeats stop
     second = executor(d, tmp_path / "y").start()

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from contracts import subjects
 from contracts.events import Log
+from services.projector import app as projector_app
 from services.projector.app import store_path
 from services.projector.store import Store
 from services.runtime.natsserver import NatsServer
 from services.runtime.settings import Settings
-from tests.support import Domed, ServiceProcess, log_lines, terminal_of
+from tests.support import Domed, ServiceProcess, log_lines, terminal_of, wait_until
 
 
 async def test_get_list_filters_and_pagination(domed: Domed) -> None:
@@ -99,7 +102,7 @@ async def _mixed_workload(d: Domed, tmp_path: Path) -> list[str]:
         await d.submit("demo.countdown", {"n": 3, "interval": 0.01}),
     ]
     to_cancel = await d.submit("test.sleep", {"seconds": 30})
-    await d.events(to_cancel, timeout=5, until_terminal=False)
+    await d.until_kind(to_cancel, "started")
     await d.request(subjects.CANCEL, {"job_id": to_cancel})
     jobs.append(to_cancel)
     for job_id in jobs:
@@ -152,7 +155,7 @@ async def test_projector_killed_mid_burst_neither_skips_nor_double_counts(
         proj = ServiceProcess("projector", d.url, ssot, tmp_path / "p").start()
         await proj.wait_ready()
         jobs = [await d.submit("test.spew", {"lines": 30_000, "stderr_every": 3}) for _ in range(4)]
-        await d.events(jobs[0], timeout=60, until_terminal=False)
+        await d.until_kind(jobs[0], "log")  # mid-burst: the output has begun
         proj.signal(signal.SIGKILL)
         proj.wait()
         expected = {}
@@ -220,3 +223,35 @@ async def test_events_removed_by_retention_keep_projected_jobs_and_are_reported(
         )
         new, _ = await d.run("demo.echo", {"text": "new"})
         assert (await d.projected(new))["state"] == "succeeded"
+
+
+async def test_a_rebuild_puts_only_the_kv_values_that_differ(
+    fresh_server: NatsServer,
+    ssot: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Read the KV first however few jobs there are (the bench covers the sizes).
+    monkeypatch.setattr(projector_app, "REPAIR_READ_FIRST", 1)
+    caplog.set_level(logging.INFO, logger="domed.projector")
+    async with Domed.running(fresh_server.url, ssot, tmp_path / "live") as d:
+        jobs = [(await d.run("demo.echo", {"text": f"n{i}"}))[0] for i in range(5)]
+        for job_id in jobs:
+            await d.projected(job_id)
+        await d.stop_service("projector")  # its last commit mirrors everything
+        kv = await d.nc.jetstream().key_value(subjects.KV_JOBS)
+        before = {j: await kv.get(j) for j in jobs}
+        await kv.delete(jobs[0])
+        await kv.put(jobs[1], b'{"state": "garbage"}')
+        await d.start_service("projector", data_dir=tmp_path / "rebuilt", rebuild=True)
+        await wait_until(
+            lambda: any("KV repaired" in r.getMessage() for r in caplog.records),
+            what="the KV repair after the rebuild",
+        )
+        after = {j: await kv.get(j) for j in jobs}
+        for j in jobs[2:]:
+            assert after[j].revision == before[j].revision, "a value already right was put again"
+        for j in jobs:
+            assert after[j].value == before[j].value
+        assert after[jobs[0]].revision > before[jobs[0]].revision

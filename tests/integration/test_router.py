@@ -111,7 +111,7 @@ async def test_idempotency_key_returns_the_first_job_even_when_racing(domed: Dom
 async def test_cancel_of_a_queued_job_never_starts_it(domed: Domed) -> None:
     # Fill the limited tool's only slot, so the next job of it waits in the queue.
     blocker = await domed.submit("test.limited", {"seconds": 30})
-    await _wait_for_kind(domed, blocker, "started")
+    await domed.until_kind(blocker, "started")
     waiting = await domed.submit("test.limited", {"seconds": 0})
     r = await domed.request(subjects.CANCEL, {"job_id": waiting, "reason": "changed my mind"})
     assert r.data == {"job_id": waiting, "state": "canceled"}
@@ -212,14 +212,3 @@ async def test_submit_answers_unavailable_when_jetstream_is_gone(
     await js.delete_stream(subjects.STREAM)  # the stream is gone: nothing can be stored
     r = await fresh_domed.request(subjects.SUBMIT, {"tool": "demo.echo", "params": {"text": "x"}})
     assert r.error["code"] == "unavailable" and r.headers["Nats-Service-Error-Code"] == "503"
-
-
-async def _wait_for_kind(domed: Domed, job_id: str, kind: str, timeout: float = 20) -> None:
-    js = domed.nc.jetstream()
-    sub = await js.subscribe(
-        subjects.event_subject(job_id, kind), stream=subjects.STREAM, ordered_consumer=True
-    )
-    try:
-        await sub.next_msg(timeout=timeout)
-    finally:
-        await sub.unsubscribe()

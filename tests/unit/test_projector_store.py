@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from msgspec.structs import replace
@@ -192,12 +194,21 @@ def test_cursor_round_trips_and_is_url_safe(job_id: str) -> None:
     assert all(c.isalnum() or c in "-_" for c in cursor)
 
 
-def test_changed_since_returns_jobs_updated_after_a_seq(populated: Store) -> None:
-    assert sorted(ids(populated.changed_since(4))) == [job(5).job_id, job(6).job_id]
-    assert populated.changed_since(6) == []
-    assert len(populated.changed_since(0)) == 6
+def test_changed_since_pages_jobs_updated_after_a_seq_with_their_kv_value(
+    populated: Store,
+) -> None:
+    def changed(seq: int, **page: Any) -> list[str]:
+        return [job_id for job_id, _ in populated.changed_since(seq, **page)]
+
+    assert changed(4) == [job(5).job_id, job(6).job_id]
+    assert changed(6) == []
+    assert changed(0) == [job(n).job_id for n in range(1, 7)]
+    first = changed(0, limit=4)
+    assert first == [job(n).job_id for n in range(1, 5)]
+    assert changed(0, after_id=first[-1], limit=4) == [job(5).job_id, job(6).job_id]
     populated.commit([job(1, state="lost", last_seq=9)], seq=9)
-    assert ids(populated.changed_since(6)) == [job(1).job_id]
+    [(job_id, doc)] = populated.changed_since(6)
+    assert job_id == job(1).job_id and json.loads(doc)["state"] == "lost"
 
 
 def test_all_jobs_is_in_job_id_order(populated: Store) -> None:
