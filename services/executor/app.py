@@ -60,6 +60,7 @@ from services.catalogue.render import (
     secret_values,
 )
 from services.executor import core, records
+from services.executor.ownership import Ownership
 from services.executor.publisher import EventPipeline, Superseded
 from services.executor.runner import JobProcess, rusage_fields
 from services.runtime import bus
@@ -70,6 +71,7 @@ from services.runtime.settings import Settings
 log = logging.getLogger("domed.executor")
 
 DRAIN_PIPES_S = 2.0
+SUPERSEDED = core.StopReason("canceled", None, "superseded")
 
 
 @dataclass
@@ -77,12 +79,15 @@ class RunningJob:
     job_id: str
     attempt: int = 1
     stop_reason: core.StopReason | None = None
-    stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    stop_requested: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
     def request_stop(self, reason: core.StopReason) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
-        self.stop_requested.set()
+        if not self.stop_requested.done():
+            self.stop_requested.set_result(None)
 
 
 class Executor:
@@ -104,6 +109,8 @@ class Executor:
         self.name = settings.name or f"{socket.gethostname()}-{os.getpid()}"
         self.running: dict[str, RunningJob] = {}
         self.heartbeat_s = max(0.2, settings.stream.ack_wait_s / 3)
+        # How long a confirmed claim on a job holds: well inside ack_wait (ownership.py).
+        self.lease_s = settings.stream.ack_wait_s / 2
         self.records = records.records_dir(Path(settings.data_dir), dict(os.environ))
         self.environ = dict(os.environ)
         self.accepting = True
@@ -358,6 +365,7 @@ class Executor:
         proc: JobProcess | None = None
         pipeline: EventPipeline | None = None
         heartbeat: asyncio.Task[None] | None = None
+        first_beat: asyncio.TimerHandle | None = None
         record: Path | None = None
         try:
             try:
@@ -420,6 +428,8 @@ class Executor:
                 attempt=attempt,
                 started_at=started_at,
             )
+            ownership = Ownership(self.js, job_id, attempt, self.lease_s)
+            claimed_at = time.monotonic()
             try:
                 await bus.retry_until(
                     30,
@@ -443,30 +453,47 @@ class Executor:
                     await msg.nak(delay=0.1)
                 return
 
+            ownership.confirmed(claimed_at)
             pipeline = EventPipeline(
-                self.js, job_id, attempt, now_iso, proc.pause_reading, proc.resume_reading
+                self.js,
+                job_id,
+                attempt,
+                now_iso,
+                proc.pause_reading,
+                proc.resume_reading,
+                ownership,
+                on_lost=lambda: job.request_stop(SUPERSEDED),
             )
-            pipeline.start()
             for stream, data in buffered:
                 emit(stream, splitters[stream].feed(data))
             buffered.clear()
             proc.resume_reading()
-            heartbeat = asyncio.create_task(self._heartbeat(msg, slot, job, pipeline))
 
-            exit_task = asyncio.ensure_future(proc.wait_exit())
-            stop_task = asyncio.ensure_future(job.stop_requested.wait())
+            def beat() -> None:  # the first heartbeat is due after heartbeat_s; most jobs
+                nonlocal heartbeat  # have ended by then and never need one
+                assert pipeline is not None
+                heartbeat = asyncio.create_task(
+                    self._heartbeat(msg, slot, job, pipeline, ownership)
+                )
+
+            first_beat = asyncio.get_running_loop().call_later(self.heartbeat_s, beat)
+
+            exited = proc.exited
+            assert exited is not None
             timeout_s = queued.timeout_s
+            either: set[asyncio.Future[Any]] = {exited, job.stop_requested}
             done, _ = await asyncio.wait(
-                {exit_task, stop_task}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+                either,
+                timeout=timeout_s,
+                return_when=asyncio.FIRST_COMPLETED,
             )
             if not done:
                 job.request_stop(
                     core.StopReason("timed_out", None, f"timed out after {timeout_s}s")
                 )
-            if not exit_task.done():
+            if not exited.done():
                 await proc.stop(manifest.cancel_grace_s)
-            stop_task.cancel()
-            result = await exit_task
+            result = await proc.wait_exit()
             if not await proc.drain(DRAIN_PIPES_S):
                 proc.kill_leftovers()
                 await proc.drain(DRAIN_PIPES_S)
@@ -521,6 +548,8 @@ class Executor:
             await self._forget_secrets(job_id, tool)
         finally:
             self.running.pop(job_id, None)
+            if first_beat is not None:
+                first_beat.cancel()
             if heartbeat is not None:
                 heartbeat.cancel()
             if proc is not None:
@@ -535,26 +564,32 @@ class Executor:
                 remove_tree(work_dir)
 
     async def _heartbeat(
-        self, msg: Msg, slot: str | None, job: RunningJob, pipeline: EventPipeline
+        self,
+        msg: Msg,
+        slot: str | None,
+        job: RunningJob,
+        pipeline: EventPipeline,
+        ownership: Ownership,
     ) -> None:
         """Keep the delivery (and the tool's concurrency slot, which has a TTL) alive, and
         fence ourselves: if the job has a terminal or a newer attempt we did not write (we
-        were presumed dead, e.g. after a long pause or partition), stop and go quiet."""
+        were presumed dead, e.g. after a long pause or partition), stop and go quiet.
+        Each check renews the ownership lease the event pipeline relies on."""
         while True:
-            await asyncio.sleep(self.heartbeat_s)
             with contextlib.suppress(Exception):
                 await msg.in_progress()
             if slot is not None:
                 with contextlib.suppress(Exception):
                     await self.slots_kv.put(slot, job.job_id.encode())
             try:
-                last = await bus.last_event(self.js, job.job_id)
+                lost = await ownership.lost()
             except bus.UNAVAILABLE_ERRORS:
-                continue
-            if core.superseded_by(last[1] if last else None, job.attempt):
+                lost = False
+            if lost:
                 pipeline.silence()
-                job.request_stop(core.StopReason("canceled", None, "superseded"))
+                job.request_stop(SUPERSEDED)
                 return
+            await asyncio.sleep(self.heartbeat_s)
 
 
 def remove_tree(path: str) -> None:

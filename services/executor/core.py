@@ -169,11 +169,16 @@ class StopReason:
     message: str | None = None
 
 
-def superseded_by(newest: Event | None, attempt: int) -> bool:
-    """Whether the job's newest event shows that ``attempt`` no longer owns the job: it
-    has a terminal, or another attempt started (we were presumed dead)."""
-    return isinstance(newest, Terminal) or (
-        isinstance(newest, Started) and newest.attempt != attempt
+def superseded(terminal: Event | None, started: Event | None, attempt: int) -> bool:
+    """Whether ``attempt`` no longer owns its job, given the job's newest ``terminal`` and
+    newest ``started`` events: it has a terminal (not ours: we have not written one), or
+    another attempt started (we were presumed dead).
+
+    The two kinds are looked at apart, not the job's newest event: a log line of ours
+    stored late, after another executor's terminal, must not hide that terminal.
+    """
+    return isinstance(terminal, Terminal) or (
+        isinstance(started, Started) and started.attempt != attempt
     )
 
 

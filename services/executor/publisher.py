@@ -22,7 +22,8 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from contracts.events import Event, Log, Progress
-from services.executor.core import ProgressReading, superseded_by
+from services.executor.core import ProgressReading
+from services.executor.ownership import Ownership
 from services.runtime import bus
 
 log = logging.getLogger("domed.executor.publisher")
@@ -57,8 +58,12 @@ class EventPipeline:
         now: Callable[[], str],
         pause: Callable[[], None],
         resume: Callable[[], None],
+        ownership: Ownership,
+        on_lost: Callable[[], None],
     ) -> None:
         self.js = js
+        self.ownership = ownership
+        self.on_lost = on_lost
         self.job_id = job_id
         self.attempt = attempt
         self.now = now
@@ -78,7 +83,8 @@ class EventPipeline:
         self._task: asyncio.Task[None] | None = None
         self._silenced = False
 
-    def start(self) -> None:
+    def _start(self) -> None:
+        """The publishing task, started with the first event (a silent job needs none)."""
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name=f"publish-{self.job_id}"
         )
@@ -170,6 +176,8 @@ class EventPipeline:
         if self._silenced:
             return
         out = _Outgoing(*bus.event_message(event, n))
+        if self._task is None:
+            self._start()
         self._queue.put_nowait(out)
         if not self._paused and self._queue.qsize() >= HIGH_WATER:
             self._paused = True
@@ -180,6 +188,10 @@ class EventPipeline:
             out = await self._queue.get()
             if out is None:
                 return
+            if self._silenced:
+                continue
+            if not self.ownership.fresh and await self._lost():
+                continue
             try:
                 fut = await self.js.publish_async(out.subject, out.payload, headers=out.headers)
                 self._futures.append((fut, out))
@@ -190,6 +202,19 @@ class EventPipeline:
             if self._paused and self._queue.qsize() <= LOW_WATER:
                 self._paused = False
                 self._resume()
+
+    async def _lost(self) -> bool:
+        """Confirm the job is still ours (the lease ran out, e.g. after a long pause);
+        if it is not, publish nothing more and tell the job. A publish while NATS cannot
+        answer fails anyway and is retried in ``close`` with a compare-and-set."""
+        try:
+            lost = await self.ownership.lost()
+        except bus.UNAVAILABLE_ERRORS:
+            return False
+        if lost:
+            self.silence()
+            self.on_lost()
+        return lost
 
     async def close(self, deadline_s: float = 30.0) -> None:
         """Publish what is left and wait until every event is stored (retrying failures).
@@ -203,6 +228,8 @@ class EventPipeline:
         self._queue.put_nowait(None)
         if self._task is not None:
             await self._task
+        if self._silenced:
+            raise Superseded(self.job_id)
         for fut, out in self._futures:
             try:
                 await asyncio.wait_for(fut, 5.0)
@@ -214,21 +241,21 @@ class EventPipeline:
 
     async def _republish(self, out: _Outgoing, deadline_s: float) -> None:
         """Publish an event whose first try got no ack, but only while this attempt still
-        owns the job: the job's newest event must not be a terminal or another attempt's
-        ``started`` (we may have been presumed dead while cut off). Compare-and-set on the
-        job's subjects makes that check and the write one step.
+        owns the job: it has no terminal and no other attempt started (we may have been
+        presumed dead while cut off). Compare-and-set on the job's newest event keeps a
+        terminal from landing between that check and the write unseen.
         """
         end = time.monotonic() + deadline_s
         while True:
             try:
+                if await self.ownership.lost():
+                    raise Superseded(self.job_id)
                 last = await bus.last_event(self.js, self.job_id)
-                if last is not None:
-                    seq, event = last
-                    if superseded_by(event, self.attempt):
-                        raise Superseded(self.job_id)
-                    headers = {**out.headers, **bus.cas_headers(self.job_id, seq)}
-                else:
-                    headers = out.headers
+                headers = (
+                    {**out.headers, **bus.cas_headers(self.job_id, last[0])}
+                    if last is not None
+                    else out.headers
+                )
                 await self.js.publish(out.subject, out.payload, headers=headers, timeout=2.0)
                 return
             except nats.js.errors.APIError as exc:

@@ -153,6 +153,8 @@ class JobProcess:
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait for EOF on both pipes, bounded: a grandchild may hold them open."""
+        if all(done.done() for done in self.pipes_done):
+            return True
         try:
             await asyncio.wait_for(asyncio.gather(*self.pipes_done), timeout_s)
             return True

@@ -152,7 +152,9 @@ async def test_a_paused_executor_fences_itself_after_being_presumed_dead(
     d = router_projector
     first = executor(d, tmp_path / "x").start()
     await first.wait_ready()
-    job_id = await d.submit("test.sleep", {"seconds": 60})
+    # The job prints its first line 0.5 s in, while its executor is paused: that line waits
+    # in the pipe, and must never be published once another executor has ended the job.
+    job_id = await d.submit("test.late", {"quiet": 0.5, "seconds": 60})
     events = await d.until_kind(job_id, "started")
     pid = next(e.event.pid for e in events if isinstance(e.event, Started))
     first.signal(signal.SIGSTOP)  # a long GC pause or a partition: heartbeats stop
@@ -168,6 +170,7 @@ async def test_a_paused_executor_fences_itself_after_being_presumed_dead(
         js = d.nc.jetstream()
         last = await js.get_last_msg("DOMED_JOBS", f"job.{job_id}.*")
         assert last.subject == f"job.{job_id}.terminal"
+        assert [e.kind for e in await d.events(job_id)] == ["queued", "started", "terminal"]
     finally:
         first.kill()
         second.kill()

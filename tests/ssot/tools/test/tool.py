@@ -24,6 +24,9 @@ e = sub.add_parser("exit")
 e.add_argument("--code", type=int, required=True)
 sl = sub.add_parser("sleep")
 sl.add_argument("--seconds", type=float, required=True)
+la = sub.add_parser("late")
+la.add_argument("--quiet", type=float, required=True)
+la.add_argument("--seconds", type=float, required=True)
 t = sub.add_parser("trap_term")
 t.add_argument("--pidfile", required=True)
 f = sub.add_parser("fork_tree")
@@ -60,6 +63,10 @@ elif args.cmd == "env":
 elif args.cmd == "exit":
     print(f"exiting with {args.code}", file=sys.stderr)
     sys.exit(args.code)
+elif args.cmd == "late":  # silent at first, then one line, then sleep
+    time.sleep(args.quiet)
+    print("late", flush=True)
+    time.sleep(args.seconds)
 elif args.cmd == "sleep":
     print("sleeping", flush=True)
     time.sleep(args.seconds)

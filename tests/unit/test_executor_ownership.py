@@ -1,8 +1,10 @@
-"""services.executor.core.CancelWatch: when a job's first delivery may skip its look-up."""
+"""services.executor.core: when a job's first delivery may skip its look-up (CancelWatch),
+and when an attempt no longer owns its job (superseded)."""
 
 from __future__ import annotations
 
-from services.executor.core import CancelWatch
+from contracts.events import Started, never_ran
+from services.executor.core import CancelWatch, superseded
 
 
 def test_every_job_is_looked_up_until_the_watch_knows_where_it_starts() -> None:
@@ -46,3 +48,15 @@ def test_forgetting_an_old_cancel_moves_the_start_past_it() -> None:
     assert watch.needs_lookup("X", queued_seq=109, deliveries=1)
     assert not watch.needs_lookup("Y", queued_seq=111, deliveries=1)
     assert watch.needs_lookup("B", queued_seq=111, deliveries=1)
+
+
+def _started(attempt: int) -> Started:
+    return Started(job_id="J", executor="e", pid=1, attempt=attempt, started_at="t")
+
+
+def test_an_attempt_is_superseded_by_any_terminal_or_another_attempts_start() -> None:
+    terminal = never_ran("J", "lost", "t", 1)
+    assert not superseded(None, _started(1), attempt=1)
+    assert superseded(terminal, _started(1), attempt=1)
+    assert superseded(None, _started(2), attempt=1)
+    assert not superseded(None, None, attempt=1)
