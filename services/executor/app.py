@@ -500,7 +500,7 @@ class Executor:
             proc.kill_leftovers()
             proc.close()
             if remove_dir:  # before the terminal, so a client that saw it sees the dir gone
-                remove_tree(work_dir)
+                await remove_tree_async(work_dir)
                 remove_dir = False
             for stream in ("stdout", "stderr"):
                 emit(stream, splitters[stream].finish())
@@ -598,6 +598,16 @@ def remove_tree(path: str) -> None:
         os.rmdir(path)
     except OSError:
         shutil.rmtree(path, ignore_errors=True)
+
+
+async def remove_tree_async(path: str) -> None:
+    """``remove_tree`` that leaves the event loop free while a job's files are deleted:
+    an empty dir (most) goes at once; a full tree, which may take long, in a thread, so
+    every other job's heartbeat goes on meanwhile."""
+    try:
+        os.rmdir(path)
+    except OSError:
+        await asyncio.to_thread(shutil.rmtree, path, ignore_errors=True)
 
 
 async def run_executor(

@@ -169,6 +169,15 @@ async def test_temp_working_dir_is_removed_afterwards(domed: Domed) -> None:
     assert leftovers == []
 
 
+async def test_a_temp_working_dir_full_of_files_is_removed_before_the_terminal(
+    domed: Domed,
+) -> None:
+    _, events = await domed.run("test.scratch")
+    assert terminal_of(events).state == "succeeded"
+    [work_dir] = log_lines(events)
+    assert Path(work_dir).name.startswith("domed-") and not Path(work_dir).exists()
+
+
 async def test_secrets_are_deleted_when_the_job_ends(domed: Domed) -> None:
     job_id, events = await domed.run("test.secret", {"token": "s3cr3t-value"})
     assert terminal_of(events).state == "succeeded"

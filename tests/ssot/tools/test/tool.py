@@ -24,6 +24,7 @@ e = sub.add_parser("exit")
 e.add_argument("--code", type=int, required=True)
 sl = sub.add_parser("sleep")
 sl.add_argument("--seconds", type=float, required=True)
+sub.add_parser("scratch")
 la = sub.add_parser("late")
 la.add_argument("--quiet", type=float, required=True)
 la.add_argument("--seconds", type=float, required=True)
@@ -63,6 +64,12 @@ elif args.cmd == "env":
 elif args.cmd == "exit":
     print(f"exiting with {args.code}", file=sys.stderr)
     sys.exit(args.code)
+elif args.cmd == "scratch":  # leave files in the working dir
+    os.makedirs("deep/er", exist_ok=True)
+    for name in ("a.txt", "deep/b.txt", "deep/er/c.txt"):
+        with open(name, "w") as fh:
+            fh.write("scratch\n")
+    print(os.getcwd(), flush=True)
 elif args.cmd == "late":  # silent at first, then one line, then sleep
     time.sleep(args.quiet)
     print("late", flush=True)
