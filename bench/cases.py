@@ -871,6 +871,16 @@ async def _rebuild(
         ),
         Row(
             "4 rebuild",
+            "peak RSS projector, rebuild and KV repair",
+            sampler.peak_kb["projector"] / 1024,
+            "MB",
+            None,
+            "≤ 60 MB",
+            at_most(sampler.peak_kb["projector"] / 1024, 60.0),
+            "sampled every 20 ms from /proc/<pid>/status",
+        ),
+        Row(
+            "4 rebuild",
             "KV repair after the store is rebuilt, s",
             kv_repair[0] if kv_repair else float("nan"),
             "s",

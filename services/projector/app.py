@@ -52,7 +52,7 @@ COMMIT_S = 0.02
 KV_MIRROR_S = 0.1
 COMMIT_MAX_DIRTY = 20_000
 KV_PUTS_IN_FLIGHT = 256
-REPAIR_PAGE = 1000
+REPAIR_PAGE = 500
 # Read the KV before repairing it only when that many jobs would be put, and the KV holds
 # at most KV_READ_PER_PUT values per job to put (reading it then costs less than the puts).
 REPAIR_READ_FIRST = 1000
@@ -286,53 +286,55 @@ class Projector:
         put, which the server fsyncs.
         """
         seq = self.committed_seq
+        put_before, right_before = self.kv_repaired, self.kv_already_right
         try:
-            skip = await self._kv_values_already_right(self.kv_seq)
+            matched = await self._match_kv_first(self.kv_seq)
         except bus.UNAVAILABLE_ERRORS as exc:
             log.warning("cannot read the KV mirror (%r); it is repaired later", exc)
+            self.store.end_kv_match()
             return False
-        after = ""
-        while page := self.store.changed_since(self.kv_seq, after_id=after, limit=REPAIR_PAGE):
-            after = page[-1][0]
-            stale = [(job_id, doc) for job_id, doc in page if job_id not in skip]
-            self.kv_repaired += len(stale)
-            self.kv_already_right += len(page) - len(stale)
-            if not await self._put_all(stale):
-                return False
-        if self.kv_repaired:
-            log.info(
-                "KV repaired: %d jobs put, %d already right",
-                self.kv_repaired,
-                self.kv_already_right,
-            )
+        try:
+            after = ""
+            while page := self.store.changed_since(
+                self.kv_seq, after_id=after, limit=REPAIR_PAGE, unmatched=matched
+            ):
+                after = page[-1][0]
+                self.kv_repaired += len(page)
+                if not await self._put_all(page):
+                    return False
+        finally:
+            self.store.end_kv_match()
+        put, right = self.kv_repaired - put_before, self.kv_already_right - right_before
+        if put or right:
+            log.info("KV repaired: %d jobs put, %d already right", put, right)
         self._kv_reached(seq)
         return True
 
-    async def _kv_values_already_right(self, since: int) -> set[str]:
-        """The jobs changed after ``since`` whose KV value already equals the store's,
-        when reading the KV is the cheaper way to find out (else an empty set)."""
-        want: dict[str, int] = {}
-        after = ""
-        while page := self.store.changed_since(since, after_id=after, limit=REPAIR_PAGE):
-            after = page[-1][0]
-            want.update((job_id, hash(doc)) for job_id, doc in page)
-        if len(want) < REPAIR_READ_FIRST:
-            return set()
+    async def _match_kv_first(self, since: int) -> bool:
+        """Read the KV and note the jobs changed after ``since`` that it already holds
+        right, when that is cheaper than putting them all; False if it did not read."""
+        stale = self.store.count_changed_since(since)
+        if stale < REPAIR_READ_FIRST:
+            return False
         status = await self.kv.status()
-        if status.values > KV_READ_PER_PUT * len(want):
-            return set()
-        same: set[str] = set()
+        if status.values > KV_READ_PER_PUT * stale:
+            return False
+        self.store.start_kv_match()
+        batch: list[tuple[str, bytes]] = []
         watcher = await self.kv.watchall(ignore_deletes=True)
         try:
             async for entry in watcher:
-                if entry is None:  # the initial values are all in
+                if entry is not None and entry.value is not None:
+                    batch.append((entry.key, entry.value))
+                if entry is None or len(batch) >= REPAIR_PAGE:  # None: the initial values are in
+                    self.kv_already_right += self.store.match_kv_values(batch)
+                    batch = []
+                if entry is None:
                     break
-                if entry.value is not None and want.get(entry.key) == hash(entry.value):
-                    same.add(entry.key)
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()
-        return same
+        return True
 
     # ---- endpoints ----------------------------------------------------------------------
 

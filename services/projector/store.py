@@ -121,18 +121,51 @@ class Store:
         self.db.execute("UPDATE position SET kv_seq = ? WHERE id = 1", (seq,))
 
     def changed_since(
-        self, seq: int, *, after_id: str = "", limit: int = 1000
+        self, seq: int, *, after_id: str = "", limit: int = 1000, unmatched: bool = False
     ) -> list[tuple[str, bytes]]:
         """One page of ``(job_id, doc)`` of jobs changed after stream ``seq``, in job id
-        order after ``after_id``; ``doc`` is the JSON the KV mirror holds for the job."""
+        order after ``after_id``; ``doc`` is the JSON the KV mirror holds for the job.
+        With ``unmatched``, leave out the jobs ``match_kv_values`` found right in the KV."""
+        skip = " AND job_id NOT IN (SELECT job_id FROM kv_match)" if unmatched else ""
         return [
             (r[0], r[1])
             for r in self.db.execute(
-                "SELECT job_id, doc FROM jobs WHERE last_seq > ? AND job_id > ? "
+                f"SELECT job_id, doc FROM jobs WHERE last_seq > ? AND job_id > ?{skip} "
                 "ORDER BY job_id LIMIT ?",
                 (seq, after_id, limit),
             )
         ]
+
+    def count_changed_since(self, seq: int) -> int:
+        row = self.db.execute("SELECT COUNT(*) FROM jobs WHERE last_seq > ?", (seq,)).fetchone()
+        return int(row[0])
+
+    def start_kv_match(self) -> None:
+        """Begin noting which jobs the KV already holds right (a temporary table, so a KV
+        of any size is compared without holding it in memory)."""
+        self.db.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS kv_match (job_id TEXT PRIMARY KEY) WITHOUT ROWID"
+        )
+        self.db.execute("DELETE FROM kv_match")
+
+    def match_kv_values(self, values: list[tuple[str, bytes]]) -> int:
+        """Note each ``(job_id, value)`` from the KV that equals the job's doc; returns how many."""
+        if not values:
+            return 0
+        have = dict(values)
+        marks = ",".join("?" * len(have))
+        same = [
+            (job_id,)
+            for job_id, doc in self.db.execute(
+                f"SELECT job_id, doc FROM jobs WHERE job_id IN ({marks})", list(have)
+            )
+            if have[job_id] == doc
+        ]
+        self.db.executemany("INSERT OR IGNORE INTO kv_match (job_id) VALUES (?)", same)
+        return len(same)
+
+    def end_kv_match(self) -> None:
+        self.db.execute("DROP TABLE IF EXISTS temp.kv_match")
 
     def list_jobs(
         self,

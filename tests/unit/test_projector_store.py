@@ -211,5 +211,26 @@ def test_changed_since_pages_jobs_updated_after_a_seq_with_their_kv_value(
     assert job_id == job(1).job_id and json.loads(doc)["state"] == "lost"
 
 
+def test_kv_values_equal_to_the_store_are_left_out_of_a_repair(populated: Store) -> None:
+    docs = dict(populated.changed_since(0))
+    assert populated.count_changed_since(4) == 2
+    populated.start_kv_match()
+    kv = [
+        (job(1).job_id, docs[job(1).job_id]),  # right
+        (job(2).job_id, b'{"state": "stale"}'),  # wrong
+        (job(3).job_id, docs[job(3).job_id]),  # right
+        ("01NOSUCHJOB", b"{}"),  # a key the store does not know
+    ]
+    assert populated.match_kv_values(kv) == 2
+    assert populated.match_kv_values([]) == 0
+    left = [job_id for job_id, _ in populated.changed_since(0, unmatched=True)]
+    assert left == [job(n).job_id for n in (2, 4, 5, 6)]
+    populated.end_kv_match()
+    assert len(populated.changed_since(0)) == 6
+    populated.start_kv_match()  # a new check starts with nothing matched
+    assert len(populated.changed_since(0, unmatched=True)) == 6
+    populated.end_kv_match()
+
+
 def test_all_jobs_is_in_job_id_order(populated: Store) -> None:
     assert ids(populated.all_jobs()) == [job(n).job_id for n in range(1, 7)]
