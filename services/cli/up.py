@@ -32,8 +32,6 @@ def _child_argv(name: str, args: argparse.Namespace, settings: Settings) -> list
         "-m",
         "services.cli.main",
         name,
-        "--nats-url",
-        settings.nats_url,
         "--ssot",
         str(settings.ssot),
         "--data-dir",
@@ -52,6 +50,13 @@ def _child_argv(name: str, args: argparse.Namespace, settings: Settings) -> list
     if name == "executor":
         argv += ["--slots", str(settings.slots)]
     return argv
+
+
+def _child_env(settings: Settings) -> dict[str, str]:
+    """The children's environment: ours plus the NATS URL. The URL goes here, not on the
+    command line, because it may carry a password: anyone on the host can read a
+    process's argv, only its owner its environment."""
+    return {**os.environ, "DOMED_NATS_URL": settings.nats_url}
 
 
 def wait_for_services(url: str, creds: str | None, timeout_s: float = 30.0) -> bool:
@@ -123,7 +128,10 @@ def up(args: argparse.Namespace, settings: Settings) -> int:
 
     def start(name: str) -> None:
         children[name] = subprocess.Popen(
-            _child_argv(name, args, settings), start_new_session=True, stdin=subprocess.DEVNULL
+            _child_argv(name, args, settings),
+            env=_child_env(settings),
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
         )
 
     try:

@@ -90,6 +90,9 @@ def test_domed_up_runs_a_job_and_stops_cleanly_on_sigint(tmp_path: Path) -> None
         while b"Ctrl-C stops everything" not in banner and time.monotonic() < deadline:
             banner += up.stdout.readline()
         pids = [int(p) for p in banner.split(b"(pids ")[1].split(b")")[0].decode().split(", ")]
+        for pid in pids:  # a URL may carry a password: it is in the environment, not on argv
+            assert b"nats://" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+            assert b"DOMED_NATS_URL=nats://" in Path(f"/proc/{pid}/environ").read_bytes()
         url = f"nats://127.0.0.1:{port}"
         submit = subprocess.run(
             [
