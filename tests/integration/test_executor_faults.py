@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +27,19 @@ async def router_projector(fresh_server: NatsServer, ssot: Path, tmp_path: Path)
 
 def executor(d: Domed, data_dir: Path, *extra: str) -> ServiceProcess:
     return ServiceProcess("executor", d.url, d.ssot, data_dir, "--ack-wait", "2", *extra)
+
+
+async def running_on_own_executor(
+    d: Domed, data_dir: Path, tool: str, params: dict[str, Any]
+) -> tuple[ServiceProcess, str, Started]:
+    """Start an executor of the test's own, submit a job, and wait until it has started
+    there: the executor (to kill or pause), the job id and its ``started`` event."""
+    proc = executor(d, data_dir).start()
+    await proc.wait_ready()
+    job_id = await d.submit(tool, params)
+    started = (await d.until_kind(job_id, "started"))[-1].event
+    assert isinstance(started, Started)
+    return proc, job_id, started
 
 
 async def test_concurrency_limit_holds_across_two_executors(
@@ -57,11 +71,10 @@ async def test_executor_sigkill_ends_the_job_lost_and_reaps_its_orphans(
 ) -> None:
     d = router_projector
     counter = tmp_path / "count"
-    first = executor(d, tmp_path / "x").start()
-    await first.wait_ready()
-    job_id = await d.submit("test.counter", {"file": str(counter), "seconds": 60})
-    events = await d.until_kind(job_id, "started")
-    pid = next(e.event.pid for e in events if isinstance(e.event, Started))
+    first, job_id, started = await running_on_own_executor(
+        d, tmp_path / "x", "test.counter", {"file": str(counter), "seconds": 60}
+    )
+    pid = started.pid
     assert pid_alive(pid)
     first.kill()
     assert pid_alive(pid), "the job outlives a SIGKILLed executor until someone reaps it"
@@ -88,10 +101,9 @@ async def test_idempotent_tool_is_retried_after_its_executor_vanished(
     gate = tmp_path / "gate"
     for run in (1, 2):
         os.mkfifo(f"{gate}.{run}")
-    first = executor(d, tmp_path / "x").start()
-    await first.wait_ready()
-    job_id = await d.submit("test.counter_idempotent", {"file": str(counter), "gate": str(gate)})
-    await d.until_kind(job_id, "started")
+    first, job_id, _ = await running_on_own_executor(
+        d, tmp_path / "x", "test.counter_idempotent", {"file": str(counter), "gate": str(gate)}
+    )
     first.kill()  # attempt 1 is held at its gate, so it cannot have finished
     second = executor(d, tmp_path / "y").start()
     try:
@@ -113,7 +125,8 @@ async def test_sigterm_drains_then_cancels_with_executor_shutdown(
     router_projector: Domed, tmp_path: Path
 ) -> None:
     d = router_projector
-    proc = executor(d, tmp_path / "x", "--drain-timeout", "1").start()
+    # The short job needs 0.3 s of the 3 s drain; the long one outlasts it.
+    proc = executor(d, tmp_path / "x", "--drain-timeout", "3").start()
     await proc.wait_ready()
     long_job = await d.submit("test.sleep", {"seconds": 60})
     short_job = await d.submit("test.sleep", {"seconds": 0.3})
@@ -150,13 +163,12 @@ async def test_a_paused_executor_fences_itself_after_being_presumed_dead(
     router_projector: Domed, tmp_path: Path
 ) -> None:
     d = router_projector
-    first = executor(d, tmp_path / "x").start()
-    await first.wait_ready()
     # The job prints its first line 0.5 s in, while its executor is paused: that line waits
     # in the pipe, and must never be published once another executor has ended the job.
-    job_id = await d.submit("test.late", {"quiet": 0.5, "seconds": 60})
-    events = await d.until_kind(job_id, "started")
-    pid = next(e.event.pid for e in events if isinstance(e.event, Started))
+    first, job_id, started = await running_on_own_executor(
+        d, tmp_path / "x", "test.late", {"quiet": 0.5, "seconds": 60}
+    )
+    pid = started.pid
     first.signal(signal.SIGSTOP)  # a long GC pause or a partition: heartbeats stop
     second = executor(d, tmp_path / "y").start()
     try:
