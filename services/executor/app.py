@@ -414,8 +414,8 @@ class Executor:
 
             started_mono = time.monotonic()
             try:
-                proc = await JobProcess.spawn(argv, cwd=work_dir, env=env, on_output=on_output)
-                proc.pause_reading()  # the pipe holds output until `started` is stored
+                # Its output stays in the pipe until `started` is stored (resume_reading).
+                proc = JobProcess.spawn(argv, cwd=work_dir, env=env, on_output=on_output)
             except OSError as exc:
                 await self._spawn_failed(msg, job_id, attempt, f"{argv[0]}: {exc.strerror or exc}")
                 return

@@ -3,14 +3,13 @@
 Spawning uses ``process_group=0`` (never ``preexec_fn``, which forces the slow fork
 path), so signals reach the whole group. Exit is observed through a pidfd and
 reaped with ``wait4``, which also gives the job's resource usage. Output arrives
-as byte chunks through asyncio pipe protocols; the caller can pause reading to
-push back on a child that writes faster than we can publish.
+as byte chunks read with the event loop's reader callbacks; the caller can pause
+reading to push back on a child that writes faster than we can publish.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import resource
 import signal
@@ -22,19 +21,51 @@ from dataclasses import dataclass, field
 OutputCallback = Callable[[str, bytes], None]
 
 
-class _PipeReader(asyncio.Protocol):
-    def __init__(self, name: str, on_output: OutputCallback, done: asyncio.Future[None]) -> None:
+READ_CHUNK = 256 * 1024
+
+
+class _PipeReader:
+    """Reads one pipe with ``loop.add_reader`` and ``os.read``: a chunk at a time, in
+    arrival order, until EOF. Lighter than an asyncio transport (no protocol, no
+    waiter to await), and pausing is removing the reader, so the pipe fills and the
+    child blocks: back-pressure.
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, name: str, fd: int, on_output: OutputCallback
+    ) -> None:
+        self.loop = loop
         self.name = name
+        self.fd = fd
         self.on_output = on_output
-        self.done = done
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.reading = False
+        os.set_blocking(fd, False)
 
-    def data_received(self, data: bytes) -> None:
-        self.on_output(self.name, data)
+    def resume(self) -> None:
+        if not self.reading and not self.done.done():
+            self.loop.add_reader(self.fd, self._ready)
+            self.reading = True
 
-    def eof_received(self) -> bool:
-        return False
+    def pause(self) -> None:
+        if self.reading:
+            self.loop.remove_reader(self.fd)
+            self.reading = False
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _ready(self) -> None:
+        try:
+            data = os.read(self.fd, READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self.on_output(self.name, data)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        self.pause()
         if not self.done.done():
             self.done.set_result(None)
 
@@ -48,8 +79,7 @@ class Exit:
 @dataclass
 class JobProcess:
     popen: subprocess.Popen[bytes]
-    transports: list[asyncio.ReadTransport] = field(default_factory=list)
-    pipes_done: list[asyncio.Future[None]] = field(default_factory=list)
+    readers: list[_PipeReader] = field(default_factory=list)
     exited: asyncio.Future[Exit] | None = None
     signals_sent: list[str] = field(default_factory=list)
     started_mono: float = field(default_factory=time.monotonic)
@@ -59,10 +89,11 @@ class JobProcess:
         return self.popen.pid
 
     @classmethod
-    async def spawn(
+    def spawn(
         cls, argv: list[str], *, cwd: str, env: dict[str, str], on_output: OutputCallback
     ) -> JobProcess:
-        """Start ``argv`` in a new process group; raises OSError if it cannot start."""
+        """Start ``argv`` in a new process group, its output paused (``resume_reading``
+        starts it); raises OSError if it cannot start."""
         # A direct Popen (vfork/posix_spawn fast path, ~0.4 ms) rather than asyncio's
         # subprocess transport: we reap through a pidfd with wait4 to get rusage.
         popen = subprocess.Popen(  # noqa: ASYNC220
@@ -78,11 +109,8 @@ class JobProcess:
         proc = cls(popen)
         loop = asyncio.get_running_loop()
         for name, pipe in (("stdout", popen.stdout), ("stderr", popen.stderr)):
-            done: asyncio.Future[None] = loop.create_future()
-            reader = _PipeReader(name, on_output, done)
-            transport, _ = await loop.connect_read_pipe(lambda r=reader: r, pipe)  # type: ignore[misc]
-            proc.transports.append(transport)
-            proc.pipes_done.append(done)
+            assert pipe is not None
+            proc.readers.append(_PipeReader(loop, name, pipe.fileno(), on_output))
         proc.exited = loop.create_future()
         proc._watch_exit(loop)
         return proc
@@ -109,14 +137,12 @@ class JobProcess:
         loop.add_reader(pidfd, on_ready)
 
     def pause_reading(self) -> None:
-        for t in self.transports:
-            with contextlib.suppress(Exception):
-                t.pause_reading()
+        for reader in self.readers:
+            reader.pause()
 
     def resume_reading(self) -> None:
-        for t in self.transports:
-            with contextlib.suppress(Exception):
-                t.resume_reading()
+        for reader in self.readers:
+            reader.resume()
 
     def signal_group(self, sig: signal.Signals) -> bool:
         """Send ``sig`` to the job's whole process group; False if nothing is left in it."""
@@ -153,17 +179,21 @@ class JobProcess:
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait for EOF on both pipes, bounded: a grandchild may hold them open."""
-        if all(done.done() for done in self.pipes_done):
+        if all(reader.done.done() for reader in self.readers):
             return True
         try:
-            await asyncio.wait_for(asyncio.gather(*self.pipes_done), timeout_s)
+            await asyncio.wait_for(asyncio.gather(*(r.done for r in self.readers)), timeout_s)
             return True
         except TimeoutError:
             return False
 
     def close(self) -> None:
-        for t in self.transports:
-            t.close()
+        """Stop reading and close both pipes (idempotent)."""
+        for reader in self.readers:
+            reader.close()
+        for pipe in (self.popen.stdout, self.popen.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def rusage_fields(usage: resource.struct_rusage | None) -> tuple[int, float, float] | None:
