@@ -139,13 +139,29 @@ class Domed:
         self.tasks.clear()
         self.stops.clear()
 
+    def service_states(self) -> str:
+        """Which in-process services still run, and how each that ended ended (for a
+        failure message)."""
+        states = []
+        for t in self.tasks:
+            if not t.done():
+                states.append(f"{t.get_name()}: running")
+            elif t.cancelled():
+                states.append(f"{t.get_name()}: cancelled")
+            else:
+                states.append(f"{t.get_name()}: ended with {t.exception()!r}")
+        return ", ".join(states) or "no services"
+
     # ---- the public API -----------------------------------------------------------------
 
     async def request(
         self, subject: str, body: Any, raw: bytes | None = None, timeout: float = 10
     ) -> Reply:
         payload = raw if raw is not None else json.dumps(body).encode()
-        msg = await self.nc.request(subject, payload, timeout=timeout)
+        try:
+            msg = await self.nc.request(subject, payload, timeout=timeout)
+        except nats.errors.NoRespondersError as exc:
+            raise AssertionError(f"no responder on {subject}; {self.service_states()}") from exc
         data = json.loads(msg.data) if msg.data else None
         return Reply(data, dict(msg.headers or {}))
 
