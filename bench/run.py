@@ -237,7 +237,7 @@ class Run:
                 rows, d, bare = out1
                 d["cpu_s_by_process"] = s1.cpu_s
                 d["sampled_wall_s"] = round(s1.wall_s, 3)
-                jobs = sizes.jobs + sizes.warmup_jobs
+                jobs = d.get("domed_jobs_total", sizes.jobs + sizes.warmup_jobs)
                 d["cpu_ms_per_job"] = {
                     k: round(v / jobs * 1000, 3) for k, v in s1.cpu_s.items() if k != "bench"
                 }
