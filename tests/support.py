@@ -106,6 +106,9 @@ class Domed:
             slots=slots,
             drain_timeout_s=drain_timeout_s,
             stream=StreamSettings(ack_wait_s=ack_wait_s, max_age_s=max_age_s),
+            # An executor in this (pytest) process must not adopt and reap orphans: they
+            # would include the exits of the test's own child processes.
+            adopt_orphans=False,
         )
         nc = await nats.connect(url.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         d = cls(url, ssot, data_dir, nc, settings)

@@ -59,7 +59,7 @@ from services.catalogue.render import (
     render_argv,
     secret_values,
 )
-from services.executor import core, records
+from services.executor import adopted, core, records
 from services.executor.ownership import Ownership
 from services.executor.publisher import EventPipeline, Superseded
 from services.executor.runner import JobProcess, rusage_fields
@@ -115,11 +115,19 @@ class Executor:
         self.environ = dict(os.environ)
         self.accepting = True
         self.cancel_watch = core.CancelWatch()
+        self.leaders: set[int] = set()  # the running jobs' own processes
+        self.subreaper = False
 
     # ---- the work loop -------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         records.reap_orphans(self.records)
+        self.subreaper = self.settings.adopt_orphans and adopted.become_subreaper()
+        if self.settings.adopt_orphans and not self.subreaper:
+            log.warning(
+                "cannot become a child subreaper: a job's process that leaves its process "
+                "group (setsid) is not killed with the job"
+            )
         cancel_sub = await self.nc.subscribe("job.*.cancel", cb=self._on_cancel)
         await self.watch_cancels()
         # One pull subscription and worker per slot: a slot that frees up asks for its
@@ -419,6 +427,7 @@ class Executor:
             except OSError as exc:
                 await self._spawn_failed(msg, job_id, attempt, f"{argv[0]}: {exc.strerror or exc}")
                 return
+            self.leaders.add(proc.pid)
             record = records.write(self.records, job_id, proc.pid)
             started_at = now_iso()
             started = Started(
@@ -494,10 +503,12 @@ class Executor:
             if not exited.done():
                 await proc.stop(manifest.cancel_grace_s)
             result = await proc.wait_exit()
-            if not await proc.drain(DRAIN_PIPES_S):
+            if not await proc.drain(DRAIN_PIPES_S):  # something else holds the pipes
                 proc.kill_leftovers()
+                await self._kill_escaped(job_id)
                 await proc.drain(DRAIN_PIPES_S)
             proc.kill_leftovers()
+            await self._kill_escaped(job_id)
             proc.close()
             if remove_dir:  # before the terminal, so a client that saw it sees the dir gone
                 await remove_tree_async(work_dir)
@@ -548,6 +559,8 @@ class Executor:
             await self._forget_secrets(job_id, tool)
         finally:
             self.running.pop(job_id, None)
+            if proc is not None:
+                self.leaders.discard(proc.pid)
             if first_beat is not None:
                 first_beat.cancel()
             if heartbeat is not None:
@@ -562,6 +575,11 @@ class Executor:
                 record.unlink(missing_ok=True)
             if remove_dir and work_dir:
                 remove_tree(work_dir)
+
+    async def _kill_escaped(self, job_id: str) -> None:
+        """Kill the job's processes that left its process group (see adopted.py)."""
+        if self.subreaper:
+            await adopted.sweep(job_id, self.leaders)
 
     async def _heartbeat(
         self,

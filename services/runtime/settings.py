@@ -74,5 +74,8 @@ class Settings:
     # executor
     slots: int = 8
     drain_timeout_s: float = 10.0
+    # adopt the orphans of jobs' processes (executor/adopted.py); off only when the
+    # executor is embedded in a process that has children of its own (the tests)
+    adopt_orphans: bool = True
     # projector
     rebuild: bool = False

@@ -14,7 +14,14 @@ import pytest
 
 from contracts.events import Started
 from services.runtime.natsserver import NatsServer
-from tests.support import Domed, ServiceProcess, pid_alive, processes_with_env, terminal_of
+from tests.support import (
+    Domed,
+    ServiceProcess,
+    log_lines,
+    pid_alive,
+    processes_with_env,
+    terminal_of,
+)
 
 
 @pytest.fixture
@@ -186,3 +193,25 @@ async def test_a_paused_executor_fences_itself_after_being_presumed_dead(
     finally:
         first.kill()
         second.kill()
+
+
+async def test_a_daemon_that_left_the_jobs_process_group_dies_with_the_job(
+    router_projector: Domed, tmp_path: Path
+) -> None:
+    d = router_projector
+    proc = executor(d, tmp_path / "x").start()
+    pidfile = tmp_path / "daemon.pid"
+    try:
+        await proc.wait_ready()
+        job_id, events = await d.run("test.escape", {"pidfile": str(pidfile)})
+        assert terminal_of(events).state == "succeeded"
+        daemon = int(pidfile.read_text())
+        session = int(log_lines(events)[0].rsplit(" ", 1)[1])
+        assert proc.proc is not None
+        assert session != os.getsid(proc.proc.pid), "the daemon left the job's session and group"
+        assert not pid_alive(daemon), "the escaped daemon outlived its job"
+        assert processes_with_env(f"DOMED_JOB_ID={job_id}") == []
+    finally:
+        proc.kill()
+        if pidfile.exists() and pid_alive(int(pidfile.read_text())):
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)

@@ -25,6 +25,8 @@ e.add_argument("--code", type=int, required=True)
 sl = sub.add_parser("sleep")
 sl.add_argument("--seconds", type=float, required=True)
 sub.add_parser("scratch")
+es = sub.add_parser("escape")
+es.add_argument("--pidfile", required=True)
 la = sub.add_parser("late")
 la.add_argument("--quiet", type=float, required=True)
 la.add_argument("--seconds", type=float, required=True)
@@ -64,6 +66,23 @@ elif args.cmd == "env":
 elif args.cmd == "exit":
     print(f"exiting with {args.code}", file=sys.stderr)
     sys.exit(args.code)
+elif args.cmd == "escape":  # a daemon in a session of its own, then exit
+    ready_r, ready_w = os.pipe()
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            os.write(ready_w, f"{os.getpid()}\n".encode())
+            while True:
+                signal.pause()
+        os._exit(0)
+    os.close(ready_w)
+    daemon = int(os.fdopen(ready_r).readline())
+    with open(args.pidfile, "w") as fh:
+        fh.write(str(daemon))
+    print(f"daemon {daemon} in session {os.getsid(daemon)}", flush=True)
 elif args.cmd == "scratch":  # leave files in the working dir
     os.makedirs("deep/er", exist_ok=True)
     for name in ("a.txt", "deep/b.txt", "deep/er/c.txt"):
