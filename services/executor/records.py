@@ -71,8 +71,11 @@ def write(directory: Path, job_id: str, pid: int) -> Path:
 
 
 def reap_orphans(directory: Path) -> list[str]:
-    """Kill process groups left on this host by executors that died; returns their job ids."""
+    """Kill what executors that died left on this host: each job's process group, and any
+    other process still carrying the job's ``DOMED_JOB_ID`` (one that left the group, e.g.
+    a daemon). Returns the job ids whose processes were killed."""
     reaped = []
+    orphaned_jobs: set[str] = set()
     for record in directory.glob("*"):
         try:
             data = json.loads(record.read_text())
@@ -84,6 +87,7 @@ def reap_orphans(directory: Path) -> list[str]:
             continue
         if owner != os.getpid() and _alive(owner):
             continue
+        orphaned_jobs.add(job_id)
         try:
             environ = Path(f"/proc/{pid}/environ").read_bytes()
         except OSError:
@@ -95,7 +99,33 @@ def reap_orphans(directory: Path) -> list[str]:
                 os.killpg(pid, signal.SIGKILL)
             reaped.append(job_id)
         record.unlink(missing_ok=True)
+    for pid, job_id in _marked_processes(orphaned_jobs):
+        log.warning("killing process %d of job %s, which had left its process group", pid, job_id)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+        if job_id not in reaped:
+            reaped.append(job_id)
     return reaped
+
+
+def _marked_processes(job_ids: set[str]) -> list[tuple[int, str]]:
+    """Processes on this host whose environment carries one of ``job_ids``."""
+    if not job_ids:
+        return []
+    marks = {f"DOMED_JOB_ID={j}".encode(): j for j in job_ids}
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            items = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for item in items:
+            if item in marks:
+                found.append((int(entry), marks[item]))
+                break
+    return found
 
 
 def _alive(pid: int) -> bool:

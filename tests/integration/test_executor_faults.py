@@ -215,3 +215,29 @@ async def test_a_daemon_that_left_the_jobs_process_group_dies_with_the_job(
         proc.kill()
         if pidfile.exists() and pid_alive(int(pidfile.read_text())):
             os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+async def test_a_restarted_executor_kills_a_dead_executors_escaped_daemons_too(
+    router_projector: Domed, tmp_path: Path
+) -> None:
+    d = router_projector
+    pidfile = tmp_path / "daemon.pid"
+    first, job_id, started = await running_on_own_executor(
+        d, tmp_path / "x", "test.escape", {"pidfile": str(pidfile), "seconds": 60}
+    )
+    second = None
+    try:
+        await d.until_kind(job_id, "log")  # the daemon is up and has left the group
+        daemon = int(pidfile.read_text())
+        first.kill()
+        assert pid_alive(started.pid) and pid_alive(daemon)
+        second = executor(d, tmp_path / "x").start()  # same host, same data dir
+        await second.wait_ready()
+        assert not pid_alive(started.pid) and not pid_alive(daemon)
+        assert processes_with_env(f"DOMED_JOB_ID={job_id}") == []
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
+        for pid in processes_with_env(f"DOMED_JOB_ID={job_id}"):
+            os.kill(pid, signal.SIGKILL)

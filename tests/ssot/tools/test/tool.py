@@ -27,6 +27,7 @@ sl.add_argument("--seconds", type=float, required=True)
 sub.add_parser("scratch")
 es = sub.add_parser("escape")
 es.add_argument("--pidfile", required=True)
+es.add_argument("--seconds", type=float, default=0)
 la = sub.add_parser("late")
 la.add_argument("--quiet", type=float, required=True)
 la.add_argument("--seconds", type=float, required=True)
@@ -83,6 +84,7 @@ elif args.cmd == "escape":  # a daemon in a session of its own, then exit
     with open(args.pidfile, "w") as fh:
         fh.write(str(daemon))
     print(f"daemon {daemon} in session {os.getsid(daemon)}", flush=True)
+    time.sleep(args.seconds)
 elif args.cmd == "scratch":  # leave files in the working dir
     os.makedirs("deep/er", exist_ok=True)
     for name in ("a.txt", "deep/b.txt", "deep/er/c.txt"):
