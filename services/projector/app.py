@@ -51,6 +51,8 @@ log = logging.getLogger("domed.projector")
 COMMIT_S = 0.02
 KV_MIRROR_S = 0.1
 COMMIT_MAX_DIRTY = 20_000
+# Live jobs kept in memory (the rest are read from the store when an event comes).
+CACHE_MAX = 2_000
 KV_PUTS_IN_FLIGHT = 256
 REPAIR_PAGE = 500
 # Read the KV before repairing it only when that many jobs would be put, and the KV holds
@@ -79,7 +81,7 @@ class Projector:
         self.applied_seq = seq
         self.committed_seq = seq
         self.kv_seq = kv_seq
-        self.cache: dict[str, JobState] = {}
+        self.cache: dict[str, JobState] = {}  # live jobs, oldest first, at most CACHE_MAX
         self.dirty: dict[str, JobState] = {}
         self.skipped = 0
         self.events_applied = 0
@@ -101,7 +103,7 @@ class Projector:
     # ---- reading the stream ---------------------------------------------------------------
 
     def _state_of(self, job_id: str) -> JobState | None:
-        state = self.cache.get(job_id)
+        state = self.cache.get(job_id) or self.dirty.get(job_id)
         if state is None:
             state = self.store.get(job_id)
         return state
@@ -119,7 +121,8 @@ class Projector:
             self.skipped += 1
             return
         if self.fresh_store and isinstance(event, Queued):
-            before = self.cache.get(job_id)  # a job's first event: an empty store cannot know it
+            # a job's first event: an empty store cannot know it
+            before = self.cache.get(job_id) or self.dirty.get(job_id)
         else:
             before = self._state_of(job_id)
         after = apply(before, seq, event)
@@ -129,6 +132,8 @@ class Projector:
             self.skipped += 1
         elif after is not before:
             self.cache[job_id] = after
+            if len(self.cache) > CACHE_MAX:  # a backlog of queued jobs must not fill memory
+                self.cache.pop(next(iter(self.cache)))
             self.dirty[job_id] = after
             if len(self.dirty) >= COMMIT_MAX_DIRTY:
                 self.wake.set()

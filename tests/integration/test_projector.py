@@ -255,3 +255,20 @@ async def test_a_rebuild_puts_only_the_kv_values_that_differ(
         for j in jobs:
             assert after[j].value == before[j].value
         assert after[jobs[0]].revision > before[jobs[0]].revision
+
+
+async def test_a_backlog_bigger_than_the_projectors_memory_is_projected_right(
+    fresh_server: NatsServer, ssot: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(projector_app, "CACHE_MAX", 2)  # live jobs held in memory
+    # Commit once a second, so jobs leave memory before their states are in the store.
+    monkeypatch.setattr(projector_app, "COMMIT_S", 1.0)
+    async with Domed.running(
+        fresh_server.url, ssot, tmp_path / "d", services=("router", "projector")
+    ) as d:
+        jobs = [await d.submit("demo.echo", {"text": f"n{i}"}) for i in range(6)]
+        await d.start_service("executor")
+        for job_id in jobs:
+            state = await d.projected(job_id)
+            assert state["state"] == "succeeded" and state["lines"] == {"stdout": 1, "stderr": 0}
+            assert state == {**await d.kv_value(job_id), "projected_seq": state["projected_seq"]}
