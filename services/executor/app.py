@@ -185,7 +185,9 @@ class Executor:
         (see ``core.CancelWatch``); called at start and after each reconnect."""
         try:
             await self.nc.flush()
-            info = await self.js.stream_info(subjects.STREAM)
+            info = await bus.retry_until(
+                30, lambda: self.js.stream_info(subjects.STREAM), pause_s=0.5
+            )
         except bus.UNAVAILABLE_ERRORS + (nats.js.errors.APIError,) as exc:
             log.warning("cannot read the stream's position (%r); looking every job up", exc)
             return
