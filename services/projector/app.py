@@ -165,7 +165,9 @@ class Projector:
         retention removed events this projection never read.
 
         The jobs already projected are kept; events that are gone cannot be replayed, so
-        a job whose ``queued`` is gone is skipped (counted in the store's position).
+        a job whose ``queued`` is gone is skipped (counted in the store's position). The
+        position moves past the gap at once: with nothing left to read there, the
+        projection has caught up as far as it ever can (``projected_seq`` says so).
         """
         info = await self.js.stream_info(subjects.STREAM)
         self.catch_up_to = info.state.last_seq
@@ -177,6 +179,8 @@ class Projector:
                 "read them; the jobs already projected are kept, those events cannot be replayed",
                 *self.gap,
             )
+            self.applied_seq = first - 1
+            await self.commit()
 
     async def _subscribe_until(self, stop: asyncio.Event) -> Any:
         """Subscribe, retrying while JetStream is unreachable (e.g. a cluster electing a
