@@ -595,21 +595,25 @@ class Executor:
         fence ourselves: if the job has a terminal or a newer attempt we did not write (we
         were presumed dead, e.g. after a long pause or partition), stop and go quiet.
         Each check renews the ownership lease the event pipeline relies on."""
+        # Each step is bounded, so the in-progress acks keep their pace even while NATS is
+        # slow to answer (a cluster electing a leader): a late one lets the delivery expire.
+        bound = self.heartbeat_s / 3
         while True:
+            beat = time.monotonic()
             with contextlib.suppress(Exception):
                 await msg.in_progress()
             if slot is not None:
                 with contextlib.suppress(Exception):
-                    await self.slots_kv.put(slot, job.job_id.encode())
+                    await asyncio.wait_for(self.slots_kv.put(slot, job.job_id.encode()), bound)
             try:
-                lost = await ownership.lost()
+                lost = await asyncio.wait_for(ownership.lost(), bound)
             except bus.UNAVAILABLE_ERRORS:
                 lost = False
             if lost:
                 pipeline.silence()
                 job.request_stop(SUPERSEDED)
                 return
-            await asyncio.sleep(self.heartbeat_s)
+            await asyncio.sleep(max(0.0, self.heartbeat_s - (time.monotonic() - beat)))
 
 
 def remove_tree(path: str) -> None:

@@ -11,6 +11,7 @@ buffered is published until the job is found still ours.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from nats.js import JetStreamContext
@@ -39,11 +40,17 @@ class Ownership:
         """Look the job up: True if another attempt or executor has it now; else renew the
         lease. Raises the bus's unavailable errors when NATS cannot answer."""
         at = time.monotonic()
-        terminal = await bus.last_event(self.js, self.job_id, "terminal")
-        started = None if terminal else await bus.last_event(self.js, self.job_id, "started")
-        if core.superseded(
-            terminal[1] if terminal else None, started[1] if started else None, self.attempt
-        ):
+        found = await asyncio.gather(
+            bus.last_event(self.js, self.job_id, "terminal"),
+            bus.last_event(self.js, self.job_id, "started"),
+            return_exceptions=True,  # both finish; the first failure is raised below
+        )
+        newest = []
+        for result in found:
+            if isinstance(result, BaseException):
+                raise result
+            newest.append(result[1] if result else None)
+        if core.superseded(newest[0], newest[1], self.attempt):
             return True
         self.confirmed(at)
         return False

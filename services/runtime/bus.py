@@ -353,6 +353,16 @@ def cas_headers(job_id: str, last_seq: int) -> dict[str, str]:
 FIRST_TERMINAL = {"Nats-Expected-Last-Subject-Sequence": "0"}
 
 
+def no_terminal_yet(job_id: str) -> dict[str, str]:
+    """Headers that make a publish succeed only while the job has no terminal, so the
+    server refuses an event that would land after a job's end. Publish them one at a
+    time: on a replicated stream, pipelined publishes with this check were refused."""
+    return {
+        "Nats-Expected-Last-Subject-Sequence": "0",
+        "Nats-Expected-Last-Subject-Sequence-Subject": subjects.event_subject(job_id, "terminal"),
+    }
+
+
 def is_wrong_last_sequence(exc: BaseException) -> bool:
     return isinstance(exc, nats.js.errors.APIError) and exc.err_code == WRONG_LAST_SEQUENCE
 

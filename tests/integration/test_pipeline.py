@@ -10,7 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import nats.js.errors
+import pytest
+
 from contracts import subjects
+from contracts.events import Log, now_iso
+from services.runtime import bus
 from services.runtime.natsserver import free_port
 from tests.support import ROOT, Domed, log_lines, pid_alive, terminal_of
 
@@ -131,3 +136,19 @@ def test_domed_up_runs_a_job_and_stops_cleanly_on_sigint(tmp_path: Path) -> None
             up.kill()
             up.wait()
     _ = json
+
+
+async def test_the_server_refuses_a_log_event_after_the_jobs_terminal(domed: Domed) -> None:
+    """What keeps a re-published log batch (its first try got no ack) from landing after
+    the job's terminal: the executor re-publishes with 'no terminal yet'."""
+    job_id, events = await domed.run("demo.echo", {"text": "done"})
+    js = domed.nc.jetstream()
+    before = (await js.stream_info(subjects.STREAM)).state.messages
+    late = Log(job_id=job_id, attempt=1, stream="stdout", seq=99, lines=["late"], ts=now_iso())
+    subject, payload, headers = bus.event_message(late, "late")
+    with pytest.raises(nats.js.errors.APIError) as refused:
+        await js.publish(subject, payload, headers={**headers, **bus.no_terminal_yet(job_id)})
+    assert bus.is_wrong_last_sequence(refused.value)
+    assert (await js.stream_info(subjects.STREAM)).state.messages == before
+    last = await js.get_last_msg(subjects.STREAM, f"job.{job_id}.*")
+    assert last.subject == f"job.{job_id}.terminal"
