@@ -22,6 +22,8 @@ import os
 import signal
 from collections.abc import Iterable
 
+from services.executor.runner import job_of
+
 log = logging.getLogger("domed.executor.adopted")
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -47,18 +49,6 @@ def children() -> list[int]:
         return []
 
 
-def job_mark(pid: int) -> str | None:
-    """The ``DOMED_JOB_ID`` in a process's environment, if it still has one."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as fh:
-            for item in fh.read().split(b"\0"):
-                if item.startswith(b"DOMED_JOB_ID="):
-                    return item[len(b"DOMED_JOB_ID=") :].decode(errors="replace")
-    except OSError:
-        pass
-    return None
-
-
 def _reap(pid: int) -> bool:
     """Collect an adopted child's exit status if it has exited; True if it is gone."""
     try:
@@ -82,7 +72,7 @@ async def sweep(job_id: str, leaders: Iterable[int]) -> list[int]:
         for pid in children():
             if pid in keep or _reap(pid):
                 continue
-            if job_mark(pid) == job_id:
+            if job_of(pid) == job_id:
                 found.append(pid)
         if not found:
             break

@@ -23,6 +23,8 @@ import signal
 import stat
 from pathlib import Path
 
+from services.executor.runner import job_of
+
 log = logging.getLogger("domed.executor.records")
 
 
@@ -88,12 +90,8 @@ def reap_orphans(directory: Path) -> list[str]:
         if owner != os.getpid() and _alive(owner):
             continue
         orphaned_jobs.add(job_id)
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes()
-        except OSError:
-            environ = b""
         # The pid may have been reused since: kill only a process that carries the job's mark.
-        if f"DOMED_JOB_ID={job_id}".encode() in environ.split(b"\0"):
+        if job_of(pid) == job_id:
             log.warning("killing orphaned process group %d of job %s", pid, job_id)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
@@ -109,22 +107,13 @@ def reap_orphans(directory: Path) -> list[str]:
 
 
 def _marked_processes(job_ids: set[str]) -> list[tuple[int, str]]:
-    """Processes on this host whose environment carries one of ``job_ids``."""
+    """Processes on this host that belong to one of ``job_ids`` (``runner.job_of``)."""
     if not job_ids:
         return []
-    marks = {f"DOMED_JOB_ID={j}".encode(): j for j in job_ids}
     found = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            items = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        for item in items:
-            if item in marks:
-                found.append((int(entry), marks[item]))
-                break
+        if entry.isdigit() and (job_id := job_of(int(entry))) in job_ids:
+            found.append((int(entry), job_id))
     return found
 
 

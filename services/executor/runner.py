@@ -196,6 +196,19 @@ class JobProcess:
                 pipe.close()
 
 
+def job_of(pid: int) -> str | None:
+    """The job a process belongs to: the ``DOMED_JOB_ID`` its environment still carries
+    (every job's process gets it, and children inherit it), or None."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            for item in fh.read().split(b"\0"):
+                if item.startswith(b"DOMED_JOB_ID="):
+                    return item[len(b"DOMED_JOB_ID=") :].decode(errors="replace")
+    except OSError:
+        pass
+    return None
+
+
 def rusage_fields(usage: resource.struct_rusage | None) -> tuple[int, float, float] | None:
     if usage is None:
         return None
