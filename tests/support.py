@@ -385,3 +385,34 @@ class ServiceProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
+
+
+async def run_cli(
+    *args: str, timeout: float = 60, until: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The real ``domed`` command, ``python -m services.cli.main ARGS``, in a subprocess,
+    without blocking the event loop (in-process services may run on it). With ``until``,
+    SIGTERM it once stderr has a line containing that text."""
+    argv = [sys.executable, "-m", "services.cli.main", *args]
+    proc = await asyncio.create_subprocess_exec(
+        *argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    if until is None:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    else:
+        lines: list[bytes] = []
+        try:
+            async with asyncio.timeout(timeout):
+                while line := await proc.stderr.readline():
+                    lines.append(line)
+                    if until.encode() in line:
+                        proc.terminate()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+        out = await proc.stdout.read()
+        err = b"".join(lines) + await proc.stderr.read()
+        await proc.wait()
+    assert proc.returncode is not None
+    return subprocess.CompletedProcess(argv, proc.returncode, out.decode(), err.decode())

@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
-import sys
 
 from services.runtime.natsserver import free_port
-from tests.support import ROOT, Domed
+from tests.support import Domed, run_cli
 
 
 async def domed_cli(
     domed: Domed | None, *args: str, url: str | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    argv = [
-        sys.executable,
-        "-m",
-        "services.cli.main",
-        *args,
-        "--nats-url",
-        url or (domed.url if domed else ""),
-    ]
-    proc = await asyncio.create_subprocess_exec(
-        *argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return subprocess.CompletedProcess(argv, proc.returncode, out.decode(), err.decode())
+    return await run_cli(*args, "--nats-url", url or (domed.url if domed else ""), timeout=timeout)
 
 
 async def test_submit_types_params_by_the_schema_and_prints_json(domed: Domed) -> None:

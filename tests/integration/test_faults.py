@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import nats.errors
 
 from contracts import subjects
 from services.runtime.natsserver import NatsServer
-from tests.support import ROOT, Domed, terminal_of
+from tests.support import Domed, run_cli, terminal_of
 
 
 async def test_services_reconnect_after_nats_restarts(
@@ -23,23 +21,8 @@ async def test_services_reconnect_after_nats_restarts(
         before, events = await d.run("demo.echo", {"text": "before"})
         assert terminal_of(events).state == "succeeded"
         fresh_server.kill()
-        down = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "services.cli.main",
-                "submit",
-                "demo.echo",
-                "-p",
-                "text=x",
-                "--nats-url",
-                d.url,
-            ],
-            capture_output=True,
-            cwd=ROOT,
-            timeout=30,
-        )
-        assert down.returncode == 3 and b"cannot reach NATS" in down.stderr
+        down = await run_cli("submit", "demo.echo", "-p", "text=x", "--nats-url", d.url, timeout=30)
+        assert down.returncode == 3 and "cannot reach NATS" in down.stderr
         fresh_server.start()
         deadline = time.monotonic() + 30
         reply = None

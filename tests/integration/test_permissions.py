@@ -30,7 +30,6 @@ import logging
 import re
 import secrets
 import subprocess
-import sys
 import time
 import urllib.request
 from collections import defaultdict
@@ -52,7 +51,7 @@ from ulid import ULID
 from contracts import subjects
 from services.runtime.natsserver import NatsServer, free_port, nats_server_binary
 from services.runtime.settings import StreamSettings
-from tests.support import ROOT, Domed
+from tests.support import ROOT, Domed, run_cli
 
 DEPLOY = ROOT / "deploy" / "nats"
 USERS = ("admin", "router", "executor", "projector", "submitter")
@@ -625,36 +624,6 @@ async def test_an_executor_cannot_reconfigure_the_shared_consumer(
 # ---- the CLI as a client; services before provisioning; no passwords in output ---------------
 
 
-async def cli(
-    *args: str, timeout: float = 60, until: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    """``python -m services.cli.main ARGS``; with ``until``, SIGTERM it once stderr has a line
-    containing that text."""
-    argv = [sys.executable, "-m", "services.cli.main", *args]
-    proc = await asyncio.create_subprocess_exec(
-        *argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    if until is None:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    else:
-        lines: list[bytes] = []
-        try:
-            async with asyncio.timeout(timeout):
-                while line := await proc.stderr.readline():
-                    lines.append(line)
-                    if until.encode() in line:
-                        proc.terminate()
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-        out = await proc.stdout.read()
-        err = b"".join(lines) + await proc.stderr.read()
-        await proc.wait()
-    assert proc.returncode is not None
-    return subprocess.CompletedProcess(argv, proc.returncode, out.decode(), err.decode())
-
-
 async def test_the_submitter_follows_jobs_with_the_cli(
     secured: SecuredServer, admin: Client, pipeline: Domed
 ) -> None:
@@ -662,13 +631,13 @@ async def test_the_submitter_follows_jobs_with_the_cli(
     through domed.jobs.events and the live events from `job.<id>.*`."""
     mark = secured.log_size()
     url = secured.user_url("submitter")
-    r = await cli("submit", "demo.echo", "-p", "text=hi", "--follow", "--nats-url", url)
+    r = await run_cli("submit", "demo.echo", "-p", "text=hi", "--follow", "--nats-url", url)
     assert r.returncode == 0 and r.stdout == "hi\n" and "succeeded" in r.stderr, r.stderr
     assert secured.passwords["submitter"] not in r.stdout + r.stderr
     # a job with output and progress over time, followed from the middle
     job_id = await pipeline.submit("demo.countdown", {"n": 20, "interval": 0.1})
     await asyncio.sleep(0.25)
-    f = await cli("logs", job_id, "-f", "--json", "--nats-url", url)
+    f = await run_cli("logs", job_id, "-f", "--json", "--nats-url", url)
     assert f.returncode == 0, f.stderr
     doc = json.loads(f.stdout)
     assert doc["terminal"]["state"] == "succeeded"
@@ -702,7 +671,7 @@ async def test_services_before_provisioning_say_so_without_passwords(
     server = SecuredServer(store_dir=tmp_path / "nats", passwords=passwords).start()
     try:
         common = ("--ssot", str(ssot), "--data-dir", str(tmp_path / "data"))
-        r = await cli("router", *common, "--nats-url", server.user_url("router"))
+        r = await run_cli("router", *common, "--nats-url", server.user_url("router"))
         assert r.returncode == 3, r.stderr
         assert (
             "stream DOMED_JOBS is missing and this user may not create it; "
@@ -716,7 +685,7 @@ async def test_services_before_provisioning_say_so_without_passwords(
             server.user_url("admin"), ssot, tmp_path / "prov", services=("router",)
         ):
             pass
-        e = await cli("executor", *common, "--nats-url", server.user_url("executor"))
+        e = await run_cli("executor", *common, "--nats-url", server.user_url("executor"))
         assert e.returncode == 3, e.stderr
         assert (
             "consumer executors on stream DOMED_JOBS is missing and this user may not create it"
@@ -728,7 +697,7 @@ async def test_services_before_provisioning_say_so_without_passwords(
             server.user_url("admin"), ssot, tmp_path / "prov", services=("executor",)
         ):
             pass
-        ready = await cli(
+        ready = await run_cli(
             "executor",
             *common,
             "--slots",
@@ -738,7 +707,7 @@ async def test_services_before_provisioning_say_so_without_passwords(
             until=" ready",
         )
         assert f"NATS nats://127.0.0.1:{server.port}" in ready.stderr, ready.stderr
-        down = await cli(
+        down = await run_cli(
             "jobs",
             "ls",
             "--nats-url",

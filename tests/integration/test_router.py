@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ from contracts.events import encode_event
 from services.catalogue.loader import CatalogueError
 from services.router.app import run_router
 from services.runtime.settings import Settings
-from tests.support import ROOT, Domed, log_lines, terminal_of
+from tests.support import ROOT, Domed, log_lines, run_cli, terminal_of
 
 
 async def test_invalid_request_bodies_are_refused(domed: Domed) -> None:
@@ -180,29 +178,10 @@ async def test_router_refuses_a_broken_catalogue_listing_every_problem(
         "YAML syntax",
     ):
         assert fragment in text, fragment
-    cli = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "services.cli.main",
-            "router",
-            "--ssot",
-            str(root),
-            "--nats-url",
-            nats_server.url,
-        ],
-        capture_output=True,
-        cwd=ROOT,
-        timeout=30,
-    )
-    assert cli.returncode == 2 and b"bad1.yaml" in cli.stderr and b"refusing to start" in cli.stderr
-    val = subprocess.run(
-        [sys.executable, "-m", "services.cli.main", "tools", "validate", str(root)],
-        capture_output=True,
-        cwd=ROOT,
-        timeout=30,
-    )
-    assert val.returncode == 1 and val.stderr.count(b"error") >= 5
+    cli = await run_cli("router", "--ssot", str(root), "--nats-url", nats_server.url, timeout=30)
+    assert cli.returncode == 2 and "bad1.yaml" in cli.stderr and "refusing to start" in cli.stderr
+    val = await run_cli("tools", "validate", str(root), timeout=30)
+    assert val.returncode == 1 and val.stderr.count("error") >= 5
 
 
 async def test_submit_answers_unavailable_when_jetstream_is_gone(
