@@ -102,9 +102,10 @@ class Projector:
 
     # ---- reading the stream ---------------------------------------------------------------
 
-    def _state_of(self, job_id: str) -> JobState | None:
+    def _state_of(self, job_id: str, *, in_store: bool = True) -> JobState | None:
+        """A job's current state: in memory, else (``in_store``) committed in the store."""
         state = self.cache.get(job_id) or self.dirty.get(job_id)
-        if state is None:
+        if state is None and in_store:
             state = self.store.get(job_id)
         return state
 
@@ -120,11 +121,10 @@ class Projector:
             self.applied_seq = seq
             self.skipped += 1
             return
-        if self.fresh_store and isinstance(event, Queued):
-            # a job's first event: an empty store cannot know it
-            before = self.cache.get(job_id) or self.dirty.get(job_id)
-        else:
-            before = self._state_of(job_id)
+        # A job's first event, when the store started empty: the store cannot know the job.
+        before = self._state_of(
+            job_id, in_store=not (self.fresh_store and isinstance(event, Queued))
+        )
         after = apply(before, seq, event)
         self.applied_seq = seq
         self.events_applied += 1
