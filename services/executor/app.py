@@ -120,14 +120,19 @@ class Executor:
 
     # ---- the work loop -------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event) -> None:
-        records.reap_orphans(self.records)
+    async def prepare(self) -> None:
+        """Before the executor says it is ready: what dead executors left on this host is
+        dead (the kills wait for the processes to exit), and this one adopts what its own
+        jobs leave behind."""
+        await asyncio.to_thread(records.reap_orphans, self.records)
         self.subreaper = self.settings.adopt_orphans and adopted.become_subreaper()
         if self.settings.adopt_orphans and not self.subreaper:
             log.warning(
                 "cannot become a child subreaper: a job's process that leaves its process "
                 "group (setsid) is not killed with the job"
             )
+
+    async def run(self, stop: asyncio.Event) -> None:
         cancel_sub = await self.nc.subscribe("job.*.cancel", cb=self._on_cancel)
         await self.watch_cancels()
         # One pull subscription and worker per slot: a slot that frees up asks for its
@@ -702,6 +707,7 @@ async def run_executor(
             js, subjects.KV_SLOTS, settings.stream, ttl_s=max(10.0, settings.stream.ack_wait_s * 2)
         )
         executor = Executor(settings, tools, nc, js, secrets, slots)  # heartbeat from ack_wait_s
+        await executor.prepare()
         service = await serve(
             nc, subjects.SERVICE_EXECUTOR, VERSION, "runs queued jobs as local processes", []
         )

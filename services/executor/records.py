@@ -19,8 +19,10 @@ import hashlib
 import json
 import logging
 import os
+import select
 import signal
 import stat
+import time
 from pathlib import Path
 
 from services.executor.runner import job_of
@@ -72,12 +74,15 @@ def write(directory: Path, job_id: str, pid: int) -> Path:
     return record
 
 
-def reap_orphans(directory: Path) -> list[str]:
+def reap_orphans(directory: Path, wait_s: float = 5.0) -> list[str]:
     """Kill what executors that died left on this host: each job's process group, and any
     other process still carrying the job's ``DOMED_JOB_ID`` (one that left the group, e.g.
-    a daemon). Returns the job ids whose processes were killed."""
+    a daemon). Returns the job ids whose processes were killed, once those processes
+    have died (SIGKILL takes effect when the target is next scheduled, not when
+    ``kill`` returns), or after ``wait_s``."""
     reaped = []
     orphaned_jobs: set[str] = set()
+    dying: list[int] = []
     for record in directory.glob("*"):
         try:
             data = json.loads(record.read_text())
@@ -91,19 +96,57 @@ def reap_orphans(directory: Path) -> list[str]:
             continue
         orphaned_jobs.add(job_id)
         # The pid may have been reused since: kill only a process that carries the job's mark.
-        if job_of(pid) == job_id:
+        if (pidfd := _marked_pidfd(pid, job_id)) is not None:
             log.warning("killing orphaned process group %d of job %s", pid, job_id)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
+            dying.append(pidfd)
             reaped.append(job_id)
         record.unlink(missing_ok=True)
     for pid, job_id in _marked_processes(orphaned_jobs):
+        if (pidfd := _marked_pidfd(pid, job_id)) is None:
+            continue
         log.warning("killing process %d of job %s, which had left its process group", pid, job_id)
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        dying.append(pidfd)
         if job_id not in reaped:
             reaped.append(job_id)
+    _wait_dead(dying, wait_s)
     return reaped
+
+
+def _marked_pidfd(pid: int, job_id: str) -> int | None:
+    """A pidfd for ``pid`` if it is (still) a process of ``job_id``: opened before the
+    check, so the check and the later kill and wait are about the same process."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    if job_of(pid) == job_id:
+        return pidfd
+    os.close(pidfd)
+    return None
+
+
+def _wait_dead(pidfds: list[int], timeout_s: float) -> None:
+    """Wait until every process behind ``pidfds`` has exited (a pidfd turns readable
+    then), at most ``timeout_s`` in all; closes the pidfds."""
+    poller = select.poll()
+    for fd in pidfds:
+        poller.register(fd, select.POLLIN)
+    pending = set(pidfds)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while pending and (left := deadline - time.monotonic()) > 0:
+            for fd, _ in poller.poll(left * 1000):
+                poller.unregister(fd)
+                pending.discard(fd)
+        if pending:
+            log.warning("%d orphaned processes still alive after %.1f s", len(pending), timeout_s)
+    finally:
+        for fd in pidfds:
+            os.close(fd)
 
 
 def _marked_processes(job_ids: set[str]) -> list[tuple[int, str]]:
