@@ -120,12 +120,17 @@ async def test_killing_the_stream_leader_loses_nothing(ssot: Path, tmp_path: Pat
                 await asyncio.sleep(0.25)
 
             by_job: dict[str, list] = defaultdict(list)
+            stored: dict[str, list[str]] = defaultdict(list)  # seq:Nats-Msg-Id@time, for a failure
             total = (await js.stream_info(subjects.STREAM)).state.messages
             sub = await js.subscribe("job.*.*", stream=subjects.STREAM, ordered_consumer=True)
             for _ in range(total):
                 msg = await sub.next_msg(timeout=10)
                 job_id, kind = subjects.parse_event_subject(msg.subject)
                 by_job[job_id].append((kind, decode_event(msg.data)))
+                stored[job_id].append(
+                    f"{msg.metadata.sequence.stream}:{(msg.headers or {}).get('Nats-Msg-Id')}"
+                    f"@{msg.metadata.timestamp}"
+                )
             await sub.unsubscribe()
             for job_id in accepted:
                 kinds = [k for k, _ in by_job[job_id]]
@@ -133,7 +138,7 @@ async def test_killing_the_stream_leader_loses_nothing(ssot: Path, tmp_path: Pat
                     kinds[0] == "queued"
                     and kinds.count("terminal") == 1
                     and kinds[-1] == "terminal"
-                ), kinds
+                ), "\n".join([str(kinds), *stored[job_id], *executor_lines(executors, job_id)])
                 assert_gap_free(job_id, [ev for _, ev in by_job[job_id]])
                 assert isinstance(by_job[job_id][-1][1], Terminal)
 
@@ -167,3 +172,13 @@ async def test_killing_the_stream_leader_loses_nothing(ssot: Path, tmp_path: Pat
         for node in nodes:
             node.stop()
     _ = nats
+
+
+def executor_lines(executors: list[ServiceProcess], job_id: str) -> list[str]:
+    """What the executors logged about one job (re-publishes, fencing), for a failure."""
+    return [
+        line
+        for ex in executors
+        for line in ex.log.read_text(errors="replace").splitlines()
+        if job_id in line
+    ]
