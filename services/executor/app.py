@@ -108,9 +108,8 @@ class Executor:
         self.slots_kv = slots_kv
         self.name = settings.name or f"{socket.gethostname()}-{os.getpid()}"
         self.running: dict[str, RunningJob] = {}
-        self.heartbeat_s = max(0.2, settings.stream.ack_wait_s / 3)
-        # How long a confirmed claim on a job holds: well inside ack_wait (ownership.py).
-        self.lease_s = settings.stream.ack_wait_s / 2
+        self.ack_wait_s = settings.stream.ack_wait_s
+        self.heartbeat_s = max(0.2, self.ack_wait_s / 3)
         self.records = records.records_dir(Path(settings.data_dir), dict(os.environ))
         self.environ = dict(os.environ)
         self.accepting = True
@@ -220,6 +219,7 @@ class Executor:
     # ---- one delivery ----------------------------------------------------------------------
 
     async def handle(self, msg: Msg) -> None:
+        delivered_at = time.monotonic()  # our hold on the delivery starts (ownership.py)
         queued = decode_event(msg.data)
         if not isinstance(queued, Queued):
             await msg.term()
@@ -268,7 +268,9 @@ class Executor:
             attempt = started_ev.attempt + 1
             backoff = retry.backoff_s if retry else 0
             if backoff:
-                await msg.in_progress()
+                confirmed = await self._confirm_progress(msg, self.heartbeat_s)
+                if confirmed is not None and confirmed[1] < delivered_at + self.ack_wait_s:
+                    delivered_at = confirmed[0]
                 await asyncio.sleep(backoff)
                 last = await bus.last_event(self.js, job_id)
                 assert last is not None
@@ -290,7 +292,13 @@ class Executor:
             return
         try:
             await self._run_attempt(
-                msg, tool, queued, attempt, last_seq, slot if isinstance(slot, str) else None
+                msg,
+                tool,
+                queued,
+                attempt,
+                last_seq,
+                slot if isinstance(slot, str) else None,
+                delivered_at,
             )
         finally:
             if isinstance(slot, str):
@@ -361,7 +369,14 @@ class Executor:
         return path, False
 
     async def _run_attempt(
-        self, msg: Msg, tool: Tool, queued: Queued, attempt: int, last_seq: int, slot: str | None
+        self,
+        msg: Msg,
+        tool: Tool,
+        queued: Queued,
+        attempt: int,
+        last_seq: int,
+        slot: str | None,
+        delivered_at: float,
     ) -> None:
         job_id = queued.job_id
         manifest = tool.manifest
@@ -444,8 +459,7 @@ class Executor:
                 attempt=attempt,
                 started_at=started_at,
             )
-            ownership = Ownership(self.js, job_id, attempt, self.lease_s)
-            claimed_at = time.monotonic()
+            ownership = Ownership(self.js, job_id, attempt, self.ack_wait_s, delivered_at)
             try:
                 await bus.retry_until(
                     30,
@@ -469,7 +483,6 @@ class Executor:
                     await msg.nak(delay=0.1)
                 return
 
-            ownership.confirmed(claimed_at)
             pipeline = EventPipeline(
                 self.js,
                 job_id,
@@ -583,6 +596,17 @@ class Executor:
             if remove_dir and work_dir:
                 remove_tree(work_dir)
 
+    async def _confirm_progress(self, msg: Msg, timeout_s: float) -> tuple[float, float] | None:
+        """An in-progress ack sent as a request: the consumer answers once it has reset the
+        delivery's timer. Returns when it was sent and when answered (monotonic), or None
+        without an answer (it may still have landed)."""
+        sent = time.monotonic()
+        try:
+            await self.nc.request(msg.reply, b"+WPI", timeout=timeout_s)
+        except Exception:
+            return None
+        return sent, time.monotonic()
+
     async def _kill_escaped(self, job_id: str) -> None:
         """Kill the job's processes that left its process group (see adopted.py)."""
         if self.subreaper:
@@ -599,14 +623,16 @@ class Executor:
         """Keep the delivery (and the tool's concurrency slot, which has a TTL) alive, and
         fence ourselves: if the job has a terminal or a newer attempt we did not write (we
         were presumed dead, e.g. after a long pause or partition), stop and go quiet.
-        Each check renews the ownership lease the event pipeline relies on."""
+        Each answered in-progress ack extends our hold on the delivery, which decides how
+        the event pipeline publishes (ownership.py)."""
         # Each step is bounded, so the in-progress acks keep their pace even while NATS is
         # slow to answer (a cluster electing a leader): a late one lets the delivery expire.
         bound = self.heartbeat_s / 3
         while True:
             beat = time.monotonic()
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
+            confirmed = await self._confirm_progress(msg, bound)
+            if confirmed is not None:
+                ownership.progress_confirmed(*confirmed)
             if slot is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.slots_kv.put(slot, job.job_id.encode()), bound)

@@ -82,10 +82,10 @@ class EventPipeline:
         self._progress_n = 0
         self._task: asyncio.Task[None] | None = None
         self._silenced = False
-        # A re-published event is stored only while the job has no terminal. First tries
-        # do not carry this check: log batches go out pipelined, and on a replicated
-        # stream pipelined publishes with it were refused (the 3-node test lost batches
-        # in every run).
+        # A checked event is stored only while the job has no terminal. Events sent while
+        # our hold is fresh do not carry this check: log batches go out pipelined, and on
+        # a replicated stream pipelined publishes with it were refused (the 3-node test
+        # lost batches in every run).
         self._guard = bus.no_terminal_yet(job_id)
 
     def _start(self) -> None:
@@ -195,31 +195,35 @@ class EventPipeline:
                 return
             if self._silenced:
                 continue
-            if not self.ownership.fresh and await self._lost():
-                continue
-            try:
-                fut = await self.js.publish_async(out.subject, out.payload, headers=out.headers)
-                self._futures.append((fut, out))
-            except Exception as exc:  # publish failed before it was sent; retried at settle
-                failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-                failed.set_exception(exc)
-                self._futures.append((failed, out))
+            if self.ownership.fresh:
+                try:
+                    fut = await self.js.publish_async(out.subject, out.payload, headers=out.headers)
+                    self._futures.append((fut, out))
+                except Exception as exc:  # failed before it was sent; retried in close
+                    self._failed(out, exc)
+            else:
+                await self._publish_checked(out)
             if self._paused and self._queue.qsize() <= LOW_WATER:
                 self._paused = False
                 self._resume()
 
-    async def _lost(self) -> bool:
-        """Confirm the job is still ours (the lease ran out, e.g. after a long pause);
-        if it is not, publish nothing more and tell the job. A publish while NATS cannot
-        answer fails anyway and is retried in ``close`` with a compare-and-set."""
+    async def _publish_checked(self, out: _Outgoing) -> None:
+        """Publish while our hold on the job ran short (ownership.py): one at a time, each
+        stored only while the job has no terminal. The pipeline waits meanwhile, and its
+        back-pressure pauses the job's output."""
         try:
-            lost = await self.ownership.lost()
-        except bus.UNAVAILABLE_ERRORS:
-            return False
-        if lost:
+            await self._republish(out, deadline_s=30.0)
+        except Superseded:
             self.silence()
             self.on_lost()
-        return lost
+        except Exception as exc:
+            self._failed(out, exc)
+
+    def _failed(self, out: _Outgoing, exc: Exception) -> None:
+        """Note an event whose publish failed; ``close`` publishes it again, checked."""
+        failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        failed.set_exception(exc)
+        self._futures.append((failed, out))
 
     async def close(self, deadline_s: float = 30.0) -> None:
         """Publish what is left and wait until every event is stored (retrying failures).
@@ -245,9 +249,10 @@ class EventPipeline:
         self._futures.clear()
 
     async def _republish(self, out: _Outgoing, deadline_s: float) -> None:
-        """Publish an event whose first try got no ack, but only while this attempt still
-        owns the job: no other attempt started (we may have been presumed dead while cut
-        off), and no terminal, which the server checks as it stores the event.
+        """Publish an event (one whose first try got no ack, or one sent while our hold ran
+        short) only while this attempt still owns the job: no other attempt started (we
+        may have been presumed dead while cut off), and no terminal, which the server
+        checks as it stores the event.
         """
         end = time.monotonic() + deadline_s
         while True:

@@ -12,9 +12,12 @@ from pathlib import Path
 
 import nats.js.errors
 import pytest
+from ulid import ULID
 
 from contracts import subjects
-from contracts.events import Log, now_iso
+from contracts.events import Log, Started, decode_event, never_ran, now_iso
+from services.executor.ownership import Ownership
+from services.executor.publisher import EventPipeline, Superseded
 from services.runtime import bus
 from services.runtime.natsserver import free_port
 from tests.support import ROOT, Domed, log_lines, pid_alive, terminal_of
@@ -151,4 +154,51 @@ async def test_the_server_refuses_a_log_event_after_the_jobs_terminal(domed: Dom
     assert bus.is_wrong_last_sequence(refused.value)
     assert (await js.stream_info(subjects.STREAM)).state.messages == before
     last = await js.get_last_msg(subjects.STREAM, f"job.{job_id}.*")
+    assert last.subject == f"job.{job_id}.terminal"
+
+
+async def test_events_sent_while_the_hold_ran_short_are_checked_and_never_follow_a_terminal(
+    domed: Domed,
+) -> None:
+    """An executor whose hold on a delivery ran short (ownership.py: a pause, a partition,
+    a cluster electing a leader) may already have been replaced. Its log events are then
+    stored one at a time, in order, only while the job has no terminal; once another
+    executor ended the job, nothing more of it is stored and the job is told it was lost."""
+    js = domed.nc.jetstream()
+    job_id = str(ULID())  # a job of our own: only `started`, so no executor takes it
+    started = Started(job_id=job_id, executor="e-1", pid=1, attempt=1, started_at=now_iso())
+    await bus.publish_event(js, started, 1)
+    told: list[str] = []
+
+    def pipeline() -> EventPipeline:
+        expired = Ownership(js, job_id, 1, ack_wait_s=30, delivered_at=time.monotonic() - 31)
+        return EventPipeline(
+            js, job_id, 1, now_iso, lambda: None, lambda: None, expired, lambda: told.append("lost")
+        )
+
+    first = pipeline()
+    first.add_line("stdout", "one")
+    first.flush()
+    first.add_line("stderr", "two")
+    await first.close()  # returns once every event is stored
+    ours = f"job.{job_id}.*"
+    per_subject = (await js.stream_info(subjects.STREAM, subjects_filter=ours)).state.subjects
+    assert per_subject == {f"job.{job_id}.started": 1, f"job.{job_id}.log": 2}
+    sub = await js.subscribe(ours, stream=subjects.STREAM, ordered_consumer=True)
+    stored = [decode_event((await sub.next_msg(timeout=5)).data) for _ in range(3)]
+    await sub.unsubscribe()
+    assert stored[0] == started
+    assert [(e.stream, e.seq, e.lines) for e in stored[1:] if isinstance(e, Log)] == [
+        ("stdout", 0, ["one"]),
+        ("stderr", 1, ["two"]),
+    ]
+
+    lost = never_ran(job_id, "lost", now_iso(), 1)  # another executor declared it lost
+    await bus.publish_event(js, lost, headers=bus.FIRST_TERMINAL)
+    second = pipeline()
+    second.add_line("stdout", "three")
+    with pytest.raises(Superseded):
+        await second.close()
+    assert told == ["lost"]
+    last = await js.get_last_msg(subjects.STREAM, ours)
     assert last.subject == f"job.{job_id}.terminal"

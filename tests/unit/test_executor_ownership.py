@@ -1,10 +1,12 @@
 """services.executor.core: when a job's first delivery may skip its look-up (CancelWatch),
-and when an attempt no longer owns its job (superseded)."""
+and when an attempt no longer owns its job (superseded); services.executor.ownership: how
+long the hold on a delivery lasts, and when it no longer allows unchecked publishes."""
 
 from __future__ import annotations
 
 from contracts.events import Started, never_ran
 from services.executor.core import CancelWatch, superseded
+from services.executor.ownership import Ownership
 
 
 def test_every_job_is_looked_up_until_the_watch_knows_where_it_starts() -> None:
@@ -60,3 +62,55 @@ def test_an_attempt_is_superseded_by_any_terminal_or_another_attempts_start() ->
     assert superseded(terminal, _started(1), attempt=1)
     assert superseded(None, _started(2), attempt=1)
     assert not superseded(None, None, attempt=1)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _hold(clock: Clock, ack_wait_s: float = 30.0) -> Ownership:
+    return Ownership(None, "J", 1, ack_wait_s, delivered_at=clock.now, clock=clock)  # type: ignore[arg-type]
+
+
+def test_the_hold_allows_unchecked_publishes_for_half_of_ack_wait_after_the_delivery() -> None:
+    clock = Clock()
+    hold = _hold(clock)
+    clock.now += 14.9
+    assert hold.fresh
+    clock.now += 0.2
+    assert not hold.fresh and not hold.broken  # short, not yet lost: publishes are checked
+
+
+def test_each_answered_in_progress_ack_extends_the_hold_from_when_it_was_sent() -> None:
+    clock = Clock()
+    hold = _hold(clock)
+    hold.progress_confirmed(sent_at=110.0, answered_at=110.5)
+    clock.now = 124.9
+    assert hold.fresh
+    clock.now = 125.1
+    assert not hold.fresh
+    hold.progress_confirmed(sent_at=125.1, answered_at=125.2)
+    assert hold.fresh  # the delivery could not have expired in between: fresh again
+
+
+def test_an_answer_that_may_have_come_after_the_delivery_expired_breaks_the_hold_for_good() -> None:
+    clock = Clock()
+    hold = _hold(clock)
+    hold.progress_confirmed(sent_at=129.0, answered_at=131.0)  # expiry was possible at 130
+    clock.now = 131.0
+    assert hold.broken and not hold.fresh
+    hold.progress_confirmed(sent_at=131.0, answered_at=131.1)
+    assert not hold.fresh, "another executor may have been handed the job meanwhile"
+
+
+def test_a_pause_past_the_delivery_expiry_breaks_the_hold() -> None:
+    clock = Clock()
+    hold = _hold(clock)
+    clock.now += 30.0  # e.g. SIGSTOP: no in-progress acks went out
+    assert not hold.fresh and hold.broken
+    hold.progress_confirmed(sent_at=clock.now, answered_at=clock.now + 0.1)
+    assert not hold.fresh
