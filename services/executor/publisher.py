@@ -82,6 +82,7 @@ class EventPipeline:
         self._progress_n = 0
         self._task: asyncio.Task[None] | None = None
         self._silenced = False
+        self._checked = False  # has published checked (told the log once)
         # A checked event is stored only while the job has no terminal. Events sent while
         # our hold is fresh do not carry this check: log batches go out pipelined, and on
         # a replicated stream pipelined publishes with it were refused (the 3-node test
@@ -211,6 +212,14 @@ class EventPipeline:
         """Publish while our hold on the job ran short (ownership.py): one at a time, each
         stored only while the job has no terminal. The pipeline waits meanwhile, and its
         back-pressure pauses the job's output."""
+        if not self._checked:
+            self._checked = True
+            log.warning(
+                "job %s attempt %d: the hold on its delivery ran short; its events are "
+                "published one at a time, checked for a terminal",
+                self.job_id,
+                self.attempt,
+            )
         try:
             await self._republish(out, deadline_s=30.0)
         except Superseded:

@@ -158,7 +158,7 @@ async def test_the_server_refuses_a_log_event_after_the_jobs_terminal(domed: Dom
 
 
 async def test_events_sent_while_the_hold_ran_short_are_checked_and_never_follow_a_terminal(
-    domed: Domed,
+    domed: Domed, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An executor whose hold on a delivery ran short (ownership.py: a pause, a partition,
     a cluster electing a leader) may already have been replaced. Its log events are then
@@ -181,6 +181,7 @@ async def test_events_sent_while_the_hold_ran_short_are_checked_and_never_follow
     first.flush()
     first.add_line("stderr", "two")
     await first.close()  # returns once every event is stored
+    assert any("ran short" in r.getMessage() for r in caplog.records), "operators are told"
     ours = f"job.{job_id}.*"
     per_subject = (await js.stream_info(subjects.STREAM, subjects_filter=ours)).state.subjects
     assert per_subject == {f"job.{job_id}.started": 1, f"job.{job_id}.log": 2}
