@@ -73,6 +73,26 @@ async def test_concurrency_limit_holds_across_two_executors(
         b.kill()
 
 
+async def test_a_job_longer_than_ack_wait_keeps_its_delivery_and_publishes_unchecked(
+    router_projector: Domed, tmp_path: Path
+) -> None:
+    """The heartbeat's in-progress acks are answered, so the hold on the delivery keeps
+    up (ownership.py): a job that prints only after ack_wait is neither handed to
+    another executor nor made to publish checked."""
+    d = router_projector
+    proc, job_id, _ = await running_on_own_executor(
+        d, tmp_path / "x", "test.late", {"quiet": 2.6, "seconds": 0}
+    )
+    try:
+        events = await d.events(job_id)
+        assert terminal_of(events).state == "succeeded"
+        assert [e.kind for e in events] == ["queued", "started", "log", "terminal"]
+        assert log_lines(events) == ["late"]
+        assert "ran short" not in proc.log.read_text()
+    finally:
+        proc.kill()
+
+
 async def test_executor_sigkill_ends_the_job_lost_and_reaps_its_orphans(
     router_projector: Domed, tmp_path: Path
 ) -> None:
