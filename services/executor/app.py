@@ -268,13 +268,19 @@ class Executor:
             attempt = started_ev.attempt + 1
             backoff = retry.backoff_s if retry else 0
             if backoff:
-                confirmed = await self._confirm_progress(msg, self.heartbeat_s)
-                if confirmed is not None and confirmed[1] < delivered_at + self.ack_wait_s:
-                    delivered_at = confirmed[0]
-                await asyncio.sleep(backoff)
+                delivered_at = await self._wait_holding(msg, backoff, delivered_at)
                 last = await bus.last_event(self.js, job_id)
                 assert last is not None
                 last_seq, last_ev = last
+                if isinstance(last_ev, Terminal):  # ended while we waited (e.g. canceled)
+                    await msg.ack()
+                    return
+                newest = await bus.last_event(self.js, job_id, "started")
+                if newest is not None and core.superseded(None, newest[1], started_ev.attempt):
+                    # Our hold lapsed during the wait and another executor started the
+                    # retry: the delivery is its own now. Neither ack nor nak it.
+                    log.warning("job %s was retried by another executor meanwhile", job_id)
+                    return
         if not fresh and await bus.last_event(self.js, job_id, "cancel") is not None:
             await self._canceled_before_start(msg, job_id, attempt, last_seq)
             return
@@ -595,6 +601,19 @@ class Executor:
                 record.unlink(missing_ok=True)
             if remove_dir and work_dir:
                 remove_tree(work_dir)
+
+    async def _wait_holding(self, msg: Msg, seconds: float, held_from: float) -> float:
+        """Wait ``seconds`` (a retry's backoff) keeping the delivery ours with answered
+        in-progress acks, one a heartbeat; a delivery left alone would expire and be
+        handed out again, and its new handler would start the same retry. Returns from
+        when our hold on the delivery counts (ownership.py)."""
+        end = time.monotonic() + seconds
+        while (beat := time.monotonic()) < end:
+            confirmed = await self._confirm_progress(msg, self.heartbeat_s / 3)
+            if confirmed is not None and confirmed[1] < held_from + self.ack_wait_s:
+                held_from = confirmed[0]
+            await asyncio.sleep(max(0.0, min(end, beat + self.heartbeat_s) - time.monotonic()))
+        return held_from
 
     async def _confirm_progress(self, msg: Msg, timeout_s: float) -> tuple[float, float] | None:
         """An in-progress ack sent as a request: the consumer answers once it has reset the

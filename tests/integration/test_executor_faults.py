@@ -120,8 +120,15 @@ async def test_executor_sigkill_ends_the_job_lost_and_reaps_its_orphans(
         second.kill()
 
 
+@pytest.mark.parametrize(
+    "tool",
+    [
+        "test.counter_idempotent",
+        "test.counter_slow_retry",  # its backoff outlasts ack_wait: the delivery is kept meanwhile
+    ],
+)
 async def test_idempotent_tool_is_retried_after_its_executor_vanished(
-    router_projector: Domed, tmp_path: Path
+    router_projector: Domed, tmp_path: Path, tool: str
 ) -> None:
     d = router_projector
     counter = tmp_path / "count"
@@ -129,7 +136,7 @@ async def test_idempotent_tool_is_retried_after_its_executor_vanished(
     for run in (1, 2):
         os.mkfifo(f"{gate}.{run}")
     first, job_id, _ = await running_on_own_executor(
-        d, tmp_path / "x", "test.counter_idempotent", {"file": str(counter), "gate": str(gate)}
+        d, tmp_path / "x", tool, {"file": str(counter), "gate": str(gate)}
     )
     first.kill()  # attempt 1 is held at its gate, so it cannot have finished
     second = executor(d, tmp_path / "y").start()
@@ -142,6 +149,11 @@ async def test_idempotent_tool_is_retried_after_its_executor_vanished(
         assert counter.read_text() == "2"
         state = await d.projected(job_id)
         assert state["attempt"] == 2 and state["state"] == "succeeded"
+        second.signal(signal.SIGTERM)  # returns once every delivery it holds is settled
+        assert second.wait(30) == 0
+        assert counter.read_text() == "2", "the tool ran again after its job ended"
+        last = await d.nc.jetstream().get_last_msg("DOMED_JOBS", f"job.{job_id}.*")
+        assert last.subject == f"job.{job_id}.terminal"
     finally:
         second.kill()
         for p in processes_with_env("DOMED_JOB_ID=" + job_id):
