@@ -113,6 +113,7 @@ class Executor:
         self.records = records.records_dir(Path(settings.data_dir), dict(os.environ))
         self.environ = dict(os.environ)
         self.accepting = True
+        self.stopping = asyncio.Event()  # set with accepting = False
         self.cancel_watch = core.CancelWatch()
         self.leaders: set[int] = set()  # the running jobs' own processes
         self.subreaper = False
@@ -145,6 +146,7 @@ class Executor:
             tasks = [workers.create_task(self._worker(i, p, fetching)) for i, p in enumerate(psubs)]
             await stop.wait()
             self.accepting = False
+            self.stopping.set()
             for i, task in enumerate(tasks):
                 if fetching.get(i):  # idle: waiting for work, holding none
                     task.cancel()
@@ -268,6 +270,7 @@ class Executor:
             attempt = started_ev.attempt + 1
             backoff = retry.backoff_s if retry else 0
             if backoff:
+                log.info("job %s: attempt %d starts in %gs", job_id, attempt, backoff)
                 delivered_at = await self._wait_holding(msg, backoff, delivered_at)
                 last = await bus.last_event(self.js, job_id)
                 assert last is not None
@@ -291,6 +294,9 @@ class Executor:
                 else "differs from the one the job was queued with"
             )
             await self._spawn_failed(msg, job_id, attempt, f"manifest of {queued.tool!r} {why}")
+            return
+        if not self.accepting:  # shutting down (e.g. during a backoff): another executor runs it
+            await msg.nak()
             return
         slot = await self._acquire_slot(tool, job_id)
         if slot is False:
@@ -603,16 +609,20 @@ class Executor:
                 remove_tree(work_dir)
 
     async def _wait_holding(self, msg: Msg, seconds: float, held_from: float) -> float:
-        """Wait ``seconds`` (a retry's backoff) keeping the delivery ours with answered
-        in-progress acks, one a heartbeat; a delivery left alone would expire and be
-        handed out again, and its new handler would start the same retry. Returns from
-        when our hold on the delivery counts (ownership.py)."""
+        """Wait ``seconds`` (a retry's backoff), or until the executor stops, keeping the
+        delivery ours with answered in-progress acks, one a heartbeat; a delivery left
+        alone would expire and be handed out again, and its new handler would start the
+        same retry. Returns from when our hold on the delivery counts (ownership.py)."""
         end = time.monotonic() + seconds
-        while (beat := time.monotonic()) < end:
+        while (beat := time.monotonic()) < end and not self.stopping.is_set():
             confirmed = await self._confirm_progress(msg, self.heartbeat_s / 3)
             if confirmed is not None and confirmed[1] < held_from + self.ack_wait_s:
                 held_from = confirmed[0]
-            await asyncio.sleep(max(0.0, min(end, beat + self.heartbeat_s) - time.monotonic()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self.stopping.wait(),
+                    max(0.0, min(end, beat + self.heartbeat_s) - time.monotonic()),
+                )
         return held_from
 
     async def _confirm_progress(self, msg: Msg, timeout_s: float) -> tuple[float, float] | None:

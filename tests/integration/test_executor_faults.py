@@ -21,6 +21,7 @@ from tests.support import (
     pid_alive,
     processes_with_env,
     terminal_of,
+    wait_until,
 )
 
 
@@ -156,6 +157,45 @@ async def test_idempotent_tool_is_retried_after_its_executor_vanished(
         assert last.subject == f"job.{job_id}.terminal"
     finally:
         second.kill()
+        for p in processes_with_env("DOMED_JOB_ID=" + job_id):
+            os.kill(p, signal.SIGKILL)
+
+
+async def test_an_executor_stopped_during_a_retrys_backoff_leaves_the_retry_to_another(
+    router_projector: Domed, tmp_path: Path
+) -> None:
+    d = router_projector
+    counter = tmp_path / "count"
+    gate = tmp_path / "gate"
+    for run in (1, 2):
+        os.mkfifo(f"{gate}.{run}")
+    params = {"file": str(counter), "gate": str(gate)}
+    first, job_id, _ = await running_on_own_executor(
+        d, tmp_path / "x", "test.counter_slow_retry", params
+    )
+    first.kill()
+    second = executor(d, tmp_path / "y").start()
+    third = None
+    try:
+        await second.wait_ready()
+        await wait_until(
+            lambda: "attempt 2 starts in" in second.log.read_text(), 30, "the retry's backoff"
+        )
+        stopping = time.monotonic()
+        second.signal(signal.SIGTERM)
+        assert second.wait(30) == 0
+        assert time.monotonic() - stopping < 3.0, "it waited out the 4.5 s backoff"
+        assert counter.read_text() == "1", "it started the retry while stopping"
+        third = executor(d, tmp_path / "z").start()
+        await open_gate(f"{gate}.2")
+        events = await d.events(job_id, timeout=30)
+        assert terminal_of(events).state == "succeeded"
+        assert [e.event.attempt for e in events if isinstance(e.event, Started)] == [1, 2]
+        assert counter.read_text() == "2"
+    finally:
+        second.kill()
+        if third is not None:
+            third.kill()
         for p in processes_with_env("DOMED_JOB_ID=" + job_id):
             os.kill(p, signal.SIGKILL)
 
