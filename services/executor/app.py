@@ -205,7 +205,7 @@ class Executor:
             self.cancel_watch.saw(job_id, int((msg.headers or {}).get("Nats-Sequence", 0)))
         try:
             event = decode_event(msg.data)
-        except msgspec.ValidationError:
+        except msgspec.DecodeError:
             return
         if isinstance(event, Cancel) and event.job_id in self.running:
             self.running[event.job_id].request_stop(core.StopReason("canceled", None, event.reason))
@@ -222,8 +222,12 @@ class Executor:
 
     async def handle(self, msg: Msg) -> None:
         delivered_at = time.monotonic()  # our hold on the delivery starts (ownership.py)
-        queued = decode_event(msg.data)
-        if not isinstance(queued, Queued):
+        try:
+            queued = decode_event(msg.data)
+        except msgspec.DecodeError as exc:
+            queued = None
+            log.error("undecodable queued event on %s, set aside: %s", msg.subject, exc)
+        if not isinstance(queued, Queued):  # nothing can run from it; never redeliver it
             await msg.term()
             return
         job_id = queued.job_id

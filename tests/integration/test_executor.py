@@ -3,11 +3,14 @@ process-table checks that nothing a job started outlives it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import tempfile
 import time
 from pathlib import Path
+
+from ulid import ULID
 
 from contracts import subjects
 from contracts.events import Log, Progress, Started
@@ -227,3 +230,25 @@ async def test_jobs_canceled_before_any_executor_started_never_run(
         assert r.data == {"job_id": waiting, "state": "canceled"}
         await d.start_service("executor")
         await _run_then_check_never_ran(d, waiting, counter)
+
+
+async def test_an_undecodable_queued_event_is_set_aside_not_redelivered_forever(
+    domed: Domed,
+) -> None:
+    js = domed.nc.jetstream()
+    job_id = str(ULID())
+    ack = await js.publish(
+        subjects.ingest_subject(job_id, "queued"),
+        b'{"kind": "queued", "job_id": ',  # cut short
+        headers={"Nats-Msg-Id": subjects.msg_id(job_id, "queued")},
+    )
+    deadline = time.monotonic() + 10
+    while True:  # until the executors' consumer has settled it (acked as terminated)
+        info = await js.consumer_info(subjects.STREAM, subjects.EXECUTORS_CONSUMER)
+        if info.ack_floor.stream_seq >= ack.seq or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    assert info.ack_floor.stream_seq >= ack.seq, info
+    assert info.num_redelivered == 0
+    _, events = await domed.run("demo.echo", {"text": "after"})  # the next job runs
+    assert terminal_of(events).state == "succeeded"
