@@ -71,6 +71,11 @@ class Router:
             if req.idempotency_key is not None:
                 job_id, duplicate = await self._claim_idempotency_key(req.idempotency_key, job_id)
                 if duplicate:
+                    if await bus.last_event(self.js, job_id, "queued") is not None:
+                        # The first submit stored its job; this one changes nothing (its
+                        # secrets above all: that job may have ended and deleted its own).
+                        return SubmitReply(job_id=job_id, state="queued", duplicate=True)
+                    # The first claimer died before storing the job: store it for both.
                     queued = msgspec.structs.replace(queued, job_id=job_id)
             secret_params = {k: params[k] for k in tool.manifest.secrets if k in params}
             if secret_params:

@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import nats.js.errors
 import pytest
 
 from contracts import subjects
@@ -191,3 +192,21 @@ async def test_submit_answers_unavailable_when_jetstream_is_gone(
     await js.delete_stream(subjects.STREAM)  # the stream is gone: nothing can be stored
     r = await fresh_domed.request(subjects.SUBMIT, {"tool": "demo.echo", "params": {"text": "x"}})
     assert r.error["code"] == "unavailable" and r.headers["Nats-Service-Error-Code"] == "503"
+
+
+async def test_a_duplicate_submit_after_the_job_ended_does_not_store_its_secrets_again(
+    domed: Domed,
+) -> None:
+    body = {
+        "tool": "test.secret",
+        "params": {"token": "first-token"},
+        "idempotency_key": f"secret-{asyncio.get_running_loop().time()}",
+    }
+    first = await domed.request(subjects.SUBMIT, body)
+    job_id = first.data["job_id"]
+    assert terminal_of(await domed.events(job_id)).state == "succeeded"
+    again = await domed.request(subjects.SUBMIT, {**body, "params": {"token": "second-token"}})
+    assert again.data == {"job_id": job_id, "state": "queued", "duplicate": True}
+    kv = await domed.nc.jetstream().key_value(subjects.KV_SECRETS)
+    with pytest.raises(nats.js.errors.KeyNotFoundError):  # KeyDeletedError is one
+        await kv.get(job_id)
