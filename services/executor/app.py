@@ -237,8 +237,9 @@ class Executor:
             last = await bus.last_event(self.js, job_id)
             assert last is not None
             last_seq, last_ev = last
-            if isinstance(last_ev, Terminal):
+            if isinstance(last_ev, Terminal):  # e.g. canceled before it started
                 await msg.ack()
+                await self._forget_secrets(job_id, self.tools.get(queued.tool))
                 return
         else:  # a first delivery with no cancel since: `queued` is the job's newest event
             last_seq = queued_seq

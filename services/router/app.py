@@ -9,6 +9,7 @@ event, so a positive reply always means the job is durably stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -143,6 +144,9 @@ class Router:
         terminal = never_ran(job_id=req.job_id, state="canceled", finished_at=now_iso(), attempt=0)
         try:
             await bus.publish_event(self.js, terminal, headers=bus.cas_headers(req.job_id, ack.seq))
+            # No executor will run it, so none will delete its secret parameters.
+            with contextlib.suppress(*bus.UNAVAILABLE_ERRORS, nats.js.errors.APIError):
+                await self.secrets.purge(req.job_id)
             return CancelReply(job_id=req.job_id, state="canceled")
         except nats.js.errors.APIError as exc:
             if not bus.is_wrong_last_sequence(exc):

@@ -210,3 +210,17 @@ async def test_a_duplicate_submit_after_the_job_ended_does_not_store_its_secrets
     kv = await domed.nc.jetstream().key_value(subjects.KV_SECRETS)
     with pytest.raises(nats.js.errors.KeyNotFoundError):  # KeyDeletedError is one
         await kv.get(job_id)
+
+
+async def test_a_job_canceled_before_it_started_leaves_no_secrets_behind(
+    fresh_domed: Domed,
+) -> None:
+    d = fresh_domed
+    await d.stop_service("executor")  # so the job waits in the queue
+    job_id = await d.submit("test.secret", {"token": "never-used"})
+    r = await d.request(subjects.CANCEL, {"job_id": job_id})
+    assert r.data["state"] == "canceled"
+    assert terminal_of(await d.events(job_id)).state == "canceled"
+    kv = await d.nc.jetstream().key_value(subjects.KV_SECRETS)
+    with pytest.raises(nats.js.errors.KeyNotFoundError):  # KeyDeletedError is one
+        await kv.get(job_id)
