@@ -238,8 +238,8 @@ class Executor:
             assert last is not None
             last_seq, last_ev = last
             if isinstance(last_ev, Terminal):  # e.g. canceled before it started
-                await msg.ack()
                 await self._forget_secrets(job_id, self.tools.get(queued.tool))
+                await msg.ack()
                 return
         else:  # a first delivery with no cancel since: `queued` is the job's newest event
             last_seq = queued_seq
@@ -280,7 +280,8 @@ class Executor:
                 last = await bus.last_event(self.js, job_id)
                 assert last is not None
                 last_seq, last_ev = last
-                if isinstance(last_ev, Terminal):  # ended while we waited (e.g. canceled)
+                if isinstance(last_ev, Terminal):  # ended while we waited
+                    await self._forget_secrets(job_id, tool)
                     await msg.ack()
                     return
                 newest = await bus.last_event(self.js, job_id, "started")
@@ -337,8 +338,8 @@ class Executor:
             if await bus.last_event(self.js, terminal.job_id, "terminal") is None:
                 await msg.nak(delay=0.1)
                 return
-        await msg.ack()
         await self._forget_secrets(terminal.job_id)
+        await msg.ack()
 
     async def _canceled_before_start(
         self, msg: Msg, job_id: str, attempt: int, newest_seq: int
@@ -592,8 +593,8 @@ class Executor:
                 if not bus.is_wrong_last_sequence(exc):
                     raise
                 log.warning("job %s already had a terminal; this attempt was superseded", job_id)
+            await self._forget_secrets(job_id, tool)  # before the ack: a redelivery retries it
             await msg.ack()
-            await self._forget_secrets(job_id, tool)
         finally:
             self.running.pop(job_id, None)
             if proc is not None:
