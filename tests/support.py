@@ -98,6 +98,7 @@ class Domed:
         slots: int = 8,
         drain_timeout_s: float = 10.0,
         max_age_s: float = 0.0,
+        max_bytes: int = -1,
     ) -> AsyncIterator[Domed]:
         settings = Settings(
             nats_url=url,
@@ -105,7 +106,7 @@ class Domed:
             data_dir=data_dir,
             slots=slots,
             drain_timeout_s=drain_timeout_s,
-            stream=StreamSettings(ack_wait_s=ack_wait_s, max_age_s=max_age_s),
+            stream=StreamSettings(ack_wait_s=ack_wait_s, max_age_s=max_age_s, max_bytes=max_bytes),
             # An executor in this (pytest) process must not adopt and reap orphans: they
             # would include the exits of the test's own child processes.
             adopt_orphans=False,

@@ -71,6 +71,7 @@ from services.runtime.settings import Settings
 log = logging.getLogger("domed.executor")
 
 DRAIN_PIPES_S = 2.0
+STREAM_FULL_RETRY_S = 10.0  # how long a job waits when DOMED_JOBS is at its limits
 SUPERSEDED = core.StopReason("canceled", None, "superseded")
 
 
@@ -213,10 +214,20 @@ class Executor:
     async def _job_task(self, msg: Msg) -> None:
         try:
             await self.handle(msg)
-        except Exception:
-            log.exception("job delivery failed; it will be redelivered")
+        except Exception as exc:
+            delay = 1.0
+            if bus.is_stream_full(exc):  # not soon over: do not spawn the tool every second
+                delay = STREAM_FULL_RETRY_S
+                log.error(
+                    "the job queued on %s waits %gs: the event stream refuses writes (%s)",
+                    msg.subject,
+                    delay,
+                    exc,
+                )
+            else:
+                log.exception("job delivery failed; it will be redelivered")
             with contextlib.suppress(Exception):
-                await msg.nak(delay=1.0)
+                await msg.nak(delay=delay)
 
     # ---- one delivery ----------------------------------------------------------------------
 

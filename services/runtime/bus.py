@@ -310,8 +310,8 @@ async def retry_until(
     while True:
         try:
             return await op()
-        except UNAVAILABLE_ERRORS:
-            if time.monotonic() + pause_s >= end:
+        except UNAVAILABLE_ERRORS as exc:
+            if time.monotonic() + pause_s >= end or is_stream_full(exc):
                 raise
             await asyncio.sleep(pause_s)
 
@@ -367,6 +367,18 @@ def is_wrong_last_sequence(exc: BaseException) -> bool:
     return isinstance(exc, nats.js.errors.APIError) and exc.err_code == WRONG_LAST_SEQUENCE
 
 
+def is_stream_full(exc: BaseException) -> bool:
+    """A write refused because the stream is at a limit (``max_bytes``, ``max_msgs``; its
+    ``discard: new`` keeps old events). It answers 503 like a cluster electing a leader,
+    but retrying soon does not help: only expiring events or a raised limit do."""
+    description = getattr(exc, "description", None) or ""
+    return (
+        isinstance(exc, nats.js.errors.APIError)
+        and description.startswith("maximum ")
+        and description.endswith(" exceeded")
+    )
+
+
 async def last_event(
     js: JetStreamContext, job_id: str, kind: str = "*"
 ) -> tuple[int, Event] | None:
@@ -380,6 +392,13 @@ async def last_event(
 
 
 def unavailable(exc: BaseException) -> DomedError:
+    """The ``unavailable`` reply for a bus error: JetStream unreachable, or (503 from the
+    server itself, e.g. a stream at its ``max_bytes``) refusing, with the server's words."""
+    if isinstance(exc, nats.js.errors.APIError) and exc.description:
+        return DomedError(
+            ErrorCode.UNAVAILABLE,
+            f"JetStream refused it: {exc.description} (err_code {exc.err_code})",
+        )
     return DomedError(ErrorCode.UNAVAILABLE, f"JetStream is not reachable: {type(exc).__name__}")
 
 

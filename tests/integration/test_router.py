@@ -15,6 +15,7 @@ from contracts import subjects
 from contracts.events import encode_event
 from services.catalogue.loader import CatalogueError
 from services.router.app import run_router
+from services.runtime.natsserver import NatsServer
 from services.runtime.settings import Settings
 from tests.support import ROOT, Domed, log_lines, run_cli, terminal_of
 
@@ -224,3 +225,19 @@ async def test_a_job_canceled_before_it_started_leaves_no_secrets_behind(
     kv = await d.nc.jetstream().key_value(subjects.KV_SECRETS)
     with pytest.raises(nats.js.errors.KeyNotFoundError):  # KeyDeletedError is one
         await kv.get(job_id)
+
+
+async def test_a_full_event_stream_refuses_submits_saying_so(
+    fresh_server: NatsServer, ssot: Path, tmp_path: Path
+) -> None:
+    async with Domed.running(
+        fresh_server.url, ssot, tmp_path / "d", services=("router",), max_bytes=16_384
+    ) as d:
+        body = {"tool": "demo.echo", "params": {"text": "x" * 500}}
+        for _ in range(100):  # about 20 fit
+            r = await d.request(subjects.SUBMIT, body)
+            if r.error is not None:
+                break
+        assert r.error is not None and r.error["code"] == "unavailable", r.data
+        assert "maximum bytes exceeded" in r.error["message"], r.error
+        assert r.headers["Nats-Service-Error-Code"] == "503"
