@@ -417,3 +417,64 @@ async def run_cli(
         await proc.wait()
     assert proc.returncode is not None
     return subprocess.CompletedProcess(argv, proc.returncode, out.decode(), err.decode())
+
+
+class CutProxy:
+    """A TCP proxy between one client and nats-server that the test can cut and restore:
+    a network partition of that client alone (the other services stay connected)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.up = True
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(cls, target_port: int) -> AsyncIterator[CutProxy]:
+        proxy = cls(target_port)
+        proxy._server = await asyncio.start_server(proxy._accept, "127.0.0.1", 0)
+        proxy.port = proxy._server.sockets[0].getsockname()[1]
+        try:
+            yield proxy
+        finally:
+            proxy._server.close()
+            proxy.cut()
+            for task in proxy._pipes:
+                task.cancel()
+            await asyncio.gather(*proxy._pipes, return_exceptions=True)
+
+    def cut(self) -> None:
+        """Drop every connection, and refuse new ones until ``restore``."""
+        self.up = False
+        for writer in self._writers:
+            writer.close()
+        self._writers.clear()
+
+    def restore(self) -> None:
+        self.up = True
+
+    async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        if not self.up:
+            client_w.close()
+            return
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers.update((client_w, server_w))
+        for src, dst in ((client_r, server_w), (server_r, client_w)):
+            task = asyncio.create_task(self._pipe(src, dst))
+            self._pipes.add(task)
+            task.add_done_callback(self._pipes.discard)
+
+    @staticmethod
+    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        dst.close()

@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,7 @@ SUPERSEDED = core.StopReason("canceled", None, "superseded")
 class RunningJob:
     job_id: str
     attempt: int = 1
+    started_seq: int = 0  # where its `started` is stored, once it is
     stop_reason: core.StopReason | None = None
     stop_requested: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -187,9 +189,10 @@ class Executor:
                 )
             )
 
-    async def watch_cancels(self) -> None:
+    async def watch_cancels(self, reconnected: bool = False) -> None:
         """Note from which stream sequence on our cancel subscription sees every cancel
-        (see ``core.CancelWatch``); called at start and after each reconnect."""
+        (see ``core.CancelWatch``); called at start and after each reconnect. After a
+        reconnect, also stop the running jobs whose cancel came while we were cut off."""
         try:
             await self.nc.flush()
             info = await bus.retry_until(
@@ -197,8 +200,24 @@ class Executor:
             )
         except bus.UNAVAILABLE_ERRORS + (nats.js.errors.APIError,) as exc:
             log.warning("cannot read the stream's position (%r); looking every job up", exc)
-            return
-        self.cancel_watch.watching_from(info.state.last_seq)
+            info = None
+        if info is not None:
+            self.cancel_watch.watching_from(info.state.last_seq)
+        if reconnected:
+            await self._catch_missed_cancels()
+
+    async def _catch_missed_cancels(self) -> None:
+        for job_id, job in list(self.running.items()):
+            try:
+                found = await bus.retry_until(
+                    30, partial(bus.last_event, self.js, job_id, "cancel")
+                )
+            except bus.UNAVAILABLE_ERRORS as exc:
+                log.warning("cannot look for a missed cancel of job %s (%r)", job_id, exc)
+                continue
+            if found is not None and isinstance(found[1], Cancel) and found[0] > job.started_seq:
+                log.info("job %s was canceled while this executor was cut off", job_id)
+                job.request_stop(core.StopReason("canceled", None, found[1].reason))
 
     async def _on_cancel(self, msg: Msg) -> None:
         with contextlib.suppress(ValueError):
@@ -490,12 +509,13 @@ class Executor:
             )
             ownership = Ownership(self.js, job_id, attempt, self.ack_wait_s, delivered_at)
             try:
-                await bus.retry_until(
+                stored = await bus.retry_until(
                     30,
                     lambda: bus.publish_event(
                         self.js, started, attempt, headers=bus.cas_headers(job_id, last_seq)
                     ),
                 )
+                job.started_seq = stored.seq
             except nats.js.errors.APIError as exc:
                 if not bus.is_wrong_last_sequence(exc):
                     raise
@@ -731,7 +751,7 @@ async def run_executor(
 
     async def on_reconnect() -> None:
         if executor is not None:
-            task = asyncio.create_task(executor.watch_cancels())
+            task = asyncio.create_task(executor.watch_cancels(reconnected=True))
             watching.add(task)
             task.add_done_callback(watching.discard)
 

@@ -1,4 +1,5 @@
-"""Faults and hostile input: a NATS restart, a burst of bad and good requests."""
+"""Faults and hostile input: a NATS restart, an executor cut off from NATS, a burst of bad and
+good requests."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import nats.errors
 
 from contracts import subjects
 from services.runtime.natsserver import NatsServer
-from tests.support import Domed, run_cli, terminal_of
+from tests.support import CutProxy, Domed, run_cli, terminal_of
 
 
 async def test_services_reconnect_after_nats_restarts(
@@ -68,6 +69,26 @@ BAD_BODIES: list[tuple[bytes, str]] = [
         "invalid_params",
     ),
 ]
+
+
+async def test_a_cancel_sent_while_the_executor_was_cut_off_stops_the_job_once_it_is_back(
+    fresh_server: NatsServer, ssot: Path, tmp_path: Path
+) -> None:
+    async with (
+        CutProxy.running(fresh_server.port) as proxy,
+        Domed.running(
+            fresh_server.url, ssot, tmp_path / "d", services=("router", "projector")
+        ) as d,
+    ):
+        await d.start_service("executor", nats_url=proxy.url)
+        job_id = await d.submit("test.sleep", {"seconds": 60})
+        await d.until_kind(job_id, "log")  # it runs
+        proxy.cut()  # the cancel below cannot reach the executor
+        r = await d.request(subjects.CANCEL, {"job_id": job_id, "reason": "while cut off"})
+        assert r.data == {"job_id": job_id, "state": "running"}
+        proxy.restore()
+        term = terminal_of(await d.events(job_id, timeout=20))
+        assert term.state == "canceled" and term.signals_sent[:1] == ["TERM"], term
 
 
 async def test_bad_input_gets_typed_errors_and_crashes_nothing(domed: Domed) -> None:
