@@ -261,6 +261,13 @@ class Executor:
             await msg.term()
             return
         job_id = queued.job_id
+        if job_id in self.running:
+            # Our delivery expired (we were cut off, or too slow to say we are busy) and came
+            # back to us: the job runs here, so nothing else ran it. Keep running it; its
+            # in-progress acks and its final ack count for this delivery too (they name the
+            # message, not the delivery).
+            log.warning("job %s came back while running here; it keeps running", job_id)
+            return
         meta = msg.metadata
         queued_seq = meta.sequence.stream
         if self.cancel_watch.needs_lookup(job_id, queued_seq, meta.num_delivered):

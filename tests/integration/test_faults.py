@@ -91,6 +91,28 @@ async def test_a_cancel_sent_while_the_executor_was_cut_off_stops_the_job_once_i
         assert term.state == "canceled" and term.signals_sent[:1] == ["TERM"], term
 
 
+async def test_a_job_outlives_its_executor_being_cut_off_for_longer_than_ack_wait(
+    fresh_server: NatsServer, ssot: Path, tmp_path: Path
+) -> None:
+    """The job's delivery expires while the executor is cut off, and comes back to it: the
+    job is still running there, so it keeps it (nothing else could have run it)."""
+    async with (
+        CutProxy.running(fresh_server.port) as proxy,
+        Domed.running(
+            fresh_server.url, ssot, tmp_path / "d", services=("router", "projector"), ack_wait_s=1
+        ) as d,
+    ):
+        await d.start_service("executor", nats_url=proxy.url)
+        job_id = await d.submit("test.late", {"quiet": 7.0, "seconds": 0})
+        await d.until_kind(job_id, "started")
+        proxy.cut()
+        await asyncio.sleep(2.0)  # the partition: twice ack_wait
+        proxy.restore()
+        events = await d.events(job_id, timeout=20)
+        assert terminal_of(events).state == "succeeded", [e.event for e in events]
+        assert [e.kind for e in events] == ["queued", "started", "log", "terminal"]
+
+
 async def test_bad_input_gets_typed_errors_and_crashes_nothing(domed: Domed) -> None:
     for raw, code in BAD_BODIES:
         r = await domed.request(subjects.SUBMIT, None, raw=raw)
