@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ MAX_BATCH_BYTES = 256 * 1024
 FLUSH_S = 0.02
 PROGRESS_EVERY_S = 0.05
 HIGH_WATER = 64
+ACK_WAIT_S = 5.0  # for the acks still missing when the job ends, all together
 LOW_WATER = 8
 
 
@@ -41,6 +43,10 @@ class _Outgoing:
     subject: str
     payload: bytes
     headers: dict[str, str]
+
+
+def _stored(fut: asyncio.Future[Any]) -> bool:
+    return fut.done() and not fut.cancelled() and fut.exception() is None
 
 
 class Superseded(Exception):
@@ -76,7 +82,9 @@ class EventPipeline:
         self._stream = "stdout"
         self._seq = 0
         self._timer: asyncio.TimerHandle | None = None
-        self._futures: list[tuple[asyncio.Future[Any], _Outgoing]] = []
+        # Events sent, oldest first, until their ack: the stored ones are dropped as acks
+        # come (a long job must not keep all its output), the rest retried in ``close``.
+        self._futures: deque[tuple[asyncio.Future[Any], _Outgoing]] = deque()
         self._progress_pending: ProgressReading | None = None
         self._progress_last = 0.0
         self._progress_n = 0
@@ -200,6 +208,7 @@ class EventPipeline:
                 try:
                     fut = await self.js.publish_async(out.subject, out.payload, headers=out.headers)
                     self._futures.append((fut, out))
+                    self._forget_stored()
                 except Exception as exc:  # failed before it was sent; retried in close
                     self._failed(out, exc)
             else:
@@ -248,14 +257,28 @@ class EventPipeline:
             await self._task
         if self._silenced:
             raise Superseded(self.job_id)
-        for fut, out in self._futures:
-            try:
-                await asyncio.wait_for(fut, 5.0)
-                continue
-            except Exception as exc:
-                log.warning("re-publishing %s after %r", out.headers["Nats-Msg-Id"], exc)
-            await self._republish(out, deadline_s)
+        # Acks of events sent together come together: wait for all of them at once.
+        if self._futures:
+            await asyncio.wait([fut for fut, _ in self._futures], timeout=ACK_WAIT_S)
+        unstored = [(fut, out) for fut, out in self._futures if not _stored(fut)]
         self._futures.clear()
+        if unstored:
+            first = unstored[0][0]
+            why = repr(first.exception()) if first.done() and not first.cancelled() else "no ack"
+            log.warning(
+                "job %s: re-publishing %d events (%s, ...) after %s",
+                self.job_id,
+                len(unstored),
+                unstored[0][1].headers["Nats-Msg-Id"],
+                why,
+            )
+        for fut, out in unstored:  # in the order they were first sent
+            fut.cancel()
+            await self._republish(out, deadline_s)
+
+    def _forget_stored(self) -> None:
+        while self._futures and _stored(self._futures[0][0]):
+            self._futures.popleft()
 
     async def _republish(self, out: _Outgoing, deadline_s: float) -> None:
         """Publish an event (one whose first try got no ack, or one sent while our hold ran

@@ -12,6 +12,7 @@ import nats.errors
 
 from contracts import subjects
 from services.runtime.natsserver import NatsServer
+from tests.integration.test_soak import assert_gap_free
 from tests.support import CutProxy, Domed, run_cli, terminal_of
 
 
@@ -111,6 +112,33 @@ async def test_a_job_outlives_its_executor_being_cut_off_for_longer_than_ack_wai
         events = await d.events(job_id, timeout=20)
         assert terminal_of(events).state == "succeeded", [e.event for e in events]
         assert [e.kind for e in events] == ["queued", "started", "log", "terminal"]
+
+
+async def test_output_sent_while_the_executor_was_cut_off_is_all_stored_in_good_time(
+    fresh_server: NatsServer, ssot: Path, tmp_path: Path
+) -> None:
+    """Log batches sent just before and during a short cut get no ack; they are
+    published again together when the job ends (one wait for all the missing acks, not
+    one per batch), every line once, the terminal last."""
+    async with (
+        CutProxy.running(fresh_server.port) as proxy,
+        Domed.running(
+            fresh_server.url, ssot, tmp_path / "d", services=("router", "projector"), ack_wait_s=2
+        ) as d,
+    ):
+        await d.start_service("executor", nats_url=proxy.url)
+        jobs = [await d.submit("test.spew", {"lines": 300_000}) for _ in range(2)]
+        await d.until_kind(jobs[0], "log")
+        proxy.cut()
+        await asyncio.sleep(0.5)  # the partition
+        proxy.restore()
+        for job_id in jobs:
+            events = await d.events(job_id, timeout=20)
+            term = terminal_of(events)
+            assert term.state == "succeeded" and term.lines.stdout == 300_000
+            assert_gap_free(job_id, [e.event for e in events])
+            last = await d.nc.jetstream().get_last_msg(subjects.STREAM, f"job.{job_id}.*")
+            assert last.subject == f"job.{job_id}.terminal"
 
 
 async def test_bad_input_gets_typed_errors_and_crashes_nothing(domed: Domed) -> None:
