@@ -515,17 +515,8 @@ class Executor:
                 started_at=started_at,
             )
             ownership = Ownership(self.js, job_id, attempt, self.ack_wait_s, delivered_at)
-            try:
-                stored = await bus.retry_until(
-                    30,
-                    lambda: bus.publish_event(
-                        self.js, started, attempt, headers=bus.cas_headers(job_id, last_seq)
-                    ),
-                )
-                job.started_seq = stored.seq
-            except nats.js.errors.APIError as exc:
-                if not bus.is_wrong_last_sequence(exc):
-                    raise
+            stored_at = await bus.publish_if_newest(self.js, started, attempt, last_seq)
+            if stored_at is None:
                 # A cancel (or another executor) got there first: this attempt never starts.
                 proc.kill_leftovers()
                 await proc.wait_exit()
@@ -538,6 +529,7 @@ class Executor:
                 else:
                     await msg.nak(delay=0.1)
                 return
+            job.started_seq = stored_at
 
             pipeline = EventPipeline(
                 self.js,

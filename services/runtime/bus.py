@@ -353,6 +353,32 @@ def cas_headers(job_id: str, last_seq: int) -> dict[str, str]:
 FIRST_TERMINAL = {"Nats-Expected-Last-Subject-Sequence": "0"}
 
 
+async def publish_if_newest(
+    js: JetStreamContext, event: Event, n: int | str, last_seq: int, deadline_s: float = 30
+) -> int | None:
+    """Publish ``event`` only while ``last_seq`` is still its job's newest event
+    (compare-and-set), retrying while JetStream is unreachable. Returns its stream seq, or
+    None if another event got there first.
+
+    A retry after a lost ack finds the first try stored, and the server then refuses
+    the retry (the check runs before the duplicate check): the job's newest event of
+    that kind being ``event`` itself means it was stored.
+    """
+    try:
+        ack = await retry_until(
+            deadline_s,
+            lambda: publish_event(js, event, n, headers=cas_headers(event.job_id, last_seq)),
+        )
+        return int(ack.seq)
+    except nats.js.errors.APIError as exc:
+        if not is_wrong_last_sequence(exc):
+            raise
+    kind = type(event).__struct_config__.tag
+    assert isinstance(kind, str)
+    found = await last_event(js, event.job_id, kind)
+    return found[0] if found is not None and found[1] == event else None
+
+
 def no_terminal_yet(job_id: str) -> dict[str, str]:
     """Headers that make a publish succeed only while the job has no terminal, so the
     server refuses an event that would land after a job's end. Publish them one at a

@@ -15,7 +15,7 @@ import pytest
 from ulid import ULID
 
 from contracts import subjects
-from contracts.events import Log, Started, decode_event, never_ran, now_iso
+from contracts.events import Cancel, Log, Started, decode_event, never_ran, now_iso
 from services.executor.ownership import Ownership
 from services.executor.publisher import EventPipeline, Superseded
 from services.runtime import bus
@@ -203,3 +203,22 @@ async def test_events_sent_while_the_hold_ran_short_are_checked_and_never_follow
     assert told == ["lost"]
     last = await js.get_last_msg(subjects.STREAM, ours)
     assert last.subject == f"job.{job_id}.terminal"
+
+
+async def test_a_claim_whose_ack_was_lost_counts_as_stored_when_retried(domed: Domed) -> None:
+    """`started` is published only while `queued` is the job's newest event. If its ack is
+    lost, the retry is refused (the first try is stored): that must not read as a cancel
+    that came first, which would end the running job `lost`."""
+    js = domed.nc.jetstream()
+    job_id = str(ULID())
+    # The job's first event: not a `queued` one, which the running executor would take.
+    before = await bus.publish_if_newest(js, Cancel(job_id, now_iso()), 0, last_seq=0)
+    assert before is not None
+    started = Started(job_id=job_id, executor="e-1", pid=1, attempt=1, started_at=now_iso())
+    first = await bus.publish_if_newest(js, started, 1, before)
+    assert first is not None
+    assert await bus.publish_if_newest(js, started, 1, before) == first  # the retry
+    other = Started(job_id=job_id, executor="e-2", pid=2, attempt=1, started_at=now_iso())
+    assert await bus.publish_if_newest(js, other, 1, before) is None  # someone else's
+    per_subject = (await js.stream_info(subjects.STREAM, subjects_filter=f"job.{job_id}.*")).state
+    assert per_subject.subjects == {f"job.{job_id}.cancel": 1, f"job.{job_id}.started": 1}
