@@ -34,8 +34,8 @@ MAX_BATCH_BYTES = 256 * 1024
 FLUSH_S = 0.02
 PROGRESS_EVERY_S = 0.05
 HIGH_WATER = 64
-ACK_WAIT_S = 5.0  # for the acks still missing when the job ends, all together
 LOW_WATER = 8
+ACK_WAIT_S = 5.0  # for the acks still missing when the job ends, all together
 
 
 @dataclass
