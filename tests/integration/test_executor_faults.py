@@ -50,6 +50,28 @@ async def running_on_own_executor(
     return proc, job_id, started
 
 
+async def gated_job_whose_executor_died(
+    d: Domed, tmp_path: Path, tool: str
+) -> tuple[str, Path, Path, ServiceProcess]:
+    """A job of a gated counter tool (``test.counter_*``) whose attempt 1 is held at its
+    gate when its executor is SIGKILLed, and a second executor started: the job id, the
+    counter file, the gate (FIFOs ``<gate>.1`` and ``<gate>.2``) and that executor."""
+    counter = tmp_path / "count"
+    gate = tmp_path / "gate"
+    for run in (1, 2):
+        os.mkfifo(f"{gate}.{run}")
+    first, job_id, _ = await running_on_own_executor(
+        d, tmp_path / "x", tool, {"file": str(counter), "gate": str(gate)}
+    )
+    first.kill()  # attempt 1 is held at its gate, so it cannot have finished
+    return job_id, counter, gate, executor(d, tmp_path / "y").start()
+
+
+def kill_job_processes(job_id: str) -> None:
+    for pid in processes_with_env(f"DOMED_JOB_ID={job_id}"):
+        os.kill(pid, signal.SIGKILL)
+
+
 async def test_concurrency_limit_holds_across_two_executors(
     router_projector: Domed, tmp_path: Path
 ) -> None:
@@ -132,15 +154,7 @@ async def test_idempotent_tool_is_retried_after_its_executor_vanished(
     router_projector: Domed, tmp_path: Path, tool: str
 ) -> None:
     d = router_projector
-    counter = tmp_path / "count"
-    gate = tmp_path / "gate"
-    for run in (1, 2):
-        os.mkfifo(f"{gate}.{run}")
-    first, job_id, _ = await running_on_own_executor(
-        d, tmp_path / "x", tool, {"file": str(counter), "gate": str(gate)}
-    )
-    first.kill()  # attempt 1 is held at its gate, so it cannot have finished
-    second = executor(d, tmp_path / "y").start()
+    job_id, counter, gate, second = await gated_job_whose_executor_died(d, tmp_path, tool)
     try:
         await open_gate(f"{gate}.2")  # once attempt 2 waits there
         events = await d.events(job_id, timeout=30)
@@ -157,24 +171,16 @@ async def test_idempotent_tool_is_retried_after_its_executor_vanished(
         assert last.subject == f"job.{job_id}.terminal"
     finally:
         second.kill()
-        for p in processes_with_env("DOMED_JOB_ID=" + job_id):
-            os.kill(p, signal.SIGKILL)
+        kill_job_processes(job_id)
 
 
 async def test_an_executor_stopped_during_a_retrys_backoff_leaves_the_retry_to_another(
     router_projector: Domed, tmp_path: Path
 ) -> None:
     d = router_projector
-    counter = tmp_path / "count"
-    gate = tmp_path / "gate"
-    for run in (1, 2):
-        os.mkfifo(f"{gate}.{run}")
-    params = {"file": str(counter), "gate": str(gate)}
-    first, job_id, _ = await running_on_own_executor(
-        d, tmp_path / "x", "test.counter_slow_retry", params
+    job_id, counter, gate, second = await gated_job_whose_executor_died(
+        d, tmp_path, "test.counter_slow_retry"
     )
-    first.kill()
-    second = executor(d, tmp_path / "y").start()
     third = None
     try:
         await second.wait_ready()
@@ -196,8 +202,7 @@ async def test_an_executor_stopped_during_a_retrys_backoff_leaves_the_retry_to_a
         second.kill()
         if third is not None:
             third.kill()
-        for p in processes_with_env("DOMED_JOB_ID=" + job_id):
-            os.kill(p, signal.SIGKILL)
+        kill_job_processes(job_id)
 
 
 async def test_sigterm_drains_then_cancels_with_executor_shutdown(
@@ -311,5 +316,4 @@ async def test_a_restarted_executor_kills_a_dead_executors_escaped_daemons_too(
         first.kill()
         if second is not None:
             second.kill()
-        for pid in processes_with_env(f"DOMED_JOB_ID={job_id}"):
-            os.kill(pid, signal.SIGKILL)
+        kill_job_processes(job_id)

@@ -4,8 +4,10 @@ good requests."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats.errors
@@ -14,6 +16,26 @@ from contracts import subjects
 from services.runtime.natsserver import NatsServer
 from tests.integration.test_soak import assert_gap_free
 from tests.support import CutProxy, Domed, run_cli, terminal_of
+
+
+@contextlib.asynccontextmanager
+async def executor_behind_a_cut(
+    server: NatsServer, ssot: Path, tmp_path: Path, ack_wait_s: float = 30.0
+) -> AsyncIterator[tuple[CutProxy, Domed]]:
+    """Router and projector connected to ``server``, the executor through a proxy the test
+    can cut (a partition of the executor alone)."""
+    async with (
+        CutProxy.running(server.port) as proxy,
+        Domed.running(
+            server.url,
+            ssot,
+            tmp_path / "d",
+            services=("router", "projector"),
+            ack_wait_s=ack_wait_s,
+        ) as d,
+    ):
+        await d.start_service("executor", nats_url=proxy.url)
+        yield proxy, d
 
 
 async def test_services_reconnect_after_nats_restarts(
@@ -75,13 +97,7 @@ BAD_BODIES: list[tuple[bytes, str]] = [
 async def test_a_cancel_sent_while_the_executor_was_cut_off_stops_the_job_once_it_is_back(
     fresh_server: NatsServer, ssot: Path, tmp_path: Path
 ) -> None:
-    async with (
-        CutProxy.running(fresh_server.port) as proxy,
-        Domed.running(
-            fresh_server.url, ssot, tmp_path / "d", services=("router", "projector")
-        ) as d,
-    ):
-        await d.start_service("executor", nats_url=proxy.url)
+    async with executor_behind_a_cut(fresh_server, ssot, tmp_path) as (proxy, d):
         job_id = await d.submit("test.sleep", {"seconds": 60})
         await d.until_kind(job_id, "log")  # it runs
         proxy.cut()  # the cancel below cannot reach the executor
@@ -97,13 +113,7 @@ async def test_a_job_outlives_its_executor_being_cut_off_for_longer_than_ack_wai
 ) -> None:
     """The job's delivery expires while the executor is cut off, and comes back to it: the
     job is still running there, so it keeps it (nothing else could have run it)."""
-    async with (
-        CutProxy.running(fresh_server.port) as proxy,
-        Domed.running(
-            fresh_server.url, ssot, tmp_path / "d", services=("router", "projector"), ack_wait_s=1
-        ) as d,
-    ):
-        await d.start_service("executor", nats_url=proxy.url)
+    async with executor_behind_a_cut(fresh_server, ssot, tmp_path, ack_wait_s=1) as (proxy, d):
         job_id = await d.submit("test.late", {"quiet": 7.0, "seconds": 0})
         await d.until_kind(job_id, "started")
         proxy.cut()
@@ -120,13 +130,7 @@ async def test_output_sent_while_the_executor_was_cut_off_is_all_stored_in_good_
     """Log batches sent just before and during a short cut get no ack; they are
     published again together when the job ends (one wait for all the missing acks, not
     one per batch), every line once, the terminal last."""
-    async with (
-        CutProxy.running(fresh_server.port) as proxy,
-        Domed.running(
-            fresh_server.url, ssot, tmp_path / "d", services=("router", "projector"), ack_wait_s=2
-        ) as d,
-    ):
-        await d.start_service("executor", nats_url=proxy.url)
+    async with executor_behind_a_cut(fresh_server, ssot, tmp_path, ack_wait_s=2) as (proxy, d):
         jobs = [await d.submit("test.spew", {"lines": 300_000}) for _ in range(2)]
         await d.until_kind(jobs[0], "log")
         proxy.cut()
