@@ -287,46 +287,11 @@ class Executor:
         prev_started = None if fresh else await bus.last_event(self.js, job_id, "started")
         attempt = 1
         if prev_started is not None:
-            started_ev = prev_started[1]
-            assert isinstance(started_ev, Started)
-            retry = tool.manifest.retry if tool else None
-            max_attempts = (
-                (retry.max_attempts if retry else 3) if tool and tool.manifest.idempotent else 1
-            )
-            if started_ev.attempt >= max_attempts:
-                await self._finish_without_run(
-                    msg,
-                    never_ran(
-                        job_id=job_id,
-                        state="lost",
-                        finished_at=now_iso(),
-                        attempt=started_ev.attempt,
-                        started_at=started_ev.started_at,
-                        error=TerminalError(
-                            TerminalErrorCode.EXECUTOR_LOST,
-                            f"executor {started_ev.executor} vanished while running attempt {started_ev.attempt}",
-                        ),
-                    ),
-                )
+            assert isinstance(prev_started[1], Started)
+            retry = await self._retry(msg, tool, prev_started[1], last_seq, delivered_at)
+            if retry is None:
                 return
-            attempt = started_ev.attempt + 1
-            backoff = retry.backoff_s if retry else 0
-            if backoff:
-                log.info("job %s: attempt %d starts in %gs", job_id, attempt, backoff)
-                delivered_at = await self._wait_holding(msg, backoff, delivered_at)
-                last = await bus.last_event(self.js, job_id)
-                assert last is not None
-                last_seq, last_ev = last
-                if isinstance(last_ev, Terminal):  # ended while we waited
-                    await self._forget_secrets(job_id, tool)
-                    await msg.ack()
-                    return
-                newest = await bus.last_event(self.js, job_id, "started")
-                if newest is not None and core.superseded(None, newest[1], started_ev.attempt):
-                    # Our hold lapsed during the wait and another executor started the
-                    # retry: the delivery is its own now. Neither ack nor nak it.
-                    log.warning("job %s was retried by another executor meanwhile", job_id)
-                    return
+            attempt, last_seq, delivered_at = retry
         if not fresh and await bus.last_event(self.js, job_id, "cancel") is not None:
             await self._canceled_before_start(msg, job_id, attempt, last_seq)
             return
@@ -359,6 +324,50 @@ class Executor:
             if isinstance(slot, str):
                 with contextlib.suppress(Exception):
                     await self.slots_kv.delete(slot)
+
+    async def _retry(
+        self, msg: Msg, tool: Tool | None, started: Started, last_seq: int, delivered_at: float
+    ) -> tuple[int, int, float] | None:
+        """The job's attempt ``started`` lost its executor. End the job ``lost``, unless its
+        tool is idempotent with attempts left: then wait the retry's backoff, holding the
+        delivery, and return the next attempt, the job's newest seq and when our hold on
+        the delivery counts from. None when there is nothing more to do here."""
+        job_id = started.job_id
+        retry = tool.manifest.retry if tool else None
+        max_attempts = (
+            (retry.max_attempts if retry else 3) if tool and tool.manifest.idempotent else 1
+        )
+        if started.attempt >= max_attempts:
+            why = f"executor {started.executor} vanished while running attempt {started.attempt}"
+            lost = never_ran(
+                job_id=job_id,
+                state="lost",
+                finished_at=now_iso(),
+                attempt=started.attempt,
+                started_at=started.started_at,
+                error=TerminalError(TerminalErrorCode.EXECUTOR_LOST, why),
+            )
+            await self._finish_without_run(msg, lost)
+            return None
+        attempt = started.attempt + 1
+        backoff = retry.backoff_s if retry else 0
+        if not backoff:
+            return attempt, last_seq, delivered_at
+        log.info("job %s: attempt %d starts in %gs", job_id, attempt, backoff)
+        delivered_at = await self._wait_holding(msg, backoff, delivered_at)
+        last = await bus.last_event(self.js, job_id)
+        assert last is not None
+        if isinstance(last[1], Terminal):  # ended while we waited
+            await self._forget_secrets(job_id, tool)
+            await msg.ack()
+            return None
+        newest = await bus.last_event(self.js, job_id, "started")
+        if newest is not None and core.superseded(None, newest[1], started.attempt):
+            # Our hold lapsed during the wait and another executor started the retry: the
+            # delivery is its own now. Neither ack nor nak it.
+            log.warning("job %s was retried by another executor meanwhile", job_id)
+            return None
+        return attempt, last[0], delivered_at
 
     async def _finish_without_run(
         self, msg: Msg, terminal: Terminal, cas_seq: int | None = None
