@@ -60,7 +60,7 @@ from services.catalogue.render import (
     render_argv,
     secret_values,
 )
-from services.executor import adopted, core, records
+from services.executor import adopted, core, records, slots
 from services.executor.ownership import Ownership
 from services.executor.publisher import EventPipeline, Superseded
 from services.executor.runner import JobProcess, rusage_fields
@@ -306,24 +306,16 @@ class Executor:
         if not self.accepting:  # shutting down (e.g. during a backoff): another executor runs it
             await msg.nak()
             return
-        slot = await self._acquire_slot(tool, job_id)
-        if slot is False:
+        limit = tool.manifest.limits.concurrency
+        slot = await slots.acquire(self.slots_kv, tool.id, limit, job_id) if limit else None
+        if limit and slot is None:  # all held: try again soon
             await msg.nak(delay=0.2)
             return
         try:
-            await self._run_attempt(
-                msg,
-                tool,
-                queued,
-                attempt,
-                last_seq,
-                slot if isinstance(slot, str) else None,
-                delivered_at,
-            )
+            await self._run_attempt(msg, tool, queued, attempt, last_seq, slot, delivered_at)
         finally:
-            if isinstance(slot, str):
-                with contextlib.suppress(Exception):
-                    await self.slots_kv.delete(slot)
+            if slot is not None:
+                await slots.release(self.slots_kv, slot)
 
     async def _retry(
         self, msg: Msg, tool: Tool | None, started: Started, last_seq: int, delivered_at: float
@@ -400,20 +392,6 @@ class Executor:
         error = TerminalError(TerminalErrorCode.SPAWN_FAILED, message)
         await self._finish_without_run(msg, never_ran(job_id, "failed", now_iso(), attempt, error))
 
-    async def _acquire_slot(self, tool: Tool, job_id: str) -> str | bool:
-        """A per-tool concurrency slot shared by all executors (KV create is atomic)."""
-        limit = tool.manifest.limits.concurrency
-        if not limit:
-            return True
-        for i in range(limit):
-            key = f"{tool.id}.{i}"
-            try:
-                await self.slots_kv.create(key, job_id.encode())
-                return key
-            except nats.js.errors.KeyWrongLastSequenceError:
-                continue
-        return False
-
     async def _forget_secrets(self, job_id: str, tool: Tool | None = None) -> None:
         if tool is not None and not tool.manifest.secrets:
             return
@@ -439,7 +417,7 @@ class Executor:
         queued: Queued,
         attempt: int,
         last_seq: int,
-        slot: str | None,
+        slot: slots.Slot | None,
         delivered_at: float,
     ) -> None:
         job_id = queued.job_id
@@ -689,7 +667,7 @@ class Executor:
     async def _heartbeat(
         self,
         msg: Msg,
-        slot: str | None,
+        slot: slots.Slot | None,
         job: RunningJob,
         pipeline: EventPipeline,
         ownership: Ownership,
@@ -709,7 +687,7 @@ class Executor:
                 ownership.progress_confirmed(*confirmed)
             if slot is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self.slots_kv.put(slot, job.job_id.encode()), bound)
+                    await asyncio.wait_for(slots.keep(self.slots_kv, slot), bound)
             try:
                 lost = await asyncio.wait_for(ownership.lost(), bound)
             except bus.UNAVAILABLE_ERRORS:
@@ -803,10 +781,10 @@ async def run_executor(
         ack_wait_s = have.ack_wait if have.ack_wait else settings.stream.ack_wait_s
         settings = replace(settings, stream=replace(settings.stream, ack_wait_s=ack_wait_s))
         secrets = await bus.ensure_kv(js, subjects.KV_SECRETS, settings.stream)
-        slots = await bus.ensure_kv(
+        slots_kv = await bus.ensure_kv(
             js, subjects.KV_SLOTS, settings.stream, ttl_s=max(10.0, settings.stream.ack_wait_s * 2)
         )
-        executor = Executor(settings, tools, nc, js, secrets, slots)  # heartbeat from ack_wait_s
+        executor = Executor(settings, tools, nc, js, secrets, slots_kv)  # heartbeat from ack_wait_s
         await executor.prepare()
         service = await serve(
             nc, subjects.SERVICE_EXECUTOR, VERSION, "runs queued jobs as local processes", []

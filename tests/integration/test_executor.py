@@ -252,3 +252,19 @@ async def test_an_undecodable_queued_event_is_set_aside_not_redelivered_forever(
     assert info.num_redelivered == 0
     _, events = await domed.run("demo.echo", {"text": "after"})  # the next job runs
     assert terminal_of(events).state == "succeeded"
+
+
+async def test_a_concurrency_slot_taken_over_by_another_job_is_left_to_it(
+    fresh_server, ssot: Path, tmp_path: Path
+) -> None:
+    """An executor cut off for longer than the slot's TTL may find its slot given to
+    another job (here the test writes that job's claim). Its heartbeat must not overwrite
+    that claim, nor its end delete it: either would let a third job run beside it."""
+    async with Domed.running(fresh_server.url, ssot, tmp_path / "data", ack_wait_s=1) as d:
+        job_id = await d.submit("test.limited", {"seconds": 1.5})
+        await d.until_kind(job_id, "started")
+        slots = await d.nc.jetstream().key_value(subjects.KV_SLOTS)
+        await slots.put("test.limited.0", b"another-job")  # as if ours had expired
+        assert terminal_of(await d.events(job_id)).state == "succeeded"  # 4 heartbeats later
+        entry = await slots.get("test.limited.0")
+        assert entry.value == b"another-job"
