@@ -14,6 +14,7 @@ from ulid import ULID
 
 from contracts import subjects
 from contracts.events import Log, Progress, Started
+from services.executor import slots
 from tests.support import Domed, log_lines, pid_alive, processes_with_env, terminal_of, wait_until
 
 
@@ -268,3 +269,23 @@ async def test_a_concurrency_slot_taken_over_by_another_job_is_left_to_it(
         assert terminal_of(await d.events(job_id)).state == "succeeded"  # 4 heartbeats later
         entry = await slots.get("test.limited.0")
         assert entry.value == b"another-job"
+
+
+async def test_a_slot_that_expired_is_taken_again_unless_another_job_holds_it(
+    domed: Domed,
+) -> None:
+    kv = await domed.nc.jetstream().key_value(subjects.KV_SLOTS)
+    tool = f"test.slots-{ULID()}".lower()
+    slot = await slots.acquire(kv, tool, 1, "job-a")
+    assert slot is not None and await slots.acquire(kv, tool, 1, "job-b") is None  # all held
+    await kv.delete(slot.key)  # as the TTL would
+    await slots.keep(kv, slot)
+    assert not slot.lost and (await kv.get(slot.key)).value == b"job-a"
+    await kv.purge(slot.key)
+    taken = await slots.acquire(kv, tool, 1, "job-b")  # another job got it meanwhile
+    assert taken is not None
+    await slots.keep(kv, slot)
+    await slots.release(kv, slot)
+    assert slot.lost and (await kv.get(slot.key)).value == b"job-b"
+    await slots.release(kv, taken)
+    assert await slots.acquire(kv, tool, 1, "job-c") is not None
