@@ -73,6 +73,7 @@ log = logging.getLogger("domed.executor")
 
 DRAIN_PIPES_S = 2.0
 STREAM_FULL_RETRY_S = 10.0  # how long a job waits when DOMED_JOBS is at its limits
+TERMINAL_TRY_S = 30.0  # a terminal's publish is retried in windows this long (a warning each)
 SUPERSEDED = core.StopReason("canceled", None, "superseded")
 
 
@@ -602,14 +603,7 @@ class Executor:
                 attempt=attempt,
                 rusage=Rusage(*usage) if usage else None,
             )
-            try:
-                await bus.retry_until(
-                    60, lambda: bus.publish_event(self.js, terminal, headers=bus.FIRST_TERMINAL)
-                )
-            except nats.js.errors.APIError as exc:
-                if not bus.is_wrong_last_sequence(exc):
-                    raise
-                log.warning("job %s already had a terminal; this attempt was superseded", job_id)
+            await self._store_terminal(terminal)
             await self._forget_secrets(job_id, tool)  # before the ack: a redelivery retries it
             await msg.ack()
         finally:
@@ -630,6 +624,37 @@ class Executor:
                 record.unlink(missing_ok=True)
             if remove_dir and work_dir:
                 remove_tree(work_dir)
+
+    async def _store_terminal(self, terminal: Terminal) -> None:
+        """Store a run's terminal however long NATS stays away or the stream stays full:
+        only this executor knows how the run ended. Give up only when the executor stops.
+        Another executor's terminal may get there first (it presumed us dead); the server
+        then refuses ours, and theirs stands."""
+        while True:
+            try:
+                await bus.retry_until(
+                    TERMINAL_TRY_S,
+                    lambda: bus.publish_event(self.js, terminal, headers=bus.FIRST_TERMINAL),
+                )
+                return
+            except bus.UNAVAILABLE_ERRORS as exc:  # before APIError: some of them are APIErrors
+                if self.stopping.is_set():
+                    raise
+                log.warning(
+                    "job %s: its terminal cannot be stored yet (%r); still trying",
+                    terminal.job_id,
+                    exc,
+                )
+                if bus.is_stream_full(exc):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.stopping.wait(), STREAM_FULL_RETRY_S)
+            except nats.js.errors.APIError as exc:
+                if not bus.is_wrong_last_sequence(exc):
+                    raise
+                log.warning(
+                    "job %s already had a terminal; this attempt was superseded", terminal.job_id
+                )
+                return
 
     async def _wait_holding(self, msg: Msg, seconds: float, held_from: float) -> float:
         """Wait ``seconds`` (a retry's backoff), or until the executor stops, keeping the

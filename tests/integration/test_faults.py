@@ -11,8 +11,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats.errors
+import pytest
 
 from contracts import subjects
+from services.executor import app as executor_app
 from services.runtime.natsserver import NatsServer
 from tests.integration.test_soak import assert_gap_free
 from tests.support import CutProxy, Domed, run_cli, terminal_of
@@ -121,6 +123,24 @@ async def test_a_job_outlives_its_executor_being_cut_off_for_longer_than_ack_wai
         proxy.restore()
         events = await d.events(job_id, timeout=20)
         assert terminal_of(events).state == "succeeded", [e.event for e in events]
+        assert [e.kind for e in events] == ["queued", "started", "log", "terminal"]
+
+
+async def test_a_job_that_ends_while_its_executor_is_cut_off_keeps_its_result(
+    fresh_server: NatsServer, ssot: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the executor knows how the run ended: it keeps trying to store the terminal,
+    window after window, until NATS is back (here the windows are short)."""
+    monkeypatch.setattr(executor_app, "TERMINAL_TRY_S", 0.3)
+    async with executor_behind_a_cut(fresh_server, ssot, tmp_path) as (proxy, d):
+        job_id = await d.submit("test.late", {"quiet": 0, "seconds": 0.5})
+        await d.until_kind(job_id, "log")  # it runs, and ends silently during the cut
+        proxy.cut()
+        await asyncio.sleep(2.0)  # the partition: several windows
+        proxy.restore()
+        events = await d.events(job_id, timeout=20)
+        term = terminal_of(events)
+        assert term.state == "succeeded" and term.exit_code == 0, term
         assert [e.kind for e in events] == ["queued", "started", "log", "terminal"]
 
 
