@@ -528,6 +528,7 @@ class Executor:
                 proc.resume_reading,
                 ownership,
                 on_lost=lambda: job.request_stop(SUPERSEDED),
+                keep_trying=lambda: not self.stopping.is_set(),
             )
             for stream, data in buffered:
                 emit(stream, splitters[stream].feed(data))

@@ -36,6 +36,7 @@ PROGRESS_EVERY_S = 0.05
 HIGH_WATER = 64
 LOW_WATER = 8
 ACK_WAIT_S = 5.0  # for the acks still missing when the job ends, all together
+REPUBLISH_TRY_S = 30.0  # an event's publish is retried in windows this long
 
 
 @dataclass
@@ -66,10 +67,14 @@ class EventPipeline:
         resume: Callable[[], None],
         ownership: Ownership,
         on_lost: Callable[[], None],
+        keep_trying: Callable[[], bool] = lambda: False,
     ) -> None:
         self.js = js
         self.ownership = ownership
         self.on_lost = on_lost
+        # Whether to go on retrying a publish past REPUBLISH_TRY_S (until the executor
+        # stops): a job's output is lost for good if we give up.
+        self.keep_trying = keep_trying
         self.job_id = job_id
         self.attempt = attempt
         self.now = now
@@ -230,7 +235,7 @@ class EventPipeline:
                 self.attempt,
             )
         try:
-            await self._republish(out, deadline_s=30.0)
+            await self._republish(out)
         except Superseded:
             self.silence()
             self.on_lost()
@@ -243,7 +248,7 @@ class EventPipeline:
         failed.set_exception(exc)
         self._futures.append((failed, out))
 
-    async def close(self, deadline_s: float = 30.0) -> None:
+    async def close(self) -> None:
         """Publish what is left and wait until every event is stored (retrying failures).
 
         Raises Superseded if this attempt lost the job (silenced, or found so on a retry).
@@ -274,19 +279,20 @@ class EventPipeline:
             )
         for fut, out in unstored:  # in the order they were first sent
             fut.cancel()
-            await self._republish(out, deadline_s)
+            await self._republish(out)
 
     def _forget_stored(self) -> None:
         while self._futures and _stored(self._futures[0][0]):
             self._futures.popleft()
 
-    async def _republish(self, out: _Outgoing, deadline_s: float) -> None:
+    async def _republish(self, out: _Outgoing) -> None:
         """Publish an event (one whose first try got no ack, or one sent while our hold ran
         short) only while this attempt still owns the job: no other attempt started (we
         may have been presumed dead while cut off), and no terminal, which the server
-        checks as it stores the event.
+        checks as it stores the event. Retried while NATS is away: for REPUBLISH_TRY_S,
+        then on (a warning each time) while ``keep_trying``.
         """
-        end = time.monotonic() + deadline_s
+        end = time.monotonic() + REPUBLISH_TRY_S
         while True:
             try:
                 if await self.ownership.lost():
@@ -295,10 +301,18 @@ class EventPipeline:
                     out.subject, out.payload, headers={**out.headers, **self._guard}, timeout=2.0
                 )
                 return
-            except bus.UNAVAILABLE_ERRORS:  # before APIError: some of them are APIErrors
+            except bus.UNAVAILABLE_ERRORS as exc:  # before APIError: some of them are APIErrors
                 if time.monotonic() > end:
-                    raise
-                await asyncio.sleep(0.1)
+                    if not self.keep_trying():
+                        raise
+                    log.warning(
+                        "job %s: %s cannot be stored yet (%r); still trying",
+                        self.job_id,
+                        out.headers["Nats-Msg-Id"],
+                        exc,
+                    )
+                    end = time.monotonic() + REPUBLISH_TRY_S
+                await asyncio.sleep(1.0 if bus.is_stream_full(exc) else 0.1)
             except nats.js.errors.APIError as exc:
                 if bus.is_wrong_last_sequence(exc):
                     raise Superseded(self.job_id) from None

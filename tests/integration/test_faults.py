@@ -15,6 +15,7 @@ import pytest
 
 from contracts import subjects
 from services.executor import app as executor_app
+from services.executor import publisher
 from services.runtime.natsserver import NatsServer
 from tests.integration.test_soak import assert_gap_free
 from tests.support import CutProxy, Domed, run_cli, terminal_of
@@ -129,12 +130,14 @@ async def test_a_job_outlives_its_executor_being_cut_off_for_longer_than_ack_wai
 async def test_a_job_that_ends_while_its_executor_is_cut_off_keeps_its_result(
     fresh_server: NatsServer, ssot: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Only the executor knows how the run ended: it keeps trying to store the terminal,
-    window after window, until NATS is back (here the windows are short)."""
+    """Only the executor knows what the run printed and how it ended: it keeps trying to
+    store them, window after window, until NATS is back (here the windows are short)."""
     monkeypatch.setattr(executor_app, "TERMINAL_TRY_S", 0.3)
+    monkeypatch.setattr(publisher, "REPUBLISH_TRY_S", 0.3)
     async with executor_behind_a_cut(fresh_server, ssot, tmp_path) as (proxy, d):
-        job_id = await d.submit("test.late", {"quiet": 0, "seconds": 0.5})
-        await d.until_kind(job_id, "log")  # it runs, and ends silently during the cut
+        # It prints its line during the cut, then ends.
+        job_id = await d.submit("test.late", {"quiet": 0.5, "seconds": 0})
+        await d.until_kind(job_id, "started")
         proxy.cut()
         await asyncio.sleep(2.0)  # the partition: several windows
         proxy.restore()
