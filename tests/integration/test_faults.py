@@ -41,6 +41,21 @@ async def executor_behind_a_cut(
         yield proxy, d
 
 
+async def late_line_across_a_cut(d: Domed, proxy: CutProxy, quiet_s: float, cut_s: float) -> None:
+    """Run ``test.late`` (one line after ``quiet_s``, then it ends), cut its executor off
+    for ``cut_s`` once it has started, and check that the job ended as if nothing had
+    happened: its line, then its terminal, ``succeeded``."""
+    job_id = await d.submit("test.late", {"quiet": quiet_s, "seconds": 0})
+    await d.until_kind(job_id, "started")
+    proxy.cut()
+    await asyncio.sleep(cut_s)  # the partition
+    proxy.restore()
+    events = await d.events(job_id, timeout=20)
+    term = terminal_of(events)
+    assert term.state == "succeeded" and term.exit_code == 0, [e.event for e in events]
+    assert [e.kind for e in events] == ["queued", "started", "log", "terminal"]
+
+
 async def test_services_reconnect_after_nats_restarts(
     fresh_server: NatsServer, ssot: Path, tmp_path: Path
 ) -> None:
@@ -117,14 +132,7 @@ async def test_a_job_outlives_its_executor_being_cut_off_for_longer_than_ack_wai
     """The job's delivery expires while the executor is cut off, and comes back to it: the
     job is still running there, so it keeps it (nothing else could have run it)."""
     async with executor_behind_a_cut(fresh_server, ssot, tmp_path, ack_wait_s=1) as (proxy, d):
-        job_id = await d.submit("test.late", {"quiet": 7.0, "seconds": 0})
-        await d.until_kind(job_id, "started")
-        proxy.cut()
-        await asyncio.sleep(2.0)  # the partition: twice ack_wait
-        proxy.restore()
-        events = await d.events(job_id, timeout=20)
-        assert terminal_of(events).state == "succeeded", [e.event for e in events]
-        assert [e.kind for e in events] == ["queued", "started", "log", "terminal"]
+        await late_line_across_a_cut(d, proxy, quiet_s=7.0, cut_s=2.0)  # twice ack_wait
 
 
 async def test_a_job_that_ends_while_its_executor_is_cut_off_keeps_its_result(
@@ -135,16 +143,8 @@ async def test_a_job_that_ends_while_its_executor_is_cut_off_keeps_its_result(
     monkeypatch.setattr(executor_app, "TERMINAL_TRY_S", 0.3)
     monkeypatch.setattr(publisher, "REPUBLISH_TRY_S", 0.3)
     async with executor_behind_a_cut(fresh_server, ssot, tmp_path) as (proxy, d):
-        # It prints its line during the cut, then ends.
-        job_id = await d.submit("test.late", {"quiet": 0.5, "seconds": 0})
-        await d.until_kind(job_id, "started")
-        proxy.cut()
-        await asyncio.sleep(2.0)  # the partition: several windows
-        proxy.restore()
-        events = await d.events(job_id, timeout=20)
-        term = terminal_of(events)
-        assert term.state == "succeeded" and term.exit_code == 0, term
-        assert [e.kind for e in events] == ["queued", "started", "log", "terminal"]
+        # It prints its line during the cut, then ends; the cut lasts several windows.
+        await late_line_across_a_cut(d, proxy, quiet_s=0.5, cut_s=2.0)
 
 
 async def test_output_sent_while_the_executor_was_cut_off_is_all_stored_in_good_time(
