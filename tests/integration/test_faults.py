@@ -22,23 +22,26 @@ from tests.support import CutProxy, Domed, run_cli, terminal_of
 
 
 @contextlib.asynccontextmanager
-async def executor_behind_a_cut(
-    server: NatsServer, ssot: Path, tmp_path: Path, ack_wait_s: float = 30.0
+async def behind_a_cut(
+    server: NatsServer, ssot: Path, tmp_path: Path, service: str, ack_wait_s: float = 30.0
 ) -> AsyncIterator[tuple[CutProxy, Domed]]:
-    """Router and projector connected to ``server``, the executor through a proxy the test
-    can cut (a partition of the executor alone)."""
+    """All three services, the others connected to ``server``, ``service`` through a proxy
+    the test can cut (a partition of that service alone)."""
+    others = tuple(name for name in ("router", "executor", "projector") if name != service)
     async with (
         CutProxy.running(server.port) as proxy,
         Domed.running(
-            server.url,
-            ssot,
-            tmp_path / "d",
-            services=("router", "projector"),
-            ack_wait_s=ack_wait_s,
+            server.url, ssot, tmp_path / "d", services=others, ack_wait_s=ack_wait_s
         ) as d,
     ):
-        await d.start_service("executor", nats_url=proxy.url)
+        await d.start_service(service, nats_url=proxy.url)
         yield proxy, d
+
+
+def executor_behind_a_cut(
+    server: NatsServer, ssot: Path, tmp_path: Path, ack_wait_s: float = 30.0
+) -> contextlib.AbstractAsyncContextManager[tuple[CutProxy, Domed]]:
+    return behind_a_cut(server, ssot, tmp_path, "executor", ack_wait_s)
 
 
 async def late_line_across_a_cut(d: Domed, proxy: CutProxy, quiet_s: float, cut_s: float) -> None:
@@ -166,6 +169,21 @@ async def test_output_sent_while_the_executor_was_cut_off_is_all_stored_in_good_
             assert_gap_free(job_id, [e.event for e in events])
             last = await d.nc.jetstream().get_last_msg(subjects.STREAM, f"job.{job_id}.*")
             assert last.subject == f"job.{job_id}.terminal"
+
+
+async def test_a_projector_cut_off_catches_up_once_it_is_back(
+    fresh_server: NatsServer, ssot: Path, tmp_path: Path
+) -> None:
+    async with behind_a_cut(fresh_server, ssot, tmp_path, "projector") as (proxy, d):
+        before, _ = await d.run("demo.echo", {"text": "before"})
+        assert (await d.projected(before))["state"] == "succeeded"
+        proxy.cut()
+        during = [(await d.run("demo.echo", {"text": f"during {i}"}))[0] for i in range(3)]
+        proxy.restore()
+        for job_id in during:  # the KV mirror, and the endpoint
+            assert (await d.projected(job_id))["state"] == "succeeded"
+            r = await d.request(subjects.JOBS_GET, {"job_id": job_id})
+            assert r.data["state"] == "succeeded" and r.data["lines"]["stdout"] == 1
 
 
 async def test_bad_input_gets_typed_errors_and_crashes_nothing(domed: Domed) -> None:
