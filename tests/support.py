@@ -430,6 +430,7 @@ class CutProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._pipes: set[asyncio.Task[None]] = set()
+        self._refused = asyncio.Event()  # a connection came while cut
 
     @property
     def url(self) -> str:
@@ -453,6 +454,7 @@ class CutProxy:
     def cut(self) -> None:
         """Drop every connection, and refuse new ones until ``restore``."""
         self.up = False
+        self._refused.clear()
         for writer in self._writers:
             writer.close()
         self._writers.clear()
@@ -460,9 +462,14 @@ class CutProxy:
     def restore(self) -> None:
         self.up = True
 
+    async def until_refused(self, timeout: float = 10) -> None:
+        """Until the client, cut off, has tried to reconnect: it noticed the cut."""
+        await asyncio.wait_for(self._refused.wait(), timeout)
+
     async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         if not self.up:
             client_w.close()
+            self._refused.set()
             return
         server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
         self._writers.update((client_w, server_w))

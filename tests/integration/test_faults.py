@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import nats.errors
@@ -18,7 +18,7 @@ from services.executor import app as executor_app
 from services.executor import publisher
 from services.runtime.natsserver import NatsServer
 from tests.integration.test_soak import assert_gap_free
-from tests.support import CutProxy, Domed, run_cli, terminal_of
+from tests.support import CutProxy, Domed, run_cli, terminal_of, wait_until
 
 
 @contextlib.asynccontextmanager
@@ -44,14 +44,21 @@ def executor_behind_a_cut(
     return behind_a_cut(server, ssot, tmp_path, "executor", ack_wait_s)
 
 
-async def late_line_across_a_cut(d: Domed, proxy: CutProxy, quiet_s: float, cut_s: float) -> None:
-    """Run ``test.late`` (one line after ``quiet_s``, then it ends), cut its executor off
-    for ``cut_s`` once it has started, and check that the job ended as if nothing had
-    happened: its line, then its terminal, ``succeeded``."""
-    job_id = await d.submit("test.late", {"quiet": quiet_s, "seconds": 0})
-    await d.until_kind(job_id, "started")
+async def late_job_across_a_cut(
+    d: Domed,
+    proxy: CutProxy,
+    params: dict[str, float],
+    cut_from: str,
+    until: Callable[[str], Awaitable[None]],
+) -> None:
+    """Run ``test.late`` (quiet, one line, quiet again, then it ends), cut its executor
+    off once the job has its first ``cut_from`` event, restore it once ``until(job_id)``
+    returns, and check that the job ended as if nothing had happened: its line, then its
+    terminal, ``succeeded``."""
+    job_id = await d.submit("test.late", params)
+    await d.until_kind(job_id, cut_from)
     proxy.cut()
-    await asyncio.sleep(cut_s)  # the partition
+    await until(job_id)
     proxy.restore()
     events = await d.events(job_id, timeout=20)
     term = terminal_of(events)
@@ -135,19 +142,57 @@ async def test_a_job_outlives_its_executor_being_cut_off_for_longer_than_ack_wai
     """The job's delivery expires while the executor is cut off, and comes back to it: the
     job is still running there, so it keeps it (nothing else could have run it)."""
     async with executor_behind_a_cut(fresh_server, ssot, tmp_path, ack_wait_s=1) as (proxy, d):
-        await late_line_across_a_cut(d, proxy, quiet_s=7.0, cut_s=2.0)  # twice ack_wait
+
+        async def handed_out_again(job_id: str) -> None:
+            """Until the consumer hands the job out again (here, to the test), then put it
+            back: its delivery to the executor expired."""
+            js = d.nc.jetstream()
+            psub = await js.pull_subscribe_bind(subjects.EXECUTORS_CONSUMER, subjects.STREAM)
+            try:
+                [msg] = await psub.fetch(1, timeout=15)
+                assert msg.subject == f"job.{job_id}.queued"
+                await msg.nak()
+            finally:
+                await psub.unsubscribe()
+
+        await late_job_across_a_cut(
+            d, proxy, {"quiet": 7.0, "seconds": 0}, "started", handed_out_again
+        )
 
 
+@pytest.mark.parametrize(
+    ("params", "cut_from", "warning"),
+    [
+        # its line is stored, then it ends silently during the cut
+        ({"quiet": 0, "seconds": 0.5}, "log", "its terminal cannot be stored yet"),
+        # it prints its line during the cut, then ends
+        ({"quiet": 0.5, "seconds": 0}, "started", ".log.1-0 cannot be stored yet"),
+    ],
+)
 async def test_a_job_that_ends_while_its_executor_is_cut_off_keeps_its_result(
-    fresh_server: NatsServer, ssot: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fresh_server: NatsServer,
+    ssot: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    params: dict[str, float],
+    cut_from: str,
+    warning: str,
 ) -> None:
     """Only the executor knows what the run printed and how it ended: it keeps trying to
     store them, window after window, until NATS is back (here the windows are short)."""
     monkeypatch.setattr(executor_app, "TERMINAL_TRY_S", 0.3)
     monkeypatch.setattr(publisher, "REPUBLISH_TRY_S", 0.3)
+
+    async def retried_past_a_window(_: str) -> None:
+        await wait_until(
+            lambda: any(warning in r.getMessage() for r in caplog.records),
+            20,
+            f"a warning containing {warning!r}",
+        )
+
     async with executor_behind_a_cut(fresh_server, ssot, tmp_path) as (proxy, d):
-        # It prints its line during the cut, then ends; the cut lasts several windows.
-        await late_line_across_a_cut(d, proxy, quiet_s=0.5, cut_s=2.0)
+        await late_job_across_a_cut(d, proxy, params, cut_from, retried_past_a_window)
 
 
 async def test_output_sent_while_the_executor_was_cut_off_is_all_stored_in_good_time(
@@ -160,7 +205,7 @@ async def test_output_sent_while_the_executor_was_cut_off_is_all_stored_in_good_
         jobs = [await d.submit("test.spew", {"lines": 300_000}) for _ in range(2)]
         await d.until_kind(jobs[0], "log")
         proxy.cut()
-        await asyncio.sleep(0.5)  # the partition
+        await proxy.until_refused()  # the executor noticed: its publishes fail from now on
         proxy.restore()
         for job_id in jobs:
             events = await d.events(job_id, timeout=20)
