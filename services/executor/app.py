@@ -528,7 +528,7 @@ class Executor:
                 proc.resume_reading,
                 ownership,
                 on_lost=lambda: job.request_stop(SUPERSEDED),
-                keep_trying=lambda: not self.stopping.is_set(),
+                stopping=self.stopping,
             )
             for stream, data in buffered:
                 emit(stream, splitters[stream].feed(data))
@@ -631,31 +631,20 @@ class Executor:
         only this executor knows how the run ended. Give up only when the executor stops.
         Another executor's terminal may get there first (it presumed us dead); the server
         then refuses ours, and theirs stands."""
-        while True:
-            try:
-                await bus.retry_until(
-                    TERMINAL_TRY_S,
-                    lambda: bus.publish_event(self.js, terminal, headers=bus.FIRST_TERMINAL),
-                )
-                return
-            except bus.UNAVAILABLE_ERRORS as exc:  # before APIError: some of them are APIErrors
-                if self.stopping.is_set():
-                    raise
-                log.warning(
-                    "job %s: its terminal cannot be stored yet (%r); still trying",
-                    terminal.job_id,
-                    exc,
-                )
-                if bus.is_stream_full(exc):
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.stopping.wait(), STREAM_FULL_RETRY_S)
-            except nats.js.errors.APIError as exc:
-                if not bus.is_wrong_last_sequence(exc):
-                    raise
-                log.warning(
-                    "job %s already had a terminal; this attempt was superseded", terminal.job_id
-                )
-                return
+        try:
+            await bus.retry_until(
+                TERMINAL_TRY_S,
+                lambda: bus.publish_event(self.js, terminal, headers=bus.FIRST_TERMINAL),
+                until=self.stopping,
+                what=f"job {terminal.job_id}: its terminal",
+                full_pause_s=STREAM_FULL_RETRY_S,
+            )
+        except nats.js.errors.APIError as exc:
+            if bus.is_stream_full(exc) or not bus.is_wrong_last_sequence(exc):
+                raise
+            log.warning(
+                "job %s already had a terminal; this attempt was superseded", terminal.job_id
+            )
 
     async def _wait_holding(self, msg: Msg, seconds: float, held_from: float) -> float:
         """Wait ``seconds`` (a retry's backoff), or until the executor stops, keeping the

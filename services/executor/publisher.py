@@ -67,14 +67,14 @@ class EventPipeline:
         resume: Callable[[], None],
         ownership: Ownership,
         on_lost: Callable[[], None],
-        keep_trying: Callable[[], bool] = lambda: False,
+        stopping: asyncio.Event | None = None,
     ) -> None:
         self.js = js
         self.ownership = ownership
         self.on_lost = on_lost
-        # Whether to go on retrying a publish past REPUBLISH_TRY_S (until the executor
-        # stops): a job's output is lost for good if we give up.
-        self.keep_trying = keep_trying
+        # With it, a publish is retried past REPUBLISH_TRY_S until the executor stops: a
+        # job's output is lost for good if we give up.
+        self.stopping = stopping
         self.job_id = job_id
         self.attempt = attempt
         self.now = now
@@ -290,33 +290,27 @@ class EventPipeline:
         short) only while this attempt still owns the job: no other attempt started (we
         may have been presumed dead while cut off), and no terminal, which the server
         checks as it stores the event. Retried while NATS is away: for REPUBLISH_TRY_S,
-        then on (a warning each time) while ``keep_trying``.
+        then on (a warning each time) until the executor stops.
         """
-        end = time.monotonic() + REPUBLISH_TRY_S
-        while True:
-            try:
-                if await self.ownership.lost():
-                    raise Superseded(self.job_id)
-                await self.js.publish(
-                    out.subject, out.payload, headers={**out.headers, **self._guard}, timeout=2.0
-                )
-                return
-            except bus.UNAVAILABLE_ERRORS as exc:  # before APIError: some of them are APIErrors
-                if time.monotonic() > end:
-                    if not self.keep_trying():
-                        raise
-                    log.warning(
-                        "job %s: %s cannot be stored yet (%r); still trying",
-                        self.job_id,
-                        out.headers["Nats-Msg-Id"],
-                        exc,
-                    )
-                    end = time.monotonic() + REPUBLISH_TRY_S
-                await asyncio.sleep(1.0 if bus.is_stream_full(exc) else 0.1)
-            except nats.js.errors.APIError as exc:
-                if bus.is_wrong_last_sequence(exc):
-                    raise Superseded(self.job_id) from None
-                raise
+
+        async def once() -> None:
+            if await self.ownership.lost():
+                raise Superseded(self.job_id)
+            await self.js.publish(
+                out.subject, out.payload, headers={**out.headers, **self._guard}, timeout=2.0
+            )
+
+        try:
+            await bus.retry_until(
+                REPUBLISH_TRY_S,
+                once,
+                until=self.stopping,
+                what=f"job {self.job_id}: {out.headers['Nats-Msg-Id']}",
+            )
+        except nats.js.errors.APIError as exc:
+            if bus.is_wrong_last_sequence(exc):
+                raise Superseded(self.job_id) from None
+            raise
 
     def abort(self) -> None:
         if self._timer is not None:

@@ -9,6 +9,7 @@ transform, retention) stops the service with a message that says what differs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -300,20 +301,39 @@ async def create_executors_consumer(js: JetStreamContext, ss: StreamSettings) ->
 
 
 async def retry_until(
-    deadline_s: float, op: Callable[[], Awaitable[T]], *, pause_s: float = 0.1
+    deadline_s: float,
+    op: Callable[[], Awaitable[T]],
+    *,
+    pause_s: float = 0.1,
+    until: asyncio.Event | None = None,
+    what: str = "",
+    full_pause_s: float = 1.0,
 ) -> T:
     """Run ``op`` until it succeeds or the deadline passes; retry only bus unavailability.
 
     Retrying a publish with the same ``Nats-Msg-Id`` is safe: the stream stores it once.
+
+    With ``until``, a deadline that passes starts another window of ``deadline_s`` (with
+    a warning that ``what`` cannot be stored yet), until that event is set: for what only
+    this process can store, such as how a run ended. A stream at its limits is then
+    retried every ``full_pause_s``; without ``until``, or once it is set, it is not.
     """
     end = time.monotonic() + deadline_s
     while True:
         try:
             return await op()
         except UNAVAILABLE_ERRORS as exc:
-            if time.monotonic() + pause_s >= end or is_stream_full(exc):
-                raise
-            await asyncio.sleep(pause_s)
+            full = is_stream_full(exc)
+            if until is None or until.is_set():
+                if time.monotonic() + pause_s >= end or full:
+                    raise
+                await asyncio.sleep(pause_s)
+                continue
+            if time.monotonic() >= end:
+                log.warning("%s cannot be stored yet (%r); still trying", what, exc)
+                end = time.monotonic() + deadline_s
+            with contextlib.suppress(TimeoutError):  # a long pause ends when ``until`` is set
+                await asyncio.wait_for(until.wait(), full_pause_s if full else pause_s)
 
 
 async def publish_event(
