@@ -269,6 +269,7 @@ class Executor:
             # message, not the delivery).
             log.warning("job %s came back while running here; it keeps running", job_id)
             return
+        hold = Ownership(self.js, job_id, 1, self.ack_wait_s, delivered_at)  # attempt 1 so far
         meta = msg.metadata
         queued_seq = meta.sequence.stream
         if self.cancel_watch.needs_lookup(job_id, queued_seq, meta.num_delivered):
@@ -289,10 +290,10 @@ class Executor:
         attempt = 1
         if prev_started is not None:
             assert isinstance(prev_started[1], Started)
-            retry = await self._retry(msg, tool, prev_started[1], last_seq, delivered_at)
+            retry = await self._retry(msg, tool, prev_started[1], last_seq, hold)
             if retry is None:
                 return
-            attempt, last_seq, delivered_at = retry
+            attempt, last_seq = retry
         if not fresh and await bus.last_event(self.js, job_id, "cancel") is not None:
             await self._canceled_before_start(msg, job_id, attempt, last_seq)
             return
@@ -313,18 +314,18 @@ class Executor:
             await msg.nak(delay=0.2)
             return
         try:
-            await self._run_attempt(msg, tool, queued, attempt, last_seq, slot, delivered_at)
+            await self._run_attempt(msg, tool, queued, attempt, last_seq, slot, hold)
         finally:
             if slot is not None:
                 await slots.release(self.slots_kv, slot)
 
     async def _retry(
-        self, msg: Msg, tool: Tool | None, started: Started, last_seq: int, delivered_at: float
-    ) -> tuple[int, int, float] | None:
+        self, msg: Msg, tool: Tool | None, started: Started, last_seq: int, hold: Ownership
+    ) -> tuple[int, int] | None:
         """The job's attempt ``started`` lost its executor. End the job ``lost``, unless its
-        tool is idempotent with attempts left: then wait the retry's backoff, holding the
-        delivery, and return the next attempt, the job's newest seq and when our hold on
-        the delivery counts from. None when there is nothing more to do here."""
+        tool is idempotent with attempts left: then wait the retry's backoff, keeping
+        ``hold`` on the delivery, and return the next attempt and the job's newest seq.
+        None when there is nothing more to do here."""
         job_id = started.job_id
         retry = tool.manifest.retry if tool else None
         max_attempts = (
@@ -345,9 +346,9 @@ class Executor:
         attempt = started.attempt + 1
         backoff = retry.backoff_s if retry else 0
         if not backoff:
-            return attempt, last_seq, delivered_at
+            return attempt, last_seq
         log.info("job %s: attempt %d starts in %gs", job_id, attempt, backoff)
-        delivered_at = await self._wait_holding(msg, backoff, delivered_at)
+        await self._wait_holding(msg, backoff, hold)
         last = await bus.last_event(self.js, job_id)
         assert last is not None
         if isinstance(last[1], Terminal):  # ended while we waited
@@ -360,7 +361,7 @@ class Executor:
             # delivery is its own now. Neither ack nor nak it.
             log.warning("job %s was retried by another executor meanwhile", job_id)
             return None
-        return attempt, last[0], delivered_at
+        return attempt, last[0]
 
     async def _finish_without_run(
         self, msg: Msg, terminal: Terminal, cas_seq: int | None = None
@@ -419,7 +420,7 @@ class Executor:
         attempt: int,
         last_seq: int,
         slot: slots.Slot | None,
-        delivered_at: float,
+        ownership: Ownership,
     ) -> None:
         job_id = queued.job_id
         manifest = tool.manifest
@@ -502,7 +503,7 @@ class Executor:
                 attempt=attempt,
                 started_at=started_at,
             )
-            ownership = Ownership(self.js, job_id, attempt, self.ack_wait_s, delivered_at)
+            ownership.attempt = attempt  # known now (a retry's is higher)
             stored_at = await bus.publish_if_newest(self.js, started, attempt, last_seq)
             if stored_at is None:
                 # A cancel (or another executor) got there first: this attempt never starts.
@@ -646,22 +647,21 @@ class Executor:
                 "job %s already had a terminal; this attempt was superseded", terminal.job_id
             )
 
-    async def _wait_holding(self, msg: Msg, seconds: float, held_from: float) -> float:
+    async def _wait_holding(self, msg: Msg, seconds: float, hold: Ownership) -> None:
         """Wait ``seconds`` (a retry's backoff), or until the executor stops, keeping the
         delivery ours with answered in-progress acks, one a heartbeat; a delivery left
         alone would expire and be handed out again, and its new handler would start the
-        same retry. Returns from when our hold on the delivery counts (ownership.py)."""
+        same retry."""
         end = time.monotonic() + seconds
         while (beat := time.monotonic()) < end and not self.stopping.is_set():
             confirmed = await self._confirm_progress(msg, self.heartbeat_s / 3)
-            if confirmed is not None and confirmed[1] < held_from + self.ack_wait_s:
-                held_from = confirmed[0]
+            if confirmed is not None:
+                hold.progress_confirmed(*confirmed)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     self.stopping.wait(),
                     max(0.0, min(end, beat + self.heartbeat_s) - time.monotonic()),
                 )
-        return held_from
 
     async def _confirm_progress(self, msg: Msg, timeout_s: float) -> tuple[float, float] | None:
         """An in-progress ack sent as a request: the consumer answers once it has reset the
