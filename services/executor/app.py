@@ -277,8 +277,7 @@ class Executor:
             assert last is not None
             last_seq, last_ev = last
             if isinstance(last_ev, Terminal):  # e.g. canceled before it started
-                await self._forget_secrets(job_id, self.tools.get(queued.tool))
-                await msg.ack()
+                await self._settle(msg, job_id, self.tools.get(queued.tool))
                 return
         else:  # a first delivery with no cancel since: `queued` is the job's newest event
             last_seq = queued_seq
@@ -352,8 +351,7 @@ class Executor:
         last = await bus.last_event(self.js, job_id)
         assert last is not None
         if isinstance(last[1], Terminal):  # ended while we waited
-            await self._forget_secrets(job_id, tool)
-            await msg.ack()
+            await self._settle(msg, job_id, tool)
             return None
         newest = await bus.last_event(self.js, job_id, "started")
         if newest is not None and core.superseded(None, newest[1], started.attempt):
@@ -378,8 +376,7 @@ class Executor:
             if await bus.last_event(self.js, terminal.job_id, "terminal") is None:
                 await msg.nak(delay=0.1)
                 return
-        await self._forget_secrets(terminal.job_id)
-        await msg.ack()
+        await self._settle(msg, terminal.job_id)
 
     async def _canceled_before_start(
         self, msg: Msg, job_id: str, attempt: int, newest_seq: int
@@ -393,6 +390,13 @@ class Executor:
         """End a job ``failed`` with ``spawn_failed``: its command could not be started."""
         error = TerminalError(TerminalErrorCode.SPAWN_FAILED, message)
         await self._finish_without_run(msg, never_ran(job_id, "failed", now_iso(), attempt, error))
+
+    async def _settle(self, msg: Msg, job_id: str, tool: Tool | None = None) -> None:
+        """The job has ended: forget its secrets, then ack its delivery. In that order, so
+        an executor that dies in between leaves them to the redelivery, which finds the
+        job ended and settles it again."""
+        await self._forget_secrets(job_id, tool)
+        await msg.ack()
 
     async def _forget_secrets(self, job_id: str, tool: Tool | None = None) -> None:
         if tool is not None and not tool.manifest.secrets:
@@ -606,8 +610,7 @@ class Executor:
                 rusage=Rusage(*usage) if usage else None,
             )
             await self._store_terminal(terminal)
-            await self._forget_secrets(job_id, tool)  # before the ack: a redelivery retries it
-            await msg.ack()
+            await self._settle(msg, job_id, tool)
         finally:
             self.running.pop(job_id, None)
             if proc is not None:
