@@ -83,6 +83,7 @@ def reap_orphans(directory: Path, wait_s: float = 5.0) -> list[str]:
     reaped = []
     orphaned_jobs: set[str] = set()
     dying: list[int] = []
+    leaders: set[int] = set()
     for record in directory.glob("*"):
         try:
             data = json.loads(record.read_text())
@@ -101,10 +102,11 @@ def reap_orphans(directory: Path, wait_s: float = 5.0) -> list[str]:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
             dying.append(pidfd)
+            leaders.add(pid)
             reaped.append(job_id)
         record.unlink(missing_ok=True)
     for pid, job_id in _marked_processes(orphaned_jobs):
-        if (pidfd := _marked_pidfd(pid, job_id)) is None:
+        if pid in leaders or (pidfd := _marked_pidfd(pid, job_id)) is None:
             continue
         log.warning("killing process %d of job %s, which had left its process group", pid, job_id)
         with contextlib.suppress(ProcessLookupError, PermissionError):
