@@ -68,6 +68,19 @@ def parse_event_subject(subject: str) -> tuple[str, str]:
     return parts[1], parts[2]
 
 
+_EVENT_KINDS_BYTES: Final[frozenset[bytes]] = frozenset(k.encode() for k in EVENT_KINDS)
+
+
+def job_of_event_subject(subject: bytes) -> str:
+    """The job id of ``job.<job_id>.<kind>`` as read off the wire; ValueError otherwise.
+    (What ``parse_event_subject`` checks, without decoding the whole subject first: a
+    projector rebuild calls it once per event.)"""
+    parts = subject.split(b".")
+    if len(parts) != 3 or parts[0] != b"job" or parts[2] not in _EVENT_KINDS_BYTES:
+        raise ValueError(f"not a domed event subject: {subject!r}")
+    return parts[1].decode()
+
+
 def msg_id(job_id: str, kind: str, n: int | str = 0) -> str:
     """The ``Nats-Msg-Id`` of an event, so a retried publish is stored once."""
     return f"{job_id}.{kind}.{n}"

@@ -20,8 +20,6 @@ from typing import Any
 import msgspec
 import nats.errors
 import nats.js.errors
-from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
@@ -44,6 +42,7 @@ from services.projector.store import Store, decode_cursor, encode_cursor
 from services.runtime import bus
 from services.runtime.endpoints import Endpoint, serve
 from services.runtime.lifecycle import VERSION
+from services.runtime.ordered import OrderedReader, RawClient
 from services.runtime.settings import Settings, redact_url
 
 log = logging.getLogger("domed.projector")
@@ -70,7 +69,7 @@ _raw = msgspec.json.Decoder()
 
 class Projector:
     def __init__(
-        self, settings: Settings, nc: Client, js: JetStreamContext, kv: KeyValue, store: Store
+        self, settings: Settings, nc: RawClient, js: JetStreamContext, kv: KeyValue, store: Store
     ) -> None:
         self.settings = settings
         self.nc = nc
@@ -93,7 +92,6 @@ class Projector:
         self.kv_repair = False
         self.last_mirror = 0.0
         self.catch_up_to = 0
-        self.generation = 0
         self.committed = asyncio.Condition()
         self.caught_up_at: float | None = None  # when the store reached catch_up_to
         self.kv_caught_up = asyncio.Event()  # the KV mirror reached catch_up_to
@@ -102,29 +100,21 @@ class Projector:
 
     # ---- reading the stream ---------------------------------------------------------------
 
-    def _state_of(self, job_id: str, *, in_store: bool = True) -> JobState | None:
-        """A job's current state: in memory, else (``in_store``) committed in the store."""
-        state = self.cache.get(job_id) or self.dirty.get(job_id)
-        if state is None and in_store:
-            state = self.store.get(job_id)
-        return state
-
-    def on_event(self, msg: Msg) -> None:
-        seq = stream_seq(msg)
+    def on_event(self, subject: bytes, seq: int, data: bytes) -> None:
         if seq <= self.applied_seq:
             return
         try:
-            job_id, _ = subjects.parse_event_subject(msg.subject)
-            event = decode_event(msg.data)
+            job_id = subjects.job_of_event_subject(subject)
+            event = decode_event(data)
         except (ValueError, msgspec.ValidationError, msgspec.DecodeError):
-            log.warning("skipping undecodable event at seq %d on %s", seq, msg.subject)
+            log.warning("skipping undecodable event at seq %d on %r", seq, subject)
             self.applied_seq = seq
             self.skipped += 1
             return
+        before = self.cache.get(job_id) or self.dirty.get(job_id)
         # A job's first event, when the store started empty: the store cannot know the job.
-        before = self._state_of(
-            job_id, in_store=not (self.fresh_store and isinstance(event, Queued))
-        )
+        if before is None and not (self.fresh_store and isinstance(event, Queued)):
+            before = self.store.get(job_id)
         after = apply(before, seq, event)
         self.applied_seq = seq
         self.events_applied += 1
@@ -141,23 +131,23 @@ class Projector:
     async def follow(self, stop: asyncio.Event) -> None:
         """Keep the store and KV up to date until ``stop``; commits every ``COMMIT_S``."""
         await self.repair_kv()
-        sub = await self._subscribe_until(stop)
+        reader = OrderedReader(
+            self.nc, self.js, subjects.STREAM, subjects.STORED_SUBJECTS, self.on_event
+        )
+        await self._start_until(reader, stop, self.applied_seq + 1)
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), COMMIT_S)
                 self.wake.clear()
                 await self.commit()
-                if self.reconnected.is_set():
-                    # A restarted server may have lost our ephemeral consumer; start a new
-                    # one from where we are rather than wait for missed heartbeats.
+                if self.reconnected.is_set() or reader.needs_restart():
+                    # A restarted server may have lost our ephemeral consumer, or the
+                    # deliveries broke order: read on with a new one from where we are.
                     self.reconnected.clear()
-                    with contextlib.suppress(Exception):
-                        await sub.unsubscribe()
-                    sub = await self._subscribe_until(stop)
+                    await self._start_until(reader, stop, self.applied_seq + 1)
         finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            await reader.close()
             await self.commit(final=True)
 
     async def read_stream_bounds(self) -> None:
@@ -182,40 +172,18 @@ class Projector:
             self.applied_seq = first - 1
             await self.commit()
 
-    async def _subscribe_until(self, stop: asyncio.Event) -> Any:
-        """Subscribe, retrying while JetStream is unreachable (e.g. a cluster electing a
-        leader); a projector never dies of an outage."""
+    async def _start_until(self, reader: OrderedReader, stop: asyncio.Event, seq: int) -> None:
+        """Start reading at ``seq``, retrying while JetStream is unreachable (e.g. a cluster
+        electing a leader); a projector never dies of an outage."""
         while True:
             try:
-                return await self._subscribe()
+                return await reader.start(seq)
             except bus.UNAVAILABLE_ERRORS + (nats.js.errors.APIError,) as exc:
                 if stop.is_set():
                     raise
                 log.warning("cannot read the stream yet (%r); retrying", exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.5)
-
-    async def _subscribe(self) -> Any:
-        self.generation += 1
-        generation = self.generation
-
-        async def deliver(msg: Msg) -> None:
-            if generation == self.generation:  # ignore stragglers of a replaced consumer
-                self.on_event(msg)
-
-        cfg = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.applied_seq + 1
-        )
-        return await self.js.subscribe(
-            subjects.STORED_SUBJECTS,
-            stream=subjects.STREAM,
-            cb=deliver,
-            ordered_consumer=True,
-            config=cfg,
-            idle_heartbeat=5.0,
-            pending_msgs_limit=-1,
-            pending_bytes_limit=256 * 1024 * 1024,
-        )
 
     async def commit(self, *, final: bool = False) -> None:
         if self.applied_seq != self.committed_seq:
@@ -434,18 +402,6 @@ class Projector:
                 "jobs-events", subjects.JOBS_EVENTS, JobsEventsRequest, self.events, concurrent=True
             ),
         ]
-
-
-def stream_seq(msg: Msg) -> int:
-    """The stream sequence from a JetStream delivery's reply subject (cheaper than
-    ``msg.metadata``, which parses every field): ``$JS.ACK.[<domain>.<hash>.]<stream>.
-    <consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>[.<token>]``."""
-    tokens = msg.reply.split(".")
-    if len(tokens) == 9:
-        return int(tokens[5])
-    if len(tokens) >= 11:
-        return int(tokens[7])
-    return int(msg.metadata.sequence.stream)
 
 
 def discard_store(path: Path) -> None:

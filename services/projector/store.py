@@ -47,6 +47,8 @@ INSERT OR IGNORE INTO position (id, seq, kv_seq, skipped) VALUES (1, 0, 0, 0);
 """
 
 
+WAL_CHECKPOINT_PAGES = 16384
+
 _CURSOR_PREFIX = "jobs-before:"
 
 
@@ -75,6 +77,12 @@ class Store:
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        # Checkpoint the WAL every 64 MB, not every 4 MB (the default): a catch-up then
+        # fsyncs a few times instead of every few hundred milliseconds, and a page
+        # rewritten by many commits is copied once (a 200k-event rebuild: 161k -> 172k
+        # events/s). The file is cut back to that size after each checkpoint.
+        self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+        self.db.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_PAGES * 4096}")
         self.db.executescript(SCHEMA)
 
     def close(self) -> None:

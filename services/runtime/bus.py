@@ -20,7 +20,6 @@ import msgspec
 import nats
 import nats.errors
 import nats.js.errors
-from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -39,6 +38,7 @@ from nats.js.kv import KeyValue
 from contracts import subjects
 from contracts.errors import DomedError, ErrorCode
 from contracts.events import Event, decode_event, encode_event
+from services.runtime.ordered import RawClient
 from services.runtime.settings import Settings, StreamSettings
 
 log = logging.getLogger("domed.bus")
@@ -96,8 +96,11 @@ def inbox_prefix(name: str, service: str = "") -> str:
     return "_INBOX_" + _NOT_A_TOKEN.sub("_", label)
 
 
-async def connect(settings: Settings, name: str, *, service: str = "", **options: Any) -> Client:
+async def connect(settings: Settings, name: str, *, service: str = "", **options: Any) -> RawClient:
     """Connect with reconnects forever, so a NATS restart heals by itself.
+
+    The client is nats-py's, able to hand one subscription its messages raw
+    (``services.runtime.ordered``); the projector reads the stream that way.
 
     ``service`` (or ``settings.service``) is the service kind that names the inbox prefix;
     see :func:`inbox_prefix`.
@@ -124,7 +127,9 @@ async def connect(settings: Settings, name: str, *, service: str = "", **options
 
     kwargs.setdefault("error_cb", _report)
     kwargs.update(options)
-    return await nats.connect(**kwargs)
+    nc = RawClient()
+    await nc.connect(**kwargs)
+    return nc
 
 
 def stream_config(ss: StreamSettings) -> StreamConfig:

@@ -169,6 +169,7 @@ def test_event_subject_round_trips_through_the_parser(kind: str) -> None:
     subject = subjects.event_subject(JOB, kind)
     assert subject == f"job.{JOB}.{kind}"
     assert subjects.parse_event_subject(subject) == (JOB, kind)
+    assert subjects.job_of_event_subject(subject.encode()) == JOB
 
 
 @pytest.mark.parametrize(
@@ -187,6 +188,8 @@ def test_event_subject_round_trips_through_the_parser(kind: str) -> None:
 def test_parse_event_subject_refuses_other_subjects(subject: str) -> None:
     with pytest.raises(ValueError):
         subjects.parse_event_subject(subject)
+    with pytest.raises(ValueError):
+        subjects.job_of_event_subject(subject.encode())
 
 
 def test_ingest_subject_is_the_stored_subject_under_the_ingest_prefix() -> None:
