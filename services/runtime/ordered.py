@@ -75,11 +75,13 @@ class _RawParser(Parser):
         buf = self.buf
         buf.extend(data)
         readers = self.nc._raw_readers
-        stats = self.nc.stats
+        frames = 0
+        whole = True  # False: the frame in front is a raw reader's, not all here yet
         while readers and self.state == AWAITING_CONTROL_LINE and buf.startswith(b"HMSG "):
             eol = buf.find(b"\r\n")
             if eol < 0:
-                return
+                whole = False
+                break
             args = buf[5:eol].split()
             if len(args) != 5:  # no reply subject: not a delivery
                 break
@@ -87,19 +89,23 @@ class _RawParser(Parser):
             if reader is None:
                 break
             start = eol + 2
-            header_end = start + int(args[3])
             end = start + int(args[4])
             if len(buf) < end + 2:
-                return
-            headers = bytes(buf[start:header_end])
-            payload = bytes(buf[header_end:end])
-            del buf[: end + 2]
-            stats["in_msgs"] += 1
-            if headers[_STATUS_AT] == _SPACE:
+                whole = False
+                break
+            frames += 1
+            header_end = start + int(args[3])
+            if buf[start + _STATUS_AT] == _SPACE:
+                headers = bytes(buf[start:header_end])
+                del buf[: end + 2]
                 await reader.control(bytes(args[2]), headers)
             else:
+                payload = bytes(buf[header_end:end])
+                del buf[: end + 2]
                 reader.deliver(bytes(args[0]), bytes(args[2]), payload)
-        await super().parse()
+        self.nc.stats["in_msgs"] += frames
+        if whole and buf:
+            await super().parse()
 
 
 def delivery_seqs(reply: bytes) -> tuple[int, int]:

@@ -165,3 +165,22 @@ async def test_a_handler_that_fails_leaves_its_message_to_be_read_again(
     finally:
         await reader.close()
     assert_in_order(got.got, prefix, 1, 20)
+
+
+async def test_heartbeats_between_messages_keep_the_reading_alive(
+    stream: tuple[RawClient, str, str],
+) -> None:
+    nc, name, prefix = stream
+    await publish(nc, prefix, 1, 10)
+    got = Collected()
+    reader = OrderedReader(nc, nc.jetstream(), name, f"{prefix}.>", got, heartbeat_s=0.1)
+    await reader.start(1)
+    try:
+        await got.until(10)
+        await until(lambda: reader._controls >= 3)  # idle: heartbeats came, and were read
+        assert not reader.needs_restart()
+        await publish(nc, prefix, 11, 10)
+        await got.until(20)
+    finally:
+        await reader.close()
+    assert_in_order(got.got, prefix, 1, 20)
