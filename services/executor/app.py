@@ -52,18 +52,19 @@ from contracts.events import (
     never_ran,
     now_iso,
 )
+from contracts.manifest import Manifest
 from services.catalogue.loader import Tool, load_catalogue
 from services.catalogue.render import (
     child_env,
     fixed_work_dir,
-    mask_line,
     render_argv,
     secret_values,
 )
 from services.executor import adopted, core, records, slots
+from services.executor.output import JobOutput
 from services.executor.ownership import Ownership
 from services.executor.publisher import EventPipeline, Superseded
-from services.executor.runner import JobProcess, rusage_fields
+from services.executor.runner import Exit, JobProcess, rusage_fields
 from services.runtime import bus
 from services.runtime.endpoints import serve
 from services.runtime.lifecycle import VERSION
@@ -428,14 +429,7 @@ class Executor:
     ) -> None:
         job_id = queued.job_id
         manifest = tool.manifest
-        params = dict(queued.params)
-        if manifest.secrets:
-            try:
-                entry = await self.secrets.get(job_id)
-                if entry.value:
-                    params.update(json.loads(entry.value))
-            except nats.js.errors.KeyNotFoundError:
-                pass
+        params = await self._params(manifest, queued)
         secrets = secret_values(manifest, params)
         job = RunningJob(job_id, attempt)
         self.running[job_id] = job
@@ -456,44 +450,12 @@ class Executor:
                 await self._spawn_failed(msg, job_id, attempt, f"could not prepare the job: {exc}")
                 return
 
-            splitters = {
-                s: core.LineSplitter(manifest.limits.max_line_bytes) for s in ("stdout", "stderr")
-            }
-            budget = core.OutputBudget(manifest.limits.max_output_bytes)
-            progress = core.ProgressParser(manifest.progress)
-            counts = core.LineCounter()
-            buffered: list[tuple[str, bytes]] = []
-
-            plain = not secrets and manifest.progress is None
-
-            def emit(stream: str, lines: list[str]) -> None:
-                assert pipeline is not None
-                if not lines:
-                    return
-                if plain and budget.admit_all(lines):  # the common case, per chunk not per line
-                    counts.add(stream, len(lines))
-                    pipeline.add_lines(stream, lines)
-                    return
-                for line in lines:
-                    if secrets:
-                        line = mask_line(line, secrets)
-                    reading = progress.parse(line)
-                    if reading is not None:
-                        pipeline.add_progress(reading)
-                    if budget.admit(line):
-                        counts.add(stream, 1)
-                        pipeline.add_line(stream, line)
-
-            def on_output(stream: str, data: bytes) -> None:
-                if pipeline is None:  # before `started` is stored, keep bytes in order
-                    buffered.append((stream, data))
-                    return
-                emit(stream, splitters[stream].feed(data))
+            output = JobOutput(manifest, secrets)
 
             started_mono = time.monotonic()
             try:
                 # Its output stays in the pipe until `started` is stored (resume_reading).
-                proc = JobProcess.spawn(argv, cwd=work_dir, env=env, on_output=on_output)
+                proc = JobProcess.spawn(argv, cwd=work_dir, env=env, on_output=output.on_output)
             except OSError as exc:
                 await self._spawn_failed(msg, job_id, attempt, f"{argv[0]}: {exc.strerror or exc}")
                 return
@@ -510,17 +472,7 @@ class Executor:
             ownership.attempt = attempt  # known now (a retry's is higher)
             stored_at = await bus.publish_if_newest(self.js, started, attempt, last_seq)
             if stored_at is None:
-                # A cancel (or another executor) got there first: this attempt never starts.
-                proc.kill_leftovers()
-                await proc.wait_exit()
-                latest = await bus.last_event(self.js, job_id)
-                assert latest is not None
-                if isinstance(latest[1], Terminal):
-                    await msg.ack()
-                elif await bus.last_event(self.js, job_id, "cancel") is not None:
-                    await self._canceled_before_start(msg, job_id, attempt, latest[0])
-                else:
-                    await msg.nak(delay=0.1)
+                await self._start_refused(msg, proc, job_id, attempt)
                 return
             job.started_seq = stored_at
 
@@ -535,9 +487,7 @@ class Executor:
                 on_lost=lambda: job.request_stop(SUPERSEDED),
                 stopping=self.stopping,
             )
-            for stream, data in buffered:
-                emit(stream, splitters[stream].feed(data))
-            buffered.clear()
+            output.attach(pipeline)
             proc.resume_reading()
 
             def beat() -> None:  # the first heartbeat is due after heartbeat_s; most jobs
@@ -549,34 +499,11 @@ class Executor:
 
             first_beat = asyncio.get_running_loop().call_later(self.heartbeat_s, beat)
 
-            exited = proc.exited
-            assert exited is not None
-            timeout_s = queued.timeout_s
-            either: set[asyncio.Future[Any]] = {exited, job.stop_requested}
-            done, _ = await asyncio.wait(
-                either,
-                timeout=timeout_s,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            if not done:
-                job.request_stop(
-                    core.StopReason("timed_out", None, f"timed out after {timeout_s}s")
-                )
-            if not exited.done():
-                await proc.stop(manifest.cancel_grace_s)
-            result = await proc.wait_exit()
-            if not await proc.drain(DRAIN_PIPES_S):  # something else holds the pipes
-                proc.kill_leftovers()
-                await self._kill_escaped(job_id)
-                await proc.drain(DRAIN_PIPES_S)
-            proc.kill_leftovers()
-            await self._kill_escaped(job_id)
-            proc.close()
+            result = await self._until_ended(proc, job, queued.timeout_s, manifest.cancel_grace_s)
             if remove_dir:  # before the terminal, so a client that saw it sees the dir gone
                 await remove_tree_async(work_dir)
                 remove_dir = False
-            for stream in ("stdout", "stderr"):
-                emit(stream, splitters[stream].finish())
+            output.finish()
             try:
                 await pipeline.close()
             except Superseded:
@@ -588,26 +515,8 @@ class Executor:
                 return
             finished_mono = time.monotonic()
 
-            verdict = core.outcome(result.returncode, job.stop_reason)
-            reason = job.stop_reason
-            error = None
-            if reason is not None and reason.error_code:
-                error = TerminalError(reason.error_code, reason.message or reason.error_code)
-            usage = rusage_fields(result.rusage)
-            terminal = Terminal(
-                job_id=job_id,
-                state=verdict.state,  # type: ignore[arg-type]
-                exit_code=verdict.exit_code,
-                signal=verdict.signal,
-                started_at=started_at,
-                finished_at=now_iso(),
-                duration_s=round(finished_mono - started_mono, 6),
-                error=error,
-                lines=LineCounts(counts.stdout, counts.stderr),
-                truncated=budget.truncated,
-                signals_sent=list(proc.signals_sent),
-                attempt=attempt,
-                rusage=Rusage(*usage) if usage else None,
+            terminal = terminal_of(
+                job, result, proc, output, started_at, round(finished_mono - started_mono, 6)
             )
             await self._store_terminal(terminal)
             await self._settle(msg, job_id, tool)
@@ -629,6 +538,55 @@ class Executor:
                 record.unlink(missing_ok=True)
             if remove_dir and work_dir:
                 remove_tree(work_dir)
+
+    async def _params(self, manifest: Manifest, queued: Queued) -> dict[str, Any]:
+        """The job's params, with the secret ones back from ``domed-secrets``."""
+        params = dict(queued.params)
+        if manifest.secrets:
+            try:
+                entry = await self.secrets.get(queued.job_id)
+                if entry.value:
+                    params.update(json.loads(entry.value))
+            except nats.js.errors.KeyNotFoundError:
+                pass
+        return params
+
+    async def _until_ended(
+        self, proc: JobProcess, job: RunningJob, timeout_s: float, grace_s: float
+    ) -> Exit:
+        """Wait until the process exits, or stop it (timeout, cancel, shutdown); then see
+        that nothing of the job is left running and its pipes are read to the end."""
+        exited = proc.exited
+        assert exited is not None
+        either: set[asyncio.Future[Any]] = {exited, job.stop_requested}
+        done, _ = await asyncio.wait(either, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        if not done:
+            job.request_stop(core.StopReason("timed_out", None, f"timed out after {timeout_s}s"))
+        if not exited.done():
+            await proc.stop(grace_s)
+        result = await proc.wait_exit()
+        if not await proc.drain(DRAIN_PIPES_S):  # something else holds the pipes
+            proc.kill_leftovers()
+            await self._kill_escaped(job.job_id)
+            await proc.drain(DRAIN_PIPES_S)
+        proc.kill_leftovers()
+        await self._kill_escaped(job.job_id)
+        proc.close()
+        return result
+
+    async def _start_refused(self, msg: Msg, proc: JobProcess, job_id: str, attempt: int) -> None:
+        """The server refused this attempt's ``started``: a cancel (or another executor)
+        got there first, and the attempt never starts."""
+        proc.kill_leftovers()
+        await proc.wait_exit()
+        latest = await bus.last_event(self.js, job_id)
+        assert latest is not None
+        if isinstance(latest[1], Terminal):
+            await msg.ack()
+        elif await bus.last_event(self.js, job_id, "cancel") is not None:
+            await self._canceled_before_start(msg, job_id, attempt, latest[0])
+        else:
+            await msg.nak(delay=0.1)
 
     async def _store_terminal(self, terminal: Terminal) -> None:
         """Store a run's terminal however long NATS stays away or the stream stays full:
@@ -715,6 +673,38 @@ class Executor:
                 job.request_stop(SUPERSEDED)
                 return
             await asyncio.sleep(max(0.0, self.heartbeat_s - (time.monotonic() - beat)))
+
+
+def terminal_of(
+    job: RunningJob,
+    result: Exit,
+    proc: JobProcess,
+    output: JobOutput,
+    started_at: str,
+    duration_s: float,
+) -> Terminal:
+    """The terminal of a run that got to its end: how it ended, and what it printed."""
+    verdict = core.outcome(result.returncode, job.stop_reason)
+    reason = job.stop_reason
+    error = None
+    if reason is not None and reason.error_code:
+        error = TerminalError(reason.error_code, reason.message or reason.error_code)
+    usage = rusage_fields(result.rusage)
+    return Terminal(
+        job_id=job.job_id,
+        state=verdict.state,  # type: ignore[arg-type]
+        exit_code=verdict.exit_code,
+        signal=verdict.signal,
+        started_at=started_at,
+        finished_at=now_iso(),
+        duration_s=duration_s,
+        error=error,
+        lines=LineCounts(output.counts.stdout, output.counts.stderr),
+        truncated=output.budget.truncated,
+        signals_sent=list(proc.signals_sent),
+        attempt=job.attempt,
+        rusage=Rusage(*usage) if usage else None,
+    )
 
 
 def remove_tree(path: str) -> None:
