@@ -49,6 +49,9 @@ from services.runtime.settings import Settings, redact_url
 log = logging.getLogger("domed.projector")
 
 COMMIT_S = 0.02
+# The stream's deliveries carry a heartbeat this often when idle; two missed mean the
+# consumer is gone (its server restarted, or in a cluster the node that held it).
+READ_HEARTBEAT_S = 5.0
 KV_MIRROR_S = 0.1
 COMMIT_MAX_DIRTY = 20_000
 # Live jobs kept in memory (the rest are read from the store when an event comes).
@@ -133,7 +136,12 @@ class Projector:
         """Keep the store and KV up to date until ``stop``; commits every ``COMMIT_S``."""
         await self.repair_kv()
         reader = OrderedReader(
-            self.nc, self.js, subjects.STREAM, subjects.STORED_SUBJECTS, self.on_event
+            self.nc,
+            self.js,
+            subjects.STREAM,
+            subjects.STORED_SUBJECTS,
+            self.on_event,
+            heartbeat_s=READ_HEARTBEAT_S,
         )
         await self._start_until(reader, stop, self.applied_seq + 1)
         try:

@@ -181,6 +181,35 @@ async def test_projector_killed_mid_burst_neither_skips_nor_double_counts(
             proj2.kill()
 
 
+async def test_a_lost_stream_consumer_is_replaced_and_the_projection_goes_on(
+    fresh_server: NatsServer, ssot: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The projector's consumer vanishes while its connection stays up (in a cluster: the
+    node that held it died): no more deliveries, no more heartbeats. The projector makes a
+    new one from where it was and misses nothing."""
+    monkeypatch.setattr(projector_app, "READ_HEARTBEAT_S", 0.2)
+    async with Domed.running(fresh_server.url, ssot, tmp_path / "d") as d:
+        before = await d.submit("demo.echo", {"text": "before"})
+        await d.projected(before)
+        js = d.nc.jetstream()
+
+        async def projectors_consumers() -> list[str]:
+            return [
+                c.name
+                for c in await js.consumers_info(subjects.STREAM)
+                if (c.config.deliver_subject or "").startswith("_INBOX_domed-projector.")
+            ]
+
+        [lost] = await projectors_consumers()
+        await js.delete_consumer(subjects.STREAM, lost)
+        after = [await d.submit("demo.echo", {"text": f"after {i}"}) for i in range(3)]
+        for job_id in after:
+            got = await d.projected(job_id)
+            assert got["state"] == "succeeded" and got["lines"]["stdout"] == 1
+        replacement = await projectors_consumers()
+        assert replacement and lost not in replacement
+
+
 async def test_projector_down_while_jobs_run_catches_up_and_kv_matches(
     fresh_server: NatsServer, ssot: Path, tmp_path: Path
 ) -> None:
