@@ -767,6 +767,7 @@ async def read_stream_discarding(nc: Client, messages: int, deadline: float) -> 
 
 
 _REBUILD = re.compile(r"rebuild: (\d+) events in ([\d.]+)s")
+_REBUILD_CPU = re.compile(r"([\d.]+) µs of CPU per event")
 _REBUILD_KV = re.compile(
     r"rebuild: KV mirror repaired ([\d.]+)s later: (\d+) jobs put, (\d+) already right"
 )
@@ -825,6 +826,7 @@ async def _rebuild(
     t_launch = time.monotonic()
     problems: list[str] = []
     reported: tuple[int, float] | None = None
+    cpu_us: float | None = None
     kv_repair: tuple[float, int, int] | None = None
     sampler = RssSampler({"projector": proj.pid, "nats-server": stack.server_pid})
     with sampler, profiled(proj.pid if profile_out else None, profile_out or Path()):
@@ -835,6 +837,9 @@ async def _rebuild(
             m = _REBUILD.search(proj.log_text())
             if m:
                 reported = int(m.group(1)), float(m.group(2))
+            m_cpu = _REBUILD_CPU.search(proj.log_text())
+            if m_cpu:
+                cpu_us = float(m_cpu.group(1))
             # Done when the KV mirror has caught up too (each job is put into it once more).
             await asyncio.to_thread(
                 proj.wait_for_text, "rebuild: KV mirror", max(1.0, deadline - time.monotonic())
@@ -864,7 +869,8 @@ async def _rebuild(
             "≥ 200,000 events/s",
             at_least(rate, 200_000) if not problems else False,
             "; ".join(problems)
-            or f"{published['events']:,} synthetic + {int(before.messages):,} real events",
+            or f"{published['events']:,} synthetic + {int(before.messages):,} real events"
+            + (f"; the projector's CPU: {cpu_us:.2f} µs per event" if cpu_us else ""),
         ),
         Row(
             "4 rebuild",
@@ -907,6 +913,7 @@ async def _rebuild(
         "synthetic": published,
         "reported_events": reported[0] if reported else None,
         "reported_s": reported[1] if reported else None,
+        "projector_cpu_us_per_event": cpu_us,
         "launch_to_done_s": round(wall, 3) if wall == wall else None,
         "projected_seq": projected,
         "baseline_events": base_count,
