@@ -46,6 +46,12 @@ from services.runtime.settings import Settings, redact_url
 
 log = logging.getLogger("domed.router")
 
+# The secret parameters of a submit that failed after storing them are looked at again
+# this long after (a `queued` already sent may still land), then every UNSURE_RECHECK_S
+# while JetStream stays away.
+UNSURE_SECRETS_AFTER_S = 10.0
+UNSURE_RECHECK_S = 5.0
+
 
 class Router:
     def __init__(
@@ -61,6 +67,8 @@ class Router:
         self.js = js
         self.secrets = secrets
         self.idempotency = idempotency
+        # job id -> (revision of its secrets, when its submit failed): see settle_secrets
+        self.unsure_secrets: dict[str, tuple[int, float]] = {}
 
     async def submit(self, req: SubmitRequest) -> SubmitReply:
         tool = core.find_tool(self.tools, req.tool)
@@ -79,17 +87,56 @@ class Router:
                     # The first claimer died before storing the job: store it for both.
                     queued = msgspec.structs.replace(queued, job_id=job_id)
             secret_params = {k: params[k] for k in tool.manifest.secrets if k in params}
+            secrets_rev = None
             if secret_params:
-                await self.secrets.put(job_id, bus.encode(secret_params))
-            await bus.retry_until(
-                self.settings.request_timeout_s,
-                lambda: bus.publish_event(
-                    self.js, queued, timeout_s=self.settings.request_timeout_s / 2
-                ),
-            )
+                secrets_rev = await self.secrets.put(job_id, bus.encode(secret_params))
+            try:
+                await bus.retry_until(
+                    self.settings.request_timeout_s,
+                    lambda: bus.publish_event(
+                        self.js, queued, timeout_s=self.settings.request_timeout_s / 2
+                    ),
+                )
+            except BaseException:
+                if secrets_rev is not None:  # no executor may ever delete them
+                    self.unsure_secrets[queued.job_id] = (secrets_rev, time.monotonic())
+                raise
         except bus.UNAVAILABLE_ERRORS as exc:
             raise bus.unavailable(exc) from None
         return SubmitReply(job_id=job_id, state="queued", duplicate=duplicate)
+
+    async def settle_secrets(self, stop: asyncio.Event) -> None:
+        """Delete the secret parameters of submits that failed after storing them, once
+        sure their job was not stored after all. A job whose ``queued`` did land keeps
+        them (its executor deletes them when the job ends). Until ``stop``; what is still
+        unsure then stays (this is kept in memory only)."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), UNSURE_RECHECK_S)
+            for job_id, (rev, since) in list(self.unsure_secrets.items()):
+                if time.monotonic() - since < UNSURE_SECRETS_AFTER_S:
+                    continue
+                try:
+                    await self.settle_secret(job_id, rev)
+                except bus.UNAVAILABLE_ERRORS as exc:
+                    log.debug("cannot settle the secrets of job %s yet (%r)", job_id, exc)
+                    break
+                del self.unsure_secrets[job_id]
+
+    async def settle_secret(self, job_id: str, rev: int) -> bool:
+        """Delete the secrets stored at revision ``rev`` for ``job_id`` unless its job is
+        stored, or a later submit stored them again (a retry with the same idempotency
+        key, which stores the job too); True if deleted."""
+        if await bus.last_event(self.js, job_id, "queued") is not None:
+            return False
+        try:
+            await self.secrets.delete(job_id, last=rev)
+        except nats.js.errors.APIError as exc:
+            if not bus.is_wrong_last_sequence(exc):
+                raise
+            return False
+        log.info("deleted the secret parameters of job %s, which was never stored", job_id)
+        return True
 
     async def _claim_idempotency_key(self, key: str, job_id: str) -> tuple[str, bool]:
         """The job id that owns ``key``: ours if we claimed it first, else the first claimer's.
@@ -207,7 +254,9 @@ async def run_router(
         log.info("router ready: %d tools, NATS %s", len(tools), redact_url(settings.nats_url))
         if ready is not None:
             ready.set()
-        await stop.wait()
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(router.settle_secrets(stop))
+            await stop.wait()
         await service.stop()
     finally:
         await nc.drain()

@@ -14,7 +14,8 @@ import pytest
 from contracts import subjects
 from contracts.events import encode_event
 from services.catalogue.loader import CatalogueError
-from services.router.app import run_router
+from services.router import app as router_app
+from services.router.app import Router, run_router
 from services.runtime.natsserver import NatsServer
 from services.runtime.settings import Settings
 from tests.support import ROOT, Domed, log_lines, run_cli, terminal_of
@@ -241,3 +242,60 @@ async def test_a_full_event_stream_refuses_submits_saying_so(
         assert r.error is not None and r.error["code"] == "unavailable", r.data
         assert "maximum bytes exceeded" in r.error["message"], r.error
         assert r.headers["Nats-Service-Error-Code"] == "503"
+
+
+async def test_secrets_of_a_submit_that_could_not_store_its_job_are_deleted(
+    fresh_server: NatsServer, ssot: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The router stores a job's secret parameters, then its ``queued``. When the stream
+    refuses the ``queued`` (here: full), no executor will ever delete them."""
+    monkeypatch.setattr(router_app, "UNSURE_SECRETS_AFTER_S", 0.2)
+    monkeypatch.setattr(router_app, "UNSURE_RECHECK_S", 0.1)
+    async with Domed.running(
+        fresh_server.url, ssot, tmp_path / "d", services=("router",), max_bytes=16_384
+    ) as d:
+        body = {"tool": "demo.echo", "params": {"text": "x" * 500}}
+        for _ in range(100):  # about 20 fit
+            if (await d.request(subjects.SUBMIT, body)).error is not None:
+                break
+        kv = await d.nc.jetstream().key_value(subjects.KV_SECRETS)
+        watcher = await kv.watchall()
+        try:
+            assert await watcher.updates(timeout=2) is None  # nothing stored yet
+            r = await d.request(
+                subjects.SUBMIT, {"tool": "test.secret", "params": {"token": "never-run"}}
+            )
+            assert r.error is not None and r.error["code"] == "unavailable", r.data
+            put = await watcher.updates(timeout=5)
+            assert put is not None and put.value and b"never-run" in put.value
+            deleted = await watcher.updates(timeout=10)
+            assert deleted is not None and deleted.key == put.key
+            assert deleted.operation == "DEL"
+        finally:
+            await watcher.stop()
+        with pytest.raises(nats.js.errors.KeyNotFoundError):
+            await kv.get(put.key)
+
+
+async def test_secrets_are_kept_for_a_stored_job_and_for_a_later_submit(
+    fresh_server: NatsServer, ssot: Path, tmp_path: Path
+) -> None:
+    """What the router checks before it deletes secrets it was unsure of."""
+    async with Domed.running(fresh_server.url, ssot, tmp_path / "d", services=("router",)) as d:
+        js = d.nc.jetstream()
+        secrets = await js.key_value(subjects.KV_SECRETS)
+        idempotency = await js.key_value(subjects.KV_IDEMPOTENCY)
+        router = Router(d.settings, {}, js, secrets, idempotency)
+        stored = await d.submit("test.secret", {"token": "for-a-stored-job"})
+        rev = (await secrets.get(stored)).revision
+        assert not await router.settle_secret(stored, rev)
+        assert (await secrets.get(stored)).value is not None
+
+        never = "01JZZZZZZZZZZZZZZZZZZZZZZZ"
+        first = await secrets.put(never, b'{"token": "first"}')
+        again = await secrets.put(never, b'{"token": "again"}')  # a retried submit's
+        assert not await router.settle_secret(never, first)
+        assert (await secrets.get(never)).value == b'{"token": "again"}'
+        assert await router.settle_secret(never, again)
+        with pytest.raises(nats.js.errors.KeyNotFoundError):
+            await secrets.get(never)
