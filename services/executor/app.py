@@ -127,9 +127,10 @@ class Executor:
 
     async def prepare(self) -> None:
         """Before the executor says it is ready: what dead executors left on this host is
-        dead (the kills wait for the processes to exit), and this one adopts what its own
-        jobs leave behind."""
+        dead (the kills wait for the processes to exit), the results a stopped one could
+        not store are stored, and this one adopts what its own jobs leave behind."""
         await asyncio.to_thread(records.reap_orphans, self.records)
+        await self.store_kept_terminals()
         self.subreaper = self.settings.adopt_orphans and adopted.become_subreaper()
         if self.settings.adopt_orphans and not self.subreaper:
             log.warning(
@@ -513,13 +514,17 @@ class Executor:
                     "job %s attempt %d was superseded; its output is dropped", job_id, attempt
                 )
                 return
+            except bus.UNAVAILABLE_ERRORS:
+                if not self.stopping.is_set():
+                    raise
+                log.warning("job %s: stopping while NATS is away; its last output is lost", job_id)
             finished_mono = time.monotonic()
 
             terminal = terminal_of(
                 job, result, proc, output, started_at, round(finished_mono - started_mono, 6)
             )
-            await self._store_terminal(terminal)
-            await self._settle(msg, job_id, tool)
+            if await self._store_terminal(terminal):
+                await self._settle(msg, job_id, tool)
         finally:
             self.running.pop(job_id, None)
             if proc is not None:
@@ -588,11 +593,12 @@ class Executor:
         else:
             await msg.nak(delay=0.1)
 
-    async def _store_terminal(self, terminal: Terminal) -> None:
+    async def _store_terminal(self, terminal: Terminal) -> bool:
         """Store a run's terminal however long NATS stays away or the stream stays full:
-        only this executor knows how the run ended. Give up only when the executor stops.
-        Another executor's terminal may get there first (it presumed us dead); the server
-        then refuses ours, and theirs stands."""
+        only this executor knows how the run ended. Another executor's terminal may get
+        there first (it presumed us dead); the server then refuses ours, and theirs stands.
+        If the executor must stop first, the terminal is kept on this host, and the next
+        executor started here stores it (``store_kept_terminals``); False then."""
         try:
             await bus.retry_until(
                 TERMINAL_TRY_S,
@@ -601,12 +607,56 @@ class Executor:
                 what=f"job {terminal.job_id}: its terminal",
                 full_pause_s=STREAM_FULL_RETRY_S,
             )
+        except bus.UNAVAILABLE_ERRORS as exc:  # only once the executor is stopping
+            path = records.keep_terminal(
+                self.records, terminal.job_id, msgspec.json.encode(terminal)
+            )
+            log.warning(
+                "job %s: its terminal cannot be stored before the executor stops (%r); "
+                "kept in %s for the next executor started on this host",
+                terminal.job_id,
+                exc,
+                path,
+            )
+            return False
         except nats.js.errors.APIError as exc:
-            if bus.is_stream_full(exc) or not bus.is_wrong_last_sequence(exc):
+            if not bus.is_wrong_last_sequence(exc):
                 raise
             log.warning(
                 "job %s already had a terminal; this attempt was superseded", terminal.job_id
             )
+        return True
+
+    async def store_kept_terminals(self) -> None:
+        """Store the terminals that an executor before this one kept on this host because
+        it had to stop while NATS was away: the run's real end, where the job would
+        otherwise end ``lost``. One whose job has ended since, or has been run again by a
+        newer attempt, is dropped; one that cannot be stored now waits for the next start."""
+        for path, data in records.kept_terminals(self.records):
+            try:
+                terminal = msgspec.json.decode(data, type=Terminal)
+                outcome = await self._store_kept(terminal)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                outcome = "unreadable, dropped"
+            except bus.UNAVAILABLE_ERRORS as exc:
+                log.warning("cannot store the kept terminal %s yet (%r)", path, exc)
+                continue
+            log.warning("the terminal kept in %s: %s", path, outcome)
+            path.unlink(missing_ok=True)
+
+    async def _store_kept(self, terminal: Terminal) -> str:
+        for _ in range(5):
+            last = await bus.last_event(self.js, terminal.job_id)
+            if last is None or isinstance(last[1], Terminal):
+                return "the job has ended since; dropped"
+            started = await bus.last_event(self.js, terminal.job_id, "started")
+            if started is None or getattr(started[1], "attempt", None) != terminal.attempt:
+                return "a newer attempt has run the job since; dropped"
+            if await bus.publish_if_newest(
+                self.js, terminal, 0, last[0], self.settings.request_timeout_s
+            ):
+                return "stored"
+        return "the job's events kept changing; dropped"
 
     async def _wait_holding(self, msg: Msg, seconds: float, hold: Ownership) -> None:
         """Wait ``seconds`` (a retry's backoff), or until the executor stops, keeping the
@@ -811,4 +861,4 @@ async def run_executor(
             task.cancel()
         await service.stop()
     finally:
-        await nc.drain()
+        await bus.disconnect(nc)

@@ -3,6 +3,8 @@
 A record is written when a job's process starts and removed when it is reaped. An
 executor killed with SIGKILL leaves its records behind; the next executor started
 on the same host with the same data dir reads them and kills the orphaned groups.
+Beside them (``ended``) wait the terminals an executor could not store before it
+stopped; the next one stores them.
 
 Records describe running processes, so they live as long as processes do: in a
 RAM-backed runtime dir (``$XDG_RUNTIME_DIR`` or ``/dev/shm``), gone at reboot with
@@ -72,6 +74,27 @@ def write(directory: Path, job_id: str, pid: int) -> Path:
     record = directory / job_id
     record.write_text(json.dumps({"job_id": job_id, "pid": pid, "executor_pid": os.getpid()}))
     return record
+
+
+def keep_terminal(directory: Path, job_id: str, data: bytes) -> Path:
+    """Keep a run's terminal that could not be stored before the executor stopped (NATS
+    away), beside the records: the next executor started on this host stores it. Written
+    whole (a temp file renamed) so a crash never leaves half of one."""
+    ended = directory.parent / "ended"
+    ended.mkdir(mode=0o700, exist_ok=True)
+    path = ended / job_id
+    partial = ended / f".{job_id}.partial"
+    partial.write_bytes(data)
+    os.replace(partial, path)
+    return path
+
+
+def kept_terminals(directory: Path) -> list[tuple[Path, bytes]]:
+    """The terminals ``keep_terminal`` kept, oldest job first."""
+    ended = directory.parent / "ended"
+    if not ended.is_dir():
+        return []
+    return [(p, p.read_bytes()) for p in sorted(ended.iterdir()) if not p.name.startswith(".")]
 
 
 def reap_orphans(directory: Path, wait_s: float = 5.0) -> list[str]:

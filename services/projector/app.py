@@ -467,7 +467,7 @@ async def run_projector(
             reporter.cancel()
         await service.stop()
     finally:
-        await nc.drain()
+        await bus.disconnect(nc)
         store.close()
 
 

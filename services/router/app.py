@@ -259,4 +259,4 @@ async def run_router(
             await stop.wait()
         await service.stop()
     finally:
-        await nc.drain()
+        await bus.disconnect(nc)

@@ -20,6 +20,7 @@ import msgspec
 import nats
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -130,6 +131,16 @@ async def connect(settings: Settings, name: str, *, service: str = "", **options
     nc = RawClient()
     await nc.connect(**kwargs)
     return nc
+
+
+async def disconnect(nc: Client) -> None:
+    """Drain the connection (what was published goes out, subscriptions end cleanly), or
+    just close it when it cannot drain: a service stopped while NATS is away (drain
+    refuses to run on a reconnecting connection) must still exit."""
+    try:
+        await nc.drain()
+    except (nats.errors.ConnectionReconnectingError, nats.errors.ConnectionClosedError):
+        await nc.close()
 
 
 def stream_config(ss: StreamSettings) -> StreamConfig:

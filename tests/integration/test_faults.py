@@ -195,6 +195,51 @@ async def test_a_job_that_ends_while_its_executor_is_cut_off_keeps_its_result(
         await late_job_across_a_cut(d, proxy, params, cut_from, retried_past_a_window)
 
 
+@pytest.mark.parametrize(
+    ("params", "cut_from", "kinds"),
+    [
+        # its line is stored, then it ends silently during the cut
+        ({"quiet": 0, "seconds": 0.5}, "log", ["queued", "started", "log", "terminal"]),
+        # it prints its line during the cut: the line is lost with the executor, its
+        # count in the terminal is not
+        ({"quiet": 0.5, "seconds": 0}, "started", ["queued", "started", "terminal"]),
+    ],
+)
+async def test_a_result_an_executor_stopped_while_cut_off_is_stored_by_the_next_one(
+    fresh_server: NatsServer,
+    ssot: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    params: dict[str, float],
+    cut_from: str,
+    kinds: list[str],
+) -> None:
+    """The job ends while its executor is cut off, and the executor is stopped before
+    NATS is back: it keeps the terminal on the host, and the next executor started
+    there stores it. Without that the job would end ``lost`` on its next delivery."""
+    monkeypatch.setattr(executor_app, "TERMINAL_TRY_S", 0.3)
+    monkeypatch.setattr(publisher, "REPUBLISH_TRY_S", 0.3)
+    async with executor_behind_a_cut(fresh_server, ssot, tmp_path) as (proxy, d):
+        job_id = await d.submit("test.late", params)
+        await d.until_kind(job_id, cut_from)
+        proxy.cut()
+        await wait_until(
+            lambda: any("cannot be stored yet" in r.getMessage() for r in caplog.records),
+            20,
+            "the executor retrying what the job left",
+        )
+        await d.stop_service("executor")
+        assert any("kept in" in r.getMessage() for r in caplog.records)
+        proxy.restore()
+        await d.start_service("executor", nats_url=proxy.url)
+        events = await d.events(job_id, timeout=20)
+    term = terminal_of(events)
+    assert term.state == "succeeded" and term.exit_code == 0 and term.attempt == 1, term
+    assert term.lines.stdout == 1
+    assert [e.kind for e in events] == kinds
+
+
 async def test_output_sent_while_the_executor_was_cut_off_is_all_stored_in_good_time(
     fresh_server: NatsServer, ssot: Path, tmp_path: Path
 ) -> None:

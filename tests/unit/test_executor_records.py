@@ -67,3 +67,13 @@ def test_reaping_kills_only_groups_that_carry_their_jobs_mark(tmp_path: Path) ->
         for proc in (marked, unmarked):
             proc.kill()
             proc.wait()
+
+
+def test_kept_terminals_are_private_whole_and_only_those(tmp_path: Path) -> None:
+    running = records.records_dir(tmp_path / "data", {"XDG_RUNTIME_DIR": str(tmp_path / "run")})
+    assert records.kept_terminals(running) == []
+    path = records.keep_terminal(running, "01JOBA", b'{"kind":"terminal"}')
+    (path.parent / ".01JOBB.partial").write_bytes(b'{"kin')  # a crash while writing
+    assert records.kept_terminals(running) == [(path, b'{"kind":"terminal"}')]
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    assert list(running.iterdir()) == []  # not taken for a running job's record
