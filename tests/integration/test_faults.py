@@ -44,6 +44,14 @@ def executor_behind_a_cut(
     return behind_a_cut(server, ssot, tmp_path, "executor", ack_wait_s)
 
 
+@pytest.fixture
+def short_retry_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The executor's windows for storing a run's last events and its terminal, short:
+    a test can see it retry past one."""
+    monkeypatch.setattr(executor_app, "TERMINAL_TRY_S", 0.3)
+    monkeypatch.setattr(publisher, "REPUBLISH_TRY_S", 0.3)
+
+
 async def late_job_across_a_cut(
     d: Domed,
     proxy: CutProxy,
@@ -169,11 +177,11 @@ async def test_a_job_outlives_its_executor_being_cut_off_for_longer_than_ack_wai
         ({"quiet": 0.5, "seconds": 0}, "started", ".log.1-0 cannot be stored yet"),
     ],
 )
+@pytest.mark.usefixtures("short_retry_windows")
 async def test_a_job_that_ends_while_its_executor_is_cut_off_keeps_its_result(
     fresh_server: NatsServer,
     ssot: Path,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     params: dict[str, float],
     cut_from: str,
@@ -181,8 +189,6 @@ async def test_a_job_that_ends_while_its_executor_is_cut_off_keeps_its_result(
 ) -> None:
     """Only the executor knows what the run printed and how it ended: it keeps trying to
     store them, window after window, until NATS is back (here the windows are short)."""
-    monkeypatch.setattr(executor_app, "TERMINAL_TRY_S", 0.3)
-    monkeypatch.setattr(publisher, "REPUBLISH_TRY_S", 0.3)
 
     async def retried_past_a_window(_: str) -> None:
         await wait_until(
@@ -205,11 +211,11 @@ async def test_a_job_that_ends_while_its_executor_is_cut_off_keeps_its_result(
         ({"quiet": 0.5, "seconds": 0}, "started", ["queued", "started", "terminal"]),
     ],
 )
+@pytest.mark.usefixtures("short_retry_windows")
 async def test_a_result_an_executor_stopped_while_cut_off_is_stored_by_the_next_one(
     fresh_server: NatsServer,
     ssot: Path,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     params: dict[str, float],
     cut_from: str,
@@ -218,8 +224,6 @@ async def test_a_result_an_executor_stopped_while_cut_off_is_stored_by_the_next_
     """The job ends while its executor is cut off, and the executor is stopped before
     NATS is back: it keeps the terminal on the host, and the next executor started
     there stores it. Without that the job would end ``lost`` on its next delivery."""
-    monkeypatch.setattr(executor_app, "TERMINAL_TRY_S", 0.3)
-    monkeypatch.setattr(publisher, "REPUBLISH_TRY_S", 0.3)
     async with executor_behind_a_cut(fresh_server, ssot, tmp_path) as (proxy, d):
         job_id = await d.submit("test.late", params)
         await d.until_kind(job_id, cut_from)
