@@ -197,7 +197,7 @@ class Executor:
         (see ``core.CancelWatch``); called at start and after each reconnect. After a
         reconnect, also stop the running jobs whose cancel came while we were cut off."""
         try:
-            await self.nc.flush()
+            await bus.subscriptions_sent(self.nc)
             info = await bus.retry_until(
                 30, lambda: self.js.stream_info(subjects.STREAM), pause_s=0.5
             )

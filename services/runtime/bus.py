@@ -133,6 +133,20 @@ async def connect(settings: Settings, name: str, *, service: str = "", **options
     return nc
 
 
+async def subscriptions_sent(nc: Client) -> None:
+    """Return once the server has every subscription this connection made.
+
+    ``nc.flush()`` alone does not do it in nats-py 2.16: its PING goes straight to the
+    socket while new subscriptions wait in a buffer for the flusher task, so its PONG can
+    come back before the server has seen them (measured: a request right after a
+    projector said "ready" found no responders in about one restart in eight). By the
+    time a first round trip ends the flusher has written them, so a second PING follows
+    them.
+    """
+    await nc.flush()
+    await nc.flush()
+
+
 async def disconnect(nc: Client) -> None:
     """Drain the connection (what was published goes out, subscriptions end cleanly), or
     just close it when it cannot drain: a service stopped while NATS is away (drain

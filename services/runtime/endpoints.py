@@ -20,6 +20,7 @@ from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER, Request
 from nats.micro.service import Service
 
 from contracts.errors import DomedError, ErrorCode
+from services.runtime import bus
 
 log = logging.getLogger("domed.endpoints")
 
@@ -120,5 +121,5 @@ async def serve(
         stats: list[Any] = []
         await service.add_endpoint(name=ep.name, subject=ep.subject, handler=_wrap(ep, stats))
         stats.extend(e for e in service._endpoints if e._subject == ep.subject)
-    await nc.flush()  # the server has our subscriptions before anyone is told we are ready
+    await bus.subscriptions_sent(nc)  # before anyone is told we are ready
     return service

@@ -181,6 +181,23 @@ async def test_projector_killed_mid_burst_neither_skips_nor_double_counts(
             proj2.kill()
 
 
+async def test_a_projector_that_says_it_is_ready_answers_at_once(
+    fresh_server: NatsServer, ssot: Path, tmp_path: Path
+) -> None:
+    """ "Ready" means its endpoints are subscribed on the server. A bare ``nc.flush()``
+    can return before nats-py has even sent the subscriptions (see
+    ``bus.subscriptions_sent``): then about one restart in eight answered its first
+    request with "no responders"."""
+    async with Domed.running(
+        fresh_server.url, ssot, tmp_path / "d", services=("router", "executor")
+    ) as d:
+        for _ in range(30):
+            await d.start_service("projector")
+            r = await d.request(subjects.JOBS_GET, {"job_id": "01JZZZZZZZZZZZZZZZZZZZZZZZ"})
+            assert r.error is not None and r.error["code"] == "unknown_job", r.data
+            await d.stop_service("projector")
+
+
 async def test_a_lost_stream_consumer_is_replaced_and_the_projection_goes_on(
     fresh_server: NatsServer, ssot: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
