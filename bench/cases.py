@@ -562,6 +562,8 @@ async def case_router(
             await msg.respond(msg.data)
 
         await responder.subscribe("bench.echo", cb=echo)
+        # Twice: nats-py's first PING can overtake the SUB (services/runtime/bus.py).
+        await responder.flush()
         await responder.flush()
         results: dict[str, LoopResult] = {}
         for label, subject in (("echo", "bench.echo"), ("router", subjects.SUBMIT)):
