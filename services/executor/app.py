@@ -650,7 +650,12 @@ class Executor:
             if last is None or isinstance(last[1], Terminal):
                 return "the job has ended since; dropped"
             started = await bus.last_event(self.js, terminal.job_id, "started")
-            if started is None or getattr(started[1], "attempt", None) != terminal.attempt:
+            ours = (
+                started is not None
+                and isinstance(started[1], Started)
+                and started[1].attempt == terminal.attempt
+            )
+            if not ours:
                 return "a newer attempt has run the job since; dropped"
             if await bus.publish_if_newest(
                 self.js, terminal, 0, last[0], self.settings.request_timeout_s
@@ -665,25 +670,23 @@ class Executor:
         same retry."""
         end = time.monotonic() + seconds
         while (beat := time.monotonic()) < end and not self.stopping.is_set():
-            confirmed = await self._confirm_progress(msg, self.heartbeat_s / 3)
-            if confirmed is not None:
-                hold.progress_confirmed(*confirmed)
+            await self._confirm_progress(msg, hold, self.heartbeat_s / 3)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     self.stopping.wait(),
                     max(0.0, min(end, beat + self.heartbeat_s) - time.monotonic()),
                 )
 
-    async def _confirm_progress(self, msg: Msg, timeout_s: float) -> tuple[float, float] | None:
+    async def _confirm_progress(self, msg: Msg, hold: Ownership, timeout_s: float) -> None:
         """An in-progress ack sent as a request: the consumer answers once it has reset the
-        delivery's timer. Returns when it was sent and when answered (monotonic), or None
-        without an answer (it may still have landed)."""
+        delivery's timer, and the answer extends ``hold``. Without an answer the hold stays
+        as it was (the ack may still have landed)."""
         sent = time.monotonic()
         try:
             await self.nc.request(msg.reply, b"+WPI", timeout=timeout_s)
         except Exception:
-            return None
-        return sent, time.monotonic()
+            return
+        hold.progress_confirmed(sent, time.monotonic())
 
     async def _kill_escaped(self, job_id: str) -> None:
         """Kill the job's processes that left its process group (see adopted.py)."""
@@ -708,9 +711,7 @@ class Executor:
         bound = self.heartbeat_s / 3
         while True:
             beat = time.monotonic()
-            confirmed = await self._confirm_progress(msg, bound)
-            if confirmed is not None:
-                ownership.progress_confirmed(*confirmed)
+            await self._confirm_progress(msg, ownership, bound)
             if slot is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(slots.keep(self.slots_kv, slot), bound)

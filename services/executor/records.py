@@ -76,11 +76,16 @@ def write(directory: Path, job_id: str, pid: int) -> Path:
     return record
 
 
+def _ended_dir(directory: Path) -> Path:
+    """Where kept terminals wait: beside the records dir, as private as it is."""
+    return directory.parent / "ended"
+
+
 def keep_terminal(directory: Path, job_id: str, data: bytes) -> Path:
     """Keep a run's terminal that could not be stored before the executor stopped (NATS
     away), beside the records: the next executor started on this host stores it. Written
     whole (a temp file renamed) so a crash never leaves half of one."""
-    ended = directory.parent / "ended"
+    ended = _ended_dir(directory)
     ended.mkdir(mode=0o700, exist_ok=True)
     path = ended / job_id
     partial = ended / f".{job_id}.partial"
@@ -91,7 +96,7 @@ def keep_terminal(directory: Path, job_id: str, data: bytes) -> Path:
 
 def kept_terminals(directory: Path) -> list[tuple[Path, bytes]]:
     """The terminals ``keep_terminal`` kept, oldest job first."""
-    ended = directory.parent / "ended"
+    ended = _ended_dir(directory)
     if not ended.is_dir():
         return []
     return [(p, p.read_bytes()) for p in sorted(ended.iterdir()) if not p.name.startswith(".")]

@@ -2,9 +2,9 @@
 
 It reads ``DOMED_JOBS`` from its checkpoint with an ordered consumer that hands each
 event over raw (``services.runtime.ordered``: nats-py's own ordered consumer costs more
-per message than the whole fold), folds each event into job state (``fold.apply``), and commits dirty rows plus the checkpoint
-in one SQLite transaction every ``COMMIT_S`` (batching is what makes a rebuild
-fast: PERFORMANCE.md). After each commit it mirrors the changed jobs into the KV
+per message than the whole fold), folds each event into job state (``fold.apply``),
+and commits dirty rows plus the checkpoint in one SQLite transaction every
+``COMMIT_S`` (batching is what makes a rebuild fast: PERFORMANCE.md). After each commit it mirrors the changed jobs into the KV
 bucket ``domed-jobs``; a KV position is kept too, so a restart repairs a KV that
 lagged behind the store.
 """
