@@ -75,14 +75,25 @@ class _RawParser(Parser):
         buf = self.buf
         buf.extend(data)
         readers = self.nc._raw_readers
+        if not readers or self.state != AWAITING_CONTROL_LINE or not buf.startswith(b"HMSG "):
+            if buf:
+                await super().parse()
+            return
+        if not _front_frame_whole(buf):
+            return  # a big message arrives in many reads: copy it once it is all here
+        # One copy of the buffer, so that every slice below is the bytes handed on, and
+        # one cut of the buffer at the end instead of one per frame.
+        view = bytes(buf)
+        size = len(view)
+        pos = 0
         frames = 0
         whole = True  # False: the frame in front is a raw reader's, not all here yet
-        while readers and self.state == AWAITING_CONTROL_LINE and buf.startswith(b"HMSG "):
-            eol = buf.find(b"\r\n")
+        while view.startswith(b"HMSG ", pos):
+            eol = view.find(b"\r\n", pos)
             if eol < 0:
                 whole = False
                 break
-            args = buf[5:eol].split()
+            args = view[pos + 5 : eol].split()
             if len(args) != 5:  # no reply subject: not a delivery
                 break
             reader = readers.get(int(args[1]))
@@ -90,22 +101,30 @@ class _RawParser(Parser):
                 break
             start = eol + 2
             end = start + int(args[4])
-            if len(buf) < end + 2:
+            if size < end + 2:
                 whole = False
                 break
             frames += 1
+            pos = end + 2
             header_end = start + int(args[3])
-            if buf[start + _STATUS_AT] == _SPACE:
-                headers = bytes(buf[start:header_end])
-                del buf[: end + 2]
-                await reader.control(bytes(args[2]), headers)
+            if view[start + _STATUS_AT] == _SPACE:
+                await reader.control(args[2], view[start:header_end])
             else:
-                payload = bytes(buf[header_end:end])
-                del buf[: end + 2]
-                reader.deliver(bytes(args[0]), bytes(args[2]), payload)
+                reader.deliver(args[0], args[2], view[header_end:end])
+        del buf[:pos]
         self.nc.stats["in_msgs"] += frames
         if whole and buf:
             await super().parse()
+
+
+def _front_frame_whole(buf: bytearray) -> bool:
+    """Whether the ``HMSG`` frame at the front of ``buf`` is all there (True when it is
+    not one a raw reader takes: nats-py's parser has the say on it)."""
+    eol = buf.find(b"\r\n")
+    if eol < 0:
+        return False
+    args = buf[5:eol].split()
+    return len(args) != 5 or len(buf) >= eol + 4 + int(args[4])
 
 
 def delivery_seqs(reply: bytes) -> tuple[int, int]:

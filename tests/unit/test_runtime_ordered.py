@@ -88,6 +88,8 @@ async def test_the_parser_shortcut_hands_over_every_frame_whole_and_in_order(chu
             fc = b"NATS/1.0 100 FlowControl Request\r\n\r\n"
             wire += _frame(7, b"_INBOX.x", b"$JS.FC.S.c.1", fc, b"")
             expected.append(("control", b"$JS.FC.S.c.1", fc))
+        if n == 15:
+            wire += b"+OK\r\n"  # not a delivery: nats-py's parser reads it, then ours goes on
         if n == 20:
             hb = b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: 21\r\n\r\n"
             wire += _frame(7, b"_INBOX.x", b"", hb, b"")
