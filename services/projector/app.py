@@ -107,6 +107,8 @@ class Projector:
     def on_event(self, subject: bytes, seq: int, data: bytes) -> None:
         if seq <= self.applied_seq:
             return
+        if seq == self.catch_up_to:  # caught up: the store says so now, not a window later
+            self.wake.set()
         try:
             job_id = subjects.job_of_event_subject(subject)
             event = decode_event(data)
