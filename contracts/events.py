@@ -127,13 +127,12 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-_decoder = msgspec.json.Decoder(Event)
 _encoder = msgspec.json.Encoder()
 
-
-def decode_event(data: bytes) -> Event:
-    """Decode one stored event payload; raises msgspec.ValidationError on a bad one."""
-    return _decoder.decode(data)
+# Decode one stored event payload (bytes); raises msgspec.ValidationError on a bad one.
+# The decoder's own method, not a function around it: a projector rebuild calls it once
+# per event, and the extra Python frame cost 5% of the decode.
+decode_event = msgspec.json.Decoder(Event).decode
 
 
 def encode_event(event: Event) -> bytes:

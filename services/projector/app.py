@@ -26,6 +26,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
 from contracts import subjects
+from contracts.subjects import job_of_event_subject
 from contracts.api import (
     JobsEventsReply,
     JobsEventsRequest,
@@ -110,7 +111,7 @@ class Projector:
         if seq == self.catch_up_to:  # caught up: the store says so now, not a window later
             self.wake.set()
         try:
-            job_id = subjects.job_of_event_subject(subject)
+            job_id = job_of_event_subject(subject)
             event = decode_event(data)
         except (ValueError, msgspec.ValidationError, msgspec.DecodeError):
             log.warning("skipping undecodable event at seq %d on %r", seq, subject)
