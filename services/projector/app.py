@@ -86,7 +86,7 @@ class Projector:
         self.committed_seq = seq
         self.kv_seq = kv_seq
         self.cache: dict[str, JobState] = {}  # live jobs, oldest first, at most CACHE_MAX
-        self.dirty: dict[str, JobState] = {}
+        self.dirty: dict[str, JobState] = {}  # changed since the last commit (newer than cache)
         self.skipped = 0
         self.events_applied = 0
         self.wake = asyncio.Event()
@@ -118,7 +118,7 @@ class Projector:
             self.applied_seq = seq
             self.skipped += 1
             return
-        before = self.cache.get(job_id) or self.dirty.get(job_id)
+        before = self.dirty.get(job_id) or self.cache.get(job_id)
         # A job's first event, when the store started empty: the store cannot know the job.
         if before is None and not (self.fresh_store and isinstance(event, Queued)):
             before = self.store.get(job_id)
@@ -128,9 +128,6 @@ class Projector:
         if after is None:
             self.skipped += 1
         elif after is not before:
-            self.cache[job_id] = after
-            if len(self.cache) > CACHE_MAX:  # a backlog of queued jobs must not fill memory
-                self.cache.pop(next(iter(self.cache)))
             self.dirty[job_id] = after
             if len(self.dirty) >= COMMIT_MAX_DIRTY:
                 self.wake.set()
@@ -206,9 +203,7 @@ class Projector:
             self.committed_seq = self.applied_seq
             if self.caught_up_at is None and self.committed_seq >= self.catch_up_to:
                 self.caught_up_at = time.monotonic()
-            for state in dirty:  # keep only live jobs in memory; finished ones are in the store
-                if state.state in TERMINAL_STATES:
-                    self.cache.pop(state.job_id, None)
+            self._keep_live(dirty)
             async with self.committed:
                 self.committed.notify_all()
             if self.kv_seq < self.catch_up_to:
@@ -218,6 +213,18 @@ class Projector:
             else:
                 self.kv_pending.update((s.job_id, s) for s in dirty)
         await self.mirror_pending(final)
+
+    def _keep_live(self, committed: list[JobState]) -> None:
+        """Keep the live jobs just committed in memory (the next event of a job is
+        most likely one of theirs); finished ones are read from the store if ever needed."""
+        cache = self.cache
+        for state in committed:
+            if state.state in TERMINAL_STATES:
+                cache.pop(state.job_id, None)
+            else:
+                cache[state.job_id] = state
+        while len(cache) > CACHE_MAX:  # a backlog of queued jobs must not fill memory
+            cache.pop(next(iter(cache)))
 
     async def mirror_pending(self, final: bool = False) -> None:
         """Mirror changed jobs into the KV at most every ``KV_MIRROR_S``: a short job's

@@ -73,17 +73,22 @@ class _RawParser(Parser):
 
     async def parse(self, data: bytes = b"") -> None:
         buf = self.buf
-        buf.extend(data)
         readers = self.nc._raw_readers
-        if not readers or self.state != AWAITING_CONTROL_LINE or not buf.startswith(b"HMSG "):
+        if not readers or self.state != AWAITING_CONTROL_LINE:
+            buf.extend(data)
             if buf:
                 await super().parse()
             return
-        if not _front_frame_whole(buf):
-            return  # a big message arrives in many reads: copy it once it is all here
-        # One copy of the buffer, so that every slice below is the bytes handed on, and
-        # one cut of the buffer at the end instead of one per frame.
-        view = bytes(buf)
+        # What the last read left, then this read: one copy at most (none when the last
+        # read ended on a frame's end), and every slice below is the bytes handed on.
+        view = bytes(buf) + data if buf else bytes(data)
+        if not view.startswith(b"HMSG "):
+            buf.extend(data)
+            await super().parse()
+            return
+        if not _front_frame_whole(view):
+            buf.extend(data)  # a big message arrives in many reads: walk it once it is here
+            return
         size = len(view)
         pos = 0
         frames = 0
@@ -111,13 +116,13 @@ class _RawParser(Parser):
                 await reader.control(args[2], view[start:header_end])
             else:
                 reader.deliver(args[0], args[2], view[header_end:end])
-        del buf[:pos]
+        buf[:] = memoryview(view)[pos:]  # one cut at the end, not one per frame
         self.nc.stats["in_msgs"] += frames
         if whole and buf:
             await super().parse()
 
 
-def _front_frame_whole(buf: bytearray) -> bool:
+def _front_frame_whole(buf: bytes) -> bool:
     """Whether the ``HMSG`` frame at the front of ``buf`` is all there (True when it is
     not one a raw reader takes: nats-py's parser has the say on it)."""
     eol = buf.find(b"\r\n")
