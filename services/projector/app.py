@@ -26,7 +26,6 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
 from contracts import subjects
-from contracts.subjects import job_of_event_subject
 from contracts.api import (
     JobsEventsReply,
     JobsEventsRequest,
@@ -39,6 +38,7 @@ from contracts.api import (
 )
 from contracts.errors import DomedError, ErrorCode
 from contracts.events import TERMINAL_STATES, Queued, decode_event
+from contracts.subjects import job_of_event_subject
 from services.projector.fold import apply
 from services.projector.store import Store, decode_cursor, encode_cursor
 from services.runtime import bus
