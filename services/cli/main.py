@@ -229,8 +229,10 @@ class _RedactUrls(logging.Filter):
 def run_service(args: argparse.Namespace) -> int:
     from services.catalogue.loader import CatalogueError
     from services.runtime.bus import NotProvisionedError, ProvisioningError
+    from services.runtime.heap import keep_heap
     from services.runtime.lifecycle import configure_logging, run
 
+    keep_heap()
     settings = settings_from(args)
     configure_logging(f"domed-{args.command}")
     for handler in logging.getLogger().handlers:
