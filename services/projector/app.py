@@ -41,7 +41,7 @@ from contracts.events import TERMINAL_STATES, Queued, decode_event
 from contracts.subjects import job_of_event_subject
 from services.projector.fold import apply
 from services.projector.store import Store, decode_cursor, encode_cursor
-from services.runtime import bus
+from services.runtime import bus, directget
 from services.runtime.endpoints import Endpoint, serve
 from services.runtime.lifecycle import VERSION
 from services.runtime.ordered import OrderedReader, RawClient
@@ -102,6 +102,7 @@ class Projector:
         self.kv_caught_up = asyncio.Event()  # the KV mirror reached catch_up_to
         self.kv_repaired = 0  # jobs put into the KV by repairs
         self.kv_already_right = 0  # jobs a repair found right in the KV already
+        self.kv_readable = True  # False once the bucket refused a direct get
 
     # ---- reading the stream ---------------------------------------------------------------
 
@@ -308,28 +309,32 @@ class Projector:
 
     async def _match_kv_first(self, since: int) -> bool:
         """Read the KV and note the jobs changed after ``since`` that it already holds
-        right, when that is cheaper than putting them all; False if it did not read."""
+        right, when that is cheaper than putting them all; False if it did not read.
+
+        It reads by direct get, a page at a time: no consumer (the projector's user may
+        not create one on a KV stream) and flat memory however big the bucket is."""
         stale = self.store.count_changed_since(since)
-        if stale < REPAIR_READ_FIRST:
+        if stale < REPAIR_READ_FIRST or not self.kv_readable:
             return False
         status = await self.kv.status()
         if status.values > KV_READ_PER_PUT * stale:
             return False
         self.store.start_kv_match()
-        batch: list[tuple[str, bytes]] = []
-        watcher = await self.kv.watchall(ignore_deletes=True)
+        prefix = len(f"$KV.{subjects.KV_JOBS}.")
         try:
-            async for entry in watcher:
-                if entry is not None and entry.value is not None:
-                    batch.append((entry.key, entry.value))
-                if entry is None or len(batch) >= REPAIR_PAGE:  # None: the initial values are in
-                    self.kv_already_right += self.store.match_kv_values(batch)
-                    batch = []
-                if entry is None:
-                    break
-        finally:
-            with contextlib.suppress(Exception):
-                await watcher.stop()
+            async for page in directget.read_batches(
+                self.nc,
+                bus.kv_stream(subjects.KV_JOBS),
+                f"$KV.{subjects.KV_JOBS}.>",
+                batch=REPAIR_PAGE,
+                timeout_s=self.settings.request_timeout_s,
+            ):
+                values = [(m.subject[prefix:], m.data) for m in page if not m.removed]
+                self.kv_already_right += self.store.match_kv_values(values)
+        except directget.DirectGetError as exc:
+            log.warning("cannot read the KV bucket (%s); putting every job instead", exc)
+            self.kv_readable = False
+            return False
         return True
 
     # ---- endpoints ----------------------------------------------------------------------
@@ -453,7 +458,7 @@ async def run_projector(
     try:
         js = nc.jetstream(timeout=settings.request_timeout_s)
         await bus.ensure_stream(js, settings.stream)
-        kv = await bus.ensure_kv(js, subjects.KV_JOBS, settings.stream)
+        kv = await bus.ensure_kv(js, subjects.KV_JOBS, settings.stream, direct=True)
         projector = Projector(settings, nc, js, kv, store)
         projector.reconnected = reconnected
         await projector.read_stream_bounds()

@@ -14,6 +14,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import msgspec
@@ -256,14 +257,27 @@ async def ensure_stream(js: JetStreamContext, ss: StreamSettings) -> None:
 
 
 async def ensure_kv(
-    js: JetStreamContext, bucket: str, ss: StreamSettings, ttl_s: float = 0, history: int = 1
+    js: JetStreamContext,
+    bucket: str,
+    ss: StreamSettings,
+    ttl_s: float = 0,
+    history: int = 1,
+    direct: bool = False,
 ) -> KeyValue:
     """Open ``bucket``, creating it if missing; :class:`NotProvisionedError` if it is missing
-    and this user may not create it."""
+    and this user may not create it.
+
+    ``direct``: its values can be read by direct get (``services.runtime.directget``), which
+    needs no consumer. A bucket created without it gets it when this user may update it (a
+    provisioning run); otherwise a warning says so, and what would read it that way cannot."""
     try:
-        return await js.key_value(bucket)
+        kv = await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
         pass
+    else:
+        if direct:
+            await _allow_direct(js, bucket)
+        return kv
     try:
         return await js.create_key_value(
             KeyValueConfig(
@@ -272,6 +286,7 @@ async def ensure_kv(
                 ttl=ttl_s or None,
                 replicas=ss.replicas,
                 storage=StorageType.FILE,
+                direct=direct or None,
             )
         )
     except _REFUSED:
@@ -280,6 +295,25 @@ async def ensure_kv(
         ) from None
     except nats.js.errors.BadRequestError:
         return await js.key_value(bucket)
+
+
+async def _allow_direct(js: JetStreamContext, bucket: str) -> None:
+    info = await js.stream_info(kv_stream(bucket))
+    if info.config.allow_direct:
+        return
+    try:
+        await js.update_stream(replace(info.config, allow_direct=True))
+    except _REFUSED:
+        log.warning(
+            "KV bucket %s cannot be read by direct get, and this user may not allow it; %s",
+            bucket,
+            PROVISION_HINT,
+        )
+
+
+def kv_stream(bucket: str) -> str:
+    """The stream that holds a KV bucket."""
+    return f"KV_{bucket}"
 
 
 def executors_consumer_config(ss: StreamSettings) -> ConsumerConfig:

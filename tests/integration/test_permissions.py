@@ -777,6 +777,50 @@ async def test_each_service_is_refused_the_others_rights(
     assert await stored_count(admin) == before
 
 
+async def test_a_rebuilt_projector_repairs_the_kv_with_its_own_rights(
+    secured: SecuredServer,
+    admin: Client,
+    pipeline: Domed,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a rebuild the projector reads the KV first and puts only what differs: with
+    the projector's rights (no consumer on a KV stream), and no violation."""
+    from services.projector import app as projector_app
+
+    monkeypatch.setattr(projector_app, "REPAIR_READ_FIRST", 1)
+    watch = await Watch().start(pipeline.nc)
+    jobs = [await pipeline.submit("demo.echo", {"text": f"kv{i}"}) for i in range(4)]
+    for job_id in jobs:
+        await watch.projected(job_id)
+    await pipeline.stop_service("projector")  # its last commit mirrors everything
+    await watch.stop()
+    kv = await admin.jetstream().key_value(subjects.KV_JOBS)
+    before = {j: await kv.get(j) for j in jobs}
+    await kv.delete(jobs[0])
+    await kv.put(jobs[1], b'{"state": "garbage"}')
+    mark = secured.log_size()
+    await pipeline.start_service(
+        "projector",
+        nats_url=secured.user_url("projector"),
+        data_dir=tmp_path / "rebuilt",
+        rebuild=True,
+    )
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        after = {}
+        for j in jobs:
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                after[j] = await kv.get(j)
+        if all(j in after and after[j].value == before[j].value for j in jobs):
+            break
+        assert time.monotonic() < deadline, "the KV was not repaired"
+        await asyncio.sleep(0.05)
+    for j in jobs[2:]:
+        assert after[j].revision == before[j].revision, "a value already right was put again"
+    assert secured.violations(since=mark) == []
+
+
 async def test_the_projectors_consumer_right_cannot_write_events(
     secured: SecuredServer, admin: Client
 ) -> None:

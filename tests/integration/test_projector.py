@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 from pathlib import Path
@@ -15,6 +16,7 @@ from contracts.events import Log
 from services.projector import app as projector_app
 from services.projector.app import store_path
 from services.projector.store import Store
+from services.runtime import bus
 from services.runtime.natsserver import NatsServer
 from services.runtime.settings import Settings
 from tests.support import Domed, ServiceProcess, log_lines, terminal_of, wait_until
@@ -303,6 +305,45 @@ async def test_a_rebuild_puts_only_the_kv_values_that_differ(
         for j in jobs:
             assert after[j].value == before[j].value
         assert after[jobs[0]].revision > before[jobs[0]].revision
+
+
+async def test_a_bucket_that_cannot_be_read_back_is_repaired_by_putting_every_job(
+    fresh_server: NatsServer,
+    ssot: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bucket made before domed read it by direct get, with a projector whose user may
+    not allow that: the rebuild cannot read the KV first, and puts every job instead."""
+    monkeypatch.setattr(projector_app, "REPAIR_READ_FIRST", 1)
+    caplog.set_level(logging.INFO, logger="domed.projector")
+    async with Domed.running(fresh_server.url, ssot, tmp_path / "live") as d:
+        jobs = [(await d.run("demo.echo", {"text": f"n{i}"}))[0] for i in range(3)]
+        for job_id in jobs:
+            await d.projected(job_id)
+        await d.stop_service("projector")
+        js = d.nc.jetstream()
+        info = await js.stream_info(bus.kv_stream(subjects.KV_JOBS))
+        await js.update_stream(dataclasses.replace(info.config, allow_direct=False))
+        kv = await js.key_value(subjects.KV_JOBS)
+        before = {j: await kv.get(j) for j in jobs}
+        await kv.put(jobs[0], b'{"state": "garbage"}')
+
+        async def may_not_update(js: object, bucket: str) -> None:
+            return None
+
+        monkeypatch.setattr(bus, "_allow_direct", may_not_update)
+        await d.start_service("projector", data_dir=tmp_path / "rebuilt", rebuild=True)
+        await wait_until(
+            lambda: any("KV repaired" in r.getMessage() for r in caplog.records),
+            what="the KV repair after the rebuild",
+        )
+        assert any("putting every job instead" in r.getMessage() for r in caplog.records)
+        for j in jobs:
+            entry = await kv.get(j)
+            assert entry.value == before[j].value
+            assert entry.revision > before[j].revision  # put again: nothing was read first
 
 
 async def test_a_backlog_bigger_than_the_projectors_memory_is_projected_right(
