@@ -275,30 +275,45 @@ async def test_events_removed_by_retention_keep_projected_jobs_and_are_reported(
         assert (await d.projected(new))["state"] == "succeeded"
 
 
-async def test_a_rebuild_puts_only_the_kv_values_that_differ(
-    fresh_server: NatsServer,
-    ssot: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    # Read the KV first however few jobs there are (the bench covers the sizes).
+@pytest.fixture
+def read_kv_first(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> pytest.LogCaptureFixture:
+    """A rebuild reads the KV first however few jobs there are (the bench covers the
+    sizes); the projector's log is captured."""
     monkeypatch.setattr(projector_app, "REPAIR_READ_FIRST", 1)
     caplog.set_level(logging.INFO, logger="domed.projector")
+    return caplog
+
+
+async def _projected_then_stopped(d: Domed, n: int) -> list[str]:
+    jobs = [(await d.run("demo.echo", {"text": f"n{i}"}))[0] for i in range(n)]
+    for job_id in jobs:
+        await d.projected(job_id)
+    await d.stop_service("projector")  # its last commit mirrors everything
+    return jobs
+
+
+async def _rebuilt_and_kv_repaired(
+    d: Domed, data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    await d.start_service("projector", data_dir=data_dir, rebuild=True)
+    await wait_until(
+        lambda: any("KV repaired" in r.getMessage() for r in caplog.records),
+        what="the KV repair after the rebuild",
+    )
+
+
+async def test_a_rebuild_puts_only_the_kv_values_that_differ(
+    fresh_server: NatsServer, ssot: Path, tmp_path: Path, read_kv_first: pytest.LogCaptureFixture
+) -> None:
     async with Domed.running(fresh_server.url, ssot, tmp_path / "live") as d:
-        jobs = [(await d.run("demo.echo", {"text": f"n{i}"}))[0] for i in range(5)]
-        for job_id in jobs:
-            await d.projected(job_id)
-        await d.stop_service("projector")  # its last commit mirrors everything
+        jobs = await _projected_then_stopped(d, 5)
         kv = await d.nc.jetstream().key_value(subjects.KV_JOBS)
         before = {j: await kv.get(j) for j in jobs}
         await kv.delete(jobs[0])
         await kv.put(jobs[1], b'{"state": "garbage"}')
-        await d.start_service("projector", data_dir=tmp_path / "rebuilt", rebuild=True)
-        await wait_until(
-            lambda: any("KV repaired" in r.getMessage() for r in caplog.records),
-            what="the KV repair after the rebuild",
-        )
+        await _rebuilt_and_kv_repaired(d, tmp_path / "rebuilt", read_kv_first)
         after = {j: await kv.get(j) for j in jobs}
         for j in jobs[2:]:
             assert after[j].revision == before[j].revision, "a value already right was put again"
@@ -312,17 +327,12 @@ async def test_a_bucket_that_cannot_be_read_back_is_repaired_by_putting_every_jo
     ssot: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    read_kv_first: pytest.LogCaptureFixture,
 ) -> None:
     """A bucket made before domed read it by direct get, with a projector whose user may
     not allow that: the rebuild cannot read the KV first, and puts every job instead."""
-    monkeypatch.setattr(projector_app, "REPAIR_READ_FIRST", 1)
-    caplog.set_level(logging.INFO, logger="domed.projector")
     async with Domed.running(fresh_server.url, ssot, tmp_path / "live") as d:
-        jobs = [(await d.run("demo.echo", {"text": f"n{i}"}))[0] for i in range(3)]
-        for job_id in jobs:
-            await d.projected(job_id)
-        await d.stop_service("projector")
+        jobs = await _projected_then_stopped(d, 3)
         js = d.nc.jetstream()
         info = await js.stream_info(bus.kv_stream(subjects.KV_JOBS))
         await js.update_stream(dataclasses.replace(info.config, allow_direct=False))
@@ -334,12 +344,8 @@ async def test_a_bucket_that_cannot_be_read_back_is_repaired_by_putting_every_jo
             return None
 
         monkeypatch.setattr(bus, "_allow_direct", may_not_update)
-        await d.start_service("projector", data_dir=tmp_path / "rebuilt", rebuild=True)
-        await wait_until(
-            lambda: any("KV repaired" in r.getMessage() for r in caplog.records),
-            what="the KV repair after the rebuild",
-        )
-        assert any("putting every job instead" in r.getMessage() for r in caplog.records)
+        await _rebuilt_and_kv_repaired(d, tmp_path / "rebuilt", read_kv_first)
+        assert any("putting every job instead" in r.getMessage() for r in read_kv_first.records)
         for j in jobs:
             entry = await kv.get(j)
             assert entry.value == before[j].value
