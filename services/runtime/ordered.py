@@ -123,8 +123,8 @@ class _RawParser(Parser):
 
 
 def _front_frame_whole(buf: bytes) -> bool:
-    """Whether the ``HMSG`` frame at the front of ``buf`` is all there (True when it is
-    not one a raw reader takes: nats-py's parser has the say on it)."""
+    """Whether the ``HMSG`` frame at the front of ``buf`` is all there; True as well when
+    its control line is not a delivery's (no reply subject), which nats-py's parser reads."""
     eol = buf.find(b"\r\n")
     if eol < 0:
         return False
