@@ -8,10 +8,12 @@ else; read a batch at a time, the memory it takes stays flat however big the str
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -77,7 +79,8 @@ async def read_batches(
                 return
             seq = page[-1].seq + 1
     finally:
-        await sub.unsubscribe()
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
 
 
 def _stored(msg: Msg) -> Stored:

@@ -11,8 +11,9 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import KeyValueConfig
 
-from services.runtime import directget
+from services.runtime import bus, directget
 from services.runtime.natsserver import NatsServer
+from services.runtime.settings import StreamSettings
 
 _names = itertools.count(1)
 
@@ -68,4 +69,15 @@ async def test_a_bucket_without_direct_get_says_so(nc: Client) -> None:
     await kv.put("k", b"v")
     with pytest.raises(directget.DirectGetError, match="503"):
         await read_all(nc, bucket, batch=10)
+    await js.delete_key_value(bucket)
+
+
+async def test_a_bucket_made_without_direct_get_gets_it_when_opened_for_it(nc: Client) -> None:
+    bucket = f"dg-{next(_names)}"
+    js = nc.jetstream()
+    kv = await js.create_key_value(KeyValueConfig(bucket=bucket))
+    await kv.put("k", b"v")
+    await bus.ensure_kv(js, bucket, StreamSettings(), direct=True)
+    pages = await read_all(nc, bucket, batch=10)
+    assert [(m.subject, m.data) for p in pages for m in p] == [(f"$KV.{bucket}.k", b"v")]
     await js.delete_key_value(bucket)
