@@ -58,7 +58,8 @@ async def read_batches(
             page: list[Stored] = []
             while True:
                 msg = await sub.next_msg(timeout=timeout_s)
-                status = (msg.headers or {}).get(_STATUS)
+                headers = msg.headers or {}
+                status = headers.get(_STATUS)
                 if status is None:
                     page.append(_stored(msg))
                 elif status == "404":  # nothing (more) from seq on
@@ -66,15 +67,14 @@ async def read_batches(
                         yield page
                     return
                 elif status == "204":  # end of this batch
+                    left = headers.get("Nats-Num-Pending")
                     break
                 elif status == "503":
                     raise DirectGetError(f"{stream} does not answer direct gets (503)")
                 else:
-                    raise DirectGetError(f"direct get of {stream}: {status} {msg.headers}")
+                    raise DirectGetError(f"direct get of {stream}: {status} {headers}")
             if page:
                 yield page
-            assert msg.headers is not None
-            left = msg.headers.get("Nats-Num-Pending")
             if not page or (left is not None and int(left) == 0):
                 return
             seq = page[-1].seq + 1
