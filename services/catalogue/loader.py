@@ -16,24 +16,9 @@ import yaml
 from pydantic import ValidationError
 
 from contracts.manifest import Manifest, cross_field_problems
+from services.catalogue.problems import CatalogueError, Problem
 
-
-@dataclass(frozen=True)
-class Problem:
-    file: str
-    field: str
-    reason: str
-    line: int | None = None
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.field or '<file>'}: {self.reason}"
-
-
-class CatalogueError(Exception):
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
+__all__ = ["CatalogueError", "Problem", "Tool", "load_catalogue", "load_file"]
 
 
 @dataclass(frozen=True)

@@ -227,7 +227,7 @@ class _RedactUrls(logging.Filter):
 
 
 def run_service(args: argparse.Namespace) -> int:
-    from services.catalogue.loader import CatalogueError
+    from services.catalogue.problems import CatalogueError
     from services.runtime.bus import NotProvisionedError, ProvisioningError
     from services.runtime.heap import keep_heap
     from services.runtime.lifecycle import configure_logging, run
