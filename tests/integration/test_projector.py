@@ -367,3 +367,20 @@ async def test_a_backlog_bigger_than_the_projectors_memory_is_projected_right(
             state = await d.projected(job_id)
             assert state["state"] == "succeeded" and state["lines"] == {"stdout": 1, "stderr": 0}
             assert state == {**await d.kv_value(job_id), "projected_seq": state["projected_seq"]}
+
+
+async def test_a_running_projector_has_not_loaded_the_catalogues_libraries(
+    nats_server: NatsServer, ssot: Path, tmp_path: Path
+) -> None:
+    """The projector never reads a manifest; jsonschema, pydantic and yaml would cost it
+    about 11 MB of its 60 MB (#5)."""
+    proj = ServiceProcess("projector", nats_server.url, ssot, tmp_path / "p").start()
+    try:
+        await proj.wait_ready()
+        assert proj.proc is not None
+        maps = Path(f"/proc/{proj.proc.pid}/maps").read_text()
+        for library in ("pydantic_core", "rpds", "_yaml"):
+            assert library not in maps, f"the projector loaded {library}"
+    finally:
+        proj.signal(signal.SIGTERM)
+        proj.wait()
