@@ -49,13 +49,14 @@ class RawClient(Client):
 
     def __init__(self) -> None:
         super().__init__()
-        self._raw_readers: dict[int, OrderedReader] = {}
+        # by subscription id, as the wire spells it (the parser then needs no int())
+        self._raw_readers: dict[bytes, OrderedReader] = {}
         self._ps = _RawParser(self)
 
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
     ) -> None:
-        reader = self._raw_readers.get(sid)
+        reader = self._raw_readers.get(b"%d" % sid) if self._raw_readers else None
         if reader is None:
             await super()._process_msg(sid, subject, reply, data, headers)
         elif headers and len(headers) > _STATUS_AT and headers[_STATUS_AT] == _SPACE:
@@ -104,7 +105,7 @@ class _RawParser(Parser):
             args = view[pos + 5 : eol].split()
             if len(args) != 5:  # no reply subject: not a delivery
                 break
-            reader = readers.get(int(args[1]))
+            reader = readers.get(args[1])
             if reader is None:
                 break
             start = eol + 2
@@ -206,7 +207,7 @@ class OrderedReader:
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
         self._sub = sub
-        self.nc._raw_readers[sub._id] = self
+        self.nc._raw_readers[b"%d" % sub._id] = self
         config = ConsumerConfig(
             deliver_subject=inbox,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
@@ -227,7 +228,7 @@ class OrderedReader:
         interest (the services' users may not delete consumers: deploy/nats)."""
         sub, self._sub = self._sub, None
         if sub is not None:
-            self.nc._raw_readers.pop(sub._id, None)
+            self.nc._raw_readers.pop(b"%d" % sub._id, None)
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
@@ -247,7 +248,11 @@ class OrderedReader:
         if self.broken:
             return  # what follows a gap is read again after the restart
         try:
-            seq, dseq = delivery_seqs(reply)
+            tokens = reply.split(b".")
+            if len(tokens) == 9:  # the common form, without a call: see delivery_seqs
+                seq, dseq = int(tokens[5]), int(tokens[6])
+            else:
+                seq, dseq = delivery_seqs(reply)
         except ValueError:
             log.warning("a delivery without JetStream metadata on %r; restarting", subject)
             self.broken = True

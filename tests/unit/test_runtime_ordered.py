@@ -76,7 +76,7 @@ async def test_the_parser_shortcut_hands_over_every_frame_whole_and_in_order(chu
     subject, so nats-py's own parser reads it), cut into reads of any size."""
     nc = RawClient()
     recorder = _Recorder()
-    nc._raw_readers[7] = recorder  # type: ignore[assignment]
+    nc._raw_readers[b"7"] = recorder  # type: ignore[assignment]
     msg_id = b"NATS/1.0\r\nNats-Msg-Id: j.log.1-%d\r\n\r\n"
     wire = b""
     expected: list[tuple[str, bytes, bytes]] = []
