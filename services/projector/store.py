@@ -47,7 +47,8 @@ INSERT OR IGNORE INTO position (id, seq, kv_seq, skipped) VALUES (1, 0, 0, 0);
 """
 
 
-WAL_CHECKPOINT_PAGES = 16384
+PAGE_SIZE = 16384
+WAL_CHECKPOINT_BYTES = 64 * 1024 * 1024
 
 _CURSOR_PREFIX = "jobs-before:"
 
@@ -75,14 +76,19 @@ class Store:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # A new store gets 16 KB pages: a job's row is about 600 bytes, so a page holds
+        # four times as many and a commit writes a quarter as many WAL frames (rebuild
+        # pairs: 2-3% faster). A store made before keeps its page size.
+        self.db.execute(f"PRAGMA page_size={PAGE_SIZE}")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         # Checkpoint the WAL every 64 MB, not every 4 MB (the default): a catch-up then
         # fsyncs a few times instead of every few hundred milliseconds, and a page
         # rewritten by many commits is copied once (a 200k-event rebuild: 161k -> 172k
         # events/s). The file is cut back to that size after each checkpoint.
-        self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
-        self.db.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_PAGES * 4096}")
+        page_size = int(self.db.execute("PRAGMA page_size").fetchone()[0])
+        self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // page_size}")
+        self.db.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_BYTES}")
         self.db.executescript(SCHEMA)
 
     def close(self) -> None:

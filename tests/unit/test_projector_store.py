@@ -13,7 +13,7 @@ from msgspec.structs import replace
 
 from contracts.api import JobState
 from contracts.events import LineCounts
-from services.projector.store import Store, decode_cursor, encode_cursor
+from services.projector.store import SCHEMA, Store, decode_cursor, encode_cursor
 
 
 def job(
@@ -234,3 +234,24 @@ def test_kv_values_equal_to_the_store_are_left_out_of_a_repair(populated: Store)
 
 def test_all_jobs_is_in_job_id_order(populated: Store) -> None:
     assert ids(populated.all_jobs()) == [job(n).job_id for n in range(1, 7)]
+
+
+def test_a_store_made_with_4_kb_pages_keeps_working_and_its_pages(tmp_path: Path) -> None:
+    """Stores made before stop 13 have 4 KB pages; a new one gets 16 KB."""
+    old_path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(old_path)
+    db.execute("PRAGMA page_size=4096")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(SCHEMA)
+    db.close()
+    old = Store(old_path)
+    a = job(1)
+    old.commit([a], seq=1)
+    old.close()
+    reopened = Store(old_path)
+    assert reopened.get(a.job_id) == a and reopened.position() == (1, 0, 0)
+    assert reopened.db.execute("PRAGMA page_size").fetchone()[0] == 4096
+    reopened.close()
+    new = Store(tmp_path / "new.sqlite3")
+    assert new.db.execute("PRAGMA page_size").fetchone()[0] == 16384
+    new.close()
