@@ -835,29 +835,17 @@ async def _rebuild(
     ).start()
     t_launch = time.monotonic()
     problems: list[str] = []
-    reported: tuple[int, float] | None = None
-    cpu_us: float | None = None
-    kv_repair: tuple[float, int, int] | None = None
     sampler = RssSampler({"projector": proj.pid, "nats-server": stack.server_pid})
     with sampler, profiled(proj.pid if profile_out else None, profile_out or Path()):
         try:
             await asyncio.to_thread(
                 proj.wait_for_text, "rebuild: ", max(1.0, deadline - time.monotonic())
             )
-            m = _REBUILD.search(proj.log_text())
-            if m:
-                reported = int(m.group(1)), float(m.group(2))
-            m_cpu = _REBUILD_CPU.search(proj.log_text())
-            if m_cpu:
-                cpu_us = float(m_cpu.group(1))
             # Done when the KV mirror has caught up too (each job is put into it once more).
             await asyncio.to_thread(
                 proj.wait_for_text, "rebuild: KV mirror", max(1.0, deadline - time.monotonic())
             )
             t_done = time.monotonic()
-            m_kv = _REBUILD_KV.search(proj.log_text())
-            if m_kv:
-                kv_repair = float(m_kv.group(1)), int(m_kv.group(2)), int(m_kv.group(3))
         except (TimeoutError, RuntimeError) as exc:
             problems.append(str(exc)[:300])
             t_done = float("nan")
@@ -868,10 +856,12 @@ async def _rebuild(
     if projected is not None and projected < last_seq:
         problems.append(f"projected_seq {projected} < last seq {last_seq}")
     wall = t_done - t_launch
-    rates = [reported[0] / reported[1] if reported and reported[1] > 0 else float("nan")]
-    cpus = [cpu_us if cpu_us is not None else float("nan")]
+    first = rebuild_report(proj.log_text())
+    kv_repair = first.kv_repair if first else None
+    rates = [first.rate if first else float("nan")]
+    cpus = [first.cpu_us if first else float("nan")]
     bases = [base_rate]
-    intact: RepeatedRebuild | None = None
+    intact: tuple[RebuildReport, float] | None = None  # and its peak RSS, MB
     for i in range(1, runs):  # the store only, but the last one repairs the KV as well
         count, took = await read_stream_discarding(nc, total, deadline)
         bases.append(count / took)
@@ -879,9 +869,9 @@ async def _rebuild(
         if again is None:
             problems.append("a repeated rebuild did not report")
             break
-        rates.append(again.rate)
-        cpus.append(again.cpu_us)
-        if again.peak_mb is not None:
+        rates.append(again[0].rate)
+        cpus.append(again[0].cpu_us)
+        if i == runs - 1:
             intact = again
     rate, cpu_us, base_rate = median(rates), median(cpus), median(bases)
     runs_note = (
@@ -940,21 +930,22 @@ async def _rebuild(
             else "",
         ),
     ]
-    if intact is not None and intact.peak_mb is not None:
+    if intact is not None:
+        intact_kv, intact_peak_mb = intact[0].kv_repair, intact[1]
         rows.append(
             Row(
                 "4 rebuild",
                 "peak RSS projector, rebuild over an intact KV and its repair",
-                intact.peak_mb,
+                intact_peak_mb,
                 "MB",
                 None,
                 "≤ 60 MB",
-                at_most(intact.peak_mb, 60.0),
+                at_most(intact_peak_mb, 60.0),
                 (
-                    f"the repair read the bucket back in {intact.kv_repair[0]:.2f} s: "
-                    f"{intact.kv_repair[1]:,} jobs put, {intact.kv_repair[2]:,} found right"
+                    f"the repair read the bucket back in {intact_kv[0]:.2f} s: "
+                    f"{intact_kv[1]:,} jobs put, {intact_kv[2]:,} found right"
                 )
-                if intact.kv_repair
+                if intact_kv
                 else "",
             )
         )
@@ -964,12 +955,12 @@ async def _rebuild(
         "last_seq": last_seq,
         "real_events_before": int(before.messages),
         "synthetic": published,
-        "reported_events": reported[0] if reported else None,
-        "reported_s": reported[1] if reported else None,
+        "reported_events": first.events if first else None,
+        "reported_s": first.took_s if first else None,
         "projector_cpu_us_per_event": cpu_us,
         "rebuild_rates": [round(r) for r in rates],
-        "intact_kv_peak_rss_mb": round(intact.peak_mb, 1) if intact and intact.peak_mb else None,
-        "intact_kv_repair": intact.kv_repair if intact else None,
+        "intact_kv_peak_rss_mb": round(intact[1], 1) if intact else None,
+        "intact_kv_repair": intact[0].kv_repair if intact else None,
         "rebuild_cpu_us_per_event": cpus,
         "baseline_rates": [round(b) for b in bases],
         "launch_to_done_s": round(wall, 3) if wall == wall else None,
@@ -986,19 +977,34 @@ async def _rebuild(
 
 
 @dataclass
-class RepeatedRebuild:
-    rate: float  # events/s, as the projector reports it
-    cpu_us: float  # µs of CPU per event, as it reports it
-    peak_mb: float | None = None  # with the KV repair: peak RSS of the whole run
-    kv_repair: tuple[float, int, int] | None = None  # (s, jobs put, jobs already right)
+class RebuildReport:
+    """What ``projector --rebuild`` printed."""
+
+    events: int
+    took_s: float  # into the store
+    cpu_us: float  # of CPU per event
+    kv_repair: tuple[float, int, int] | None  # (s after the store, jobs put, jobs already right)
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.took_s if self.took_s > 0 else float("nan")
+
+
+def rebuild_report(text: str) -> RebuildReport | None:
+    m, m_cpu, m_kv = _REBUILD.search(text), _REBUILD_CPU.search(text), _REBUILD_KV.search(text)
+    if not m or not m_cpu:
+        return None
+    kv = (float(m_kv.group(1)), int(m_kv.group(2)), int(m_kv.group(3))) if m_kv else None
+    return RebuildReport(int(m.group(1)), float(m.group(2)), float(m_cpu.group(1)), kv)
 
 
 async def _rebuild_again(
     stack: Stack, deadline: float, *, with_kv: bool = False
-) -> RepeatedRebuild | None:
-    """One more ``projector --rebuild``. It is stopped once the store is rebuilt, or, with
-    ``with_kv``, once it has also repaired the KV, which the first rebuild left intact:
-    the repair then reads the whole bucket back and puts what differs."""
+) -> tuple[RebuildReport, float] | None:
+    """One more ``projector --rebuild`` and its peak RSS in MB. It is stopped once the
+    store is rebuilt, or, with ``with_kv``, once it has also repaired the KV, which the
+    first rebuild left intact: the repair then reads the whole bucket back and puts what
+    differs."""
     proj = ServiceProcess(
         "projector", stack.url, stack.ssot, stack.data_dir, ("--rebuild",), stack.src
     ).start()
@@ -1016,16 +1022,10 @@ async def _rebuild_again(
         return None
     finally:
         await asyncio.to_thread(proj.stop)
-    text = proj.log_text()
-    m, m_cpu, m_kv = _REBUILD.search(text), _REBUILD_CPU.search(text), _REBUILD_KV.search(text)
-    if not m or not m_cpu or float(m.group(2)) <= 0:
+    report = rebuild_report(proj.log_text())
+    if report is None or report.took_s <= 0:
         return None
-    again = RepeatedRebuild(int(m.group(1)) / float(m.group(2)), float(m_cpu.group(1)))
-    if with_kv:
-        again.peak_mb = sampler.peak_kb["projector"] / 1024
-        if m_kv:
-            again.kv_repair = float(m_kv.group(1)), int(m_kv.group(2)), int(m_kv.group(3))
-    return again
+    return report, sampler.peak_kb["projector"] / 1024
 
 
 async def projected_seq(nc: Client) -> int | None:
