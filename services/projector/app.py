@@ -4,9 +4,9 @@ It reads ``DOMED_JOBS`` from its checkpoint with an ordered consumer that hands 
 event over raw (``services.runtime.ordered``: nats-py's own ordered consumer costs more
 per message than the whole fold), folds each event into job state (``fold.apply``),
 and commits dirty rows plus the checkpoint in one SQLite transaction every
-``COMMIT_S`` (batching is what makes a rebuild fast: PERFORMANCE.md). After each commit it mirrors the changed jobs into the KV
-bucket ``domed-jobs``; a KV position is kept too, so a restart repairs a KV that
-lagged behind the store.
+``COMMIT_S`` (batching is what makes a rebuild fast: PERFORMANCE.md). After each
+commit it mirrors the changed jobs into the KV bucket ``domed-jobs``; a KV position is
+kept too, so a restart repairs a KV that lagged behind the store.
 """
 
 from __future__ import annotations
@@ -320,16 +320,16 @@ class Projector:
         if status.values > KV_READ_PER_PUT * stale:
             return False
         self.store.start_kv_match()
-        prefix = len(f"$KV.{subjects.KV_JOBS}.")
+        prefix = bus.kv_prefix(subjects.KV_JOBS)
         try:
             async for page in directget.read_batches(
                 self.nc,
                 bus.kv_stream(subjects.KV_JOBS),
-                f"$KV.{subjects.KV_JOBS}.>",
+                prefix + ">",
                 batch=REPAIR_PAGE,
                 timeout_s=self.settings.request_timeout_s,
             ):
-                values = [(m.subject[prefix:], m.data) for m in page if not m.removed]
+                values = [(m.subject[len(prefix) :], m.data) for m in page if not m.removed]
                 self.kv_already_right += self.store.match_kv_values(values)
         except directget.DirectGetError as exc:
             log.warning("cannot read the KV bucket (%s); putting every job instead", exc)

@@ -35,6 +35,7 @@ from nats.js.api import (
     StreamConfig,
     SubjectTransform,
 )
+from nats.js.client import KV_PRE_TEMPLATE, KV_STREAM_TEMPLATE
 from nats.js.kv import KeyValue
 
 from contracts import subjects
@@ -313,7 +314,12 @@ async def _allow_direct(js: JetStreamContext, bucket: str) -> None:
 
 def kv_stream(bucket: str) -> str:
     """The stream that holds a KV bucket."""
-    return f"KV_{bucket}"
+    return KV_STREAM_TEMPLATE.format(bucket=bucket)
+
+
+def kv_prefix(bucket: str) -> str:
+    """What a KV bucket's subjects start with; the key follows."""
+    return KV_PRE_TEMPLATE.format(bucket=bucket)
 
 
 def executors_consumer_config(ss: StreamSettings) -> ConsumerConfig:

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js.api import Header
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE
 
 BATCH = 500
-_STATUS = "Status"
 
 
 class DirectGetError(Exception):
@@ -59,7 +60,7 @@ async def read_batches(
             while True:
                 msg = await sub.next_msg(timeout=timeout_s)
                 headers = msg.headers or {}
-                status = headers.get(_STATUS)
+                status = headers.get(Header.STATUS)
                 if status is None:
                     page.append(_stored(msg))
                 elif status == "404":  # nothing (more) from seq on
@@ -89,5 +90,5 @@ def _stored(msg: Msg) -> Stored:
         subject=headers["Nats-Subject"],
         seq=int(headers["Nats-Sequence"]),
         data=msg.data,
-        removed=headers.get("KV-Operation") in ("DEL", "PURGE"),
+        removed=headers.get(KV_OP) in (KV_DEL, KV_PURGE),
     )
