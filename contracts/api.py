@@ -68,14 +68,14 @@ class ExplainReply(msgspec.Struct, frozen=True):
     manifest_sha256: str
 
 
-class ProgressState(msgspec.Struct, frozen=True, omit_defaults=True):
+class ProgressState(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     current: float | None = None
     total: float | None = None
     percent: float | None = None
     message: str | None = None
 
 
-class JobState(msgspec.Struct, frozen=True, omit_defaults=True):
+class JobState(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """A job as the projector knows it: the value of ``domed.jobs.get`` and the KV."""
 
     job_id: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import typing
 from pathlib import Path
@@ -10,6 +11,7 @@ import msgspec
 import pytest
 
 from contracts import subjects
+from contracts.api import JobState
 from contracts.errors import STATUS, DomedError, ErrorCode
 from contracts.events import (
     Cancel,
@@ -116,6 +118,20 @@ def test_event_round_trips_through_its_wire_form(event: Event) -> None:
     data = encode_event(event)
     assert decode_event(data) == event
     assert type(decode_event(data)) is type(event)
+
+
+@pytest.mark.parametrize("event", EVENTS, ids=lambda e: type(e).__name__)
+def test_decoded_events_are_left_to_reference_counting(event: Event) -> None:
+    """A rebuild decodes 200k events and folds each into a new job state; neither is
+    tracked by the garbage collector (the measured 2-3%: contracts.events._Event)."""
+    decoded = decode_event(encode_event(event))
+    assert not gc.is_tracked(decoded)
+    state = msgspec.json.decode(
+        b'{"job_id": "j", "tool": "t", "params": {"a": [1]}, "labels": {}, "state": "queued",'
+        b' "submitted_at": "s", "last_seq": 1, "lines": {}}',
+        type=JobState,
+    )
+    assert not gc.is_tracked(state) and not gc.is_tracked(state.lines)
 
 
 KIND_OF = {
