@@ -93,6 +93,7 @@ class Projector:
         self.reconnected = asyncio.Event()
         self.gap: tuple[int, int] | None = None
         self.fresh_store = seq == 0
+        self.indexes_deferred = False
         self.kv_pending: dict[str, JobState] = {}
         self.kv_repair = False
         self.last_mirror = 0.0
@@ -171,6 +172,9 @@ class Projector:
         """
         info = await self.js.stream_info(subjects.STREAM)
         self.catch_up_to = info.state.last_seq
+        if self.fresh_store and self.catch_up_to > 0:
+            self.store.defer_indexes()  # built once caught up: commit()
+            self.indexes_deferred = True
         first = info.state.first_seq
         if first > self.applied_seq + 1:
             self.gap = (self.applied_seq + 1, first - 1)
@@ -202,6 +206,9 @@ class Projector:
             self.store.commit(dirty, self.applied_seq, self.skipped)
             self.skipped = 0
             self.committed_seq = self.applied_seq
+            if self.indexes_deferred and self.committed_seq >= self.catch_up_to:
+                self.store.build_indexes()
+                self.indexes_deferred = False
             if self.caught_up_at is None and self.committed_seq >= self.catch_up_to:
                 self.caught_up_at = time.monotonic()
             self._keep_live(dirty)

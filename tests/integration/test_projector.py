@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import signal
+import sqlite3
 from pathlib import Path
 
 import msgspec
@@ -15,7 +17,7 @@ from contracts import subjects
 from contracts.events import Log
 from services.projector import app as projector_app
 from services.projector.app import store_path
-from services.projector.store import Store
+from services.projector.store import INDEXES, Store
 from services.runtime import bus
 from services.runtime.natsserver import NatsServer
 from services.runtime.settings import Settings
@@ -136,15 +138,27 @@ async def test_rebuild_equals_the_live_projection(
         await d.stop_service("projector")
         await d.start_service("projector", data_dir=tmp_path / "rebuilt", rebuild=True)
         info = await d.nc.jetstream().stream_info(subjects.STREAM)
-        for _ in range(500):
-            if (
-                Store(store_path(Settings(data_dir=tmp_path / "rebuilt"))).position()[0]
-                >= info.state.last_seq
-            ):
+        # A reply that says the projection reached the stream's end comes after the
+        # commit that reached it, and after the indexes a rebuild builds last.
+        for _ in range(1000):
+            reply = await d.request(subjects.JOBS_GET, {"job_id": jobs[-1]})
+            if reply.error is None and reply.data["projected_seq"] >= info.state.last_seq:
                 break
             await asyncio.sleep(0.01)
+        rebuilt_path = store_path(Settings(data_dir=tmp_path / "rebuilt"))
+        with contextlib.closing(sqlite3.connect(rebuilt_path)) as db:
+            indexes = {
+                r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+            }
+            plan = " ".join(
+                str(r[-1])
+                for r in db.execute(
+                    "EXPLAIN QUERY PLAN SELECT doc FROM jobs WHERE state = 'failed'"
+                )
+            )
+    assert set(INDEXES) <= indexes and "jobs_state" in plan
     live = _rows(store_path(Settings(data_dir=tmp_path / "live")))
-    rebuilt = _rows(store_path(Settings(data_dir=tmp_path / "rebuilt")))
+    rebuilt = _rows(rebuilt_path)
     assert len(live) == len(jobs) and live == rebuilt
 
 

@@ -13,7 +13,7 @@ from msgspec.structs import replace
 
 from contracts.api import JobState
 from contracts.events import LineCounts
-from services.projector.store import SCHEMA, Store, decode_cursor, encode_cursor
+from services.projector.store import INDEXES, SCHEMA, Store, decode_cursor, encode_cursor
 
 
 def job(
@@ -255,3 +255,32 @@ def test_a_store_made_with_4_kb_pages_keeps_working_and_its_pages(tmp_path: Path
     new = Store(tmp_path / "new.sqlite3")
     assert new.db.execute("PRAGMA page_size").fetchone()[0] == 16384
     new.close()
+
+
+def _index_names(store: Store) -> set[str]:
+    return {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+
+
+def test_deferred_indexes_are_built_back_and_serve_the_same_lists(tmp_path: Path) -> None:
+    """A rebuild fills a fresh store without its secondary indexes and builds them at
+    the end; a store left without them (a projector killed mid-rebuild) gets them back
+    when it is opened."""
+    path = tmp_path / "jobs.sqlite3"
+    store = Store(path)
+    store.defer_indexes()
+    assert not set(INDEXES) & _index_names(store)
+    jobs = [job(n, state="failed" if n % 2 else "succeeded") for n in range(1, 7)]
+    store.commit(jobs, seq=6)
+    unindexed = store.list_jobs(state="failed", tool=None, label=None, limit=10, before=None)
+    store.close()
+    reopened = Store(path)
+    assert set(INDEXES) <= _index_names(reopened)
+    assert (
+        reopened.list_jobs(state="failed", tool=None, label=None, limit=10, before=None)
+        == unindexed
+    )
+    assert ids(unindexed) == [job(n).job_id for n in (5, 3, 1)]
+    reopened.defer_indexes()
+    reopened.build_indexes()
+    assert set(INDEXES) <= _index_names(reopened)
+    reopened.close()
