@@ -75,10 +75,13 @@ def job_of_event_subject(subject: bytes) -> str:
     """The job id of ``job.<job_id>.<kind>`` as read off the wire; ValueError otherwise.
     (What ``parse_event_subject`` checks, without decoding the whole subject first: a
     projector rebuild calls it once per event.)"""
-    parts = subject.split(b".")
-    if len(parts) != 3 or parts[0] != b"job" or parts[2] not in _EVENT_KINDS_BYTES:
+    try:
+        head, job_id, kind = subject.split(b".")
+    except ValueError:
+        raise ValueError(f"not a domed event subject: {subject!r}") from None
+    if head != b"job" or kind not in _EVENT_KINDS_BYTES:
         raise ValueError(f"not a domed event subject: {subject!r}")
-    return parts[1].decode()
+    return job_id.decode()
 
 
 def msg_id(job_id: str, kind: str, n: int | str = 0) -> str:
