@@ -41,6 +41,7 @@ Handler = Callable[[bytes, int, bytes], None]
 _STATUS_AT = len(b"NATS/1.0")  # a status line ("NATS/1.0 100 ...") has a space here
 _SPACE = ord(" ")
 _CR = ord("\r")
+_H = ord("H")
 MISSED_HEARTBEATS = 2
 
 
@@ -95,7 +96,9 @@ class _RawParser(Parser):
         pos = 0
         frames = 0
         whole = True  # False: the frame in front is a raw reader's, not all here yet
-        while view.startswith(b"HMSG ", pos):
+        # Of the protocol's operations only HMSG begins with H; a byte is read for less
+        # than bytes.startswith, which parses its arguments on every call.
+        while pos < size and view[pos] == _H:
             eol = view.find(b"\n", pos) - 1  # one byte to look for is found faster than two
             if eol < 0:
                 whole = False
