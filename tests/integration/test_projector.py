@@ -145,6 +145,8 @@ async def test_rebuild_equals_the_live_projection(
             if reply.error is None and reply.data["projected_seq"] >= info.state.last_seq:
                 break
             await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the rebuilt projection never reached the stream's end")
         rebuilt_path = store_path(Settings(data_dir=tmp_path / "rebuilt"))
         with contextlib.closing(sqlite3.connect(rebuilt_path)) as db:
             indexes = {
