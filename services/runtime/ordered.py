@@ -57,13 +57,18 @@ class RawClient(Client):
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
     ) -> None:
-        reader = self._raw_readers.get(b"%d" % sid) if self._raw_readers else None
+        reader = self._raw_readers.get(_sid_key(sid)) if self._raw_readers else None
         if reader is None:
             await super()._process_msg(sid, subject, reply, data, headers)
         elif headers and len(headers) > _STATUS_AT and headers[_STATUS_AT] == _SPACE:
             await reader.control(reply, headers)
         else:
             reader.deliver(subject, reply, data)
+
+
+def _sid_key(sid: int) -> bytes:
+    """A subscription id as the wire spells it: how raw readers are keyed."""
+    return b"%d" % sid
 
 
 class _RawParser(Parser):
@@ -210,7 +215,7 @@ class OrderedReader:
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
         self._sub = sub
-        self.nc._raw_readers[b"%d" % sub._id] = self
+        self.nc._raw_readers[_sid_key(sub._id)] = self
         config = ConsumerConfig(
             deliver_subject=inbox,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
@@ -231,7 +236,7 @@ class OrderedReader:
         interest (the services' users may not delete consumers: deploy/nats)."""
         sub, self._sub = self._sub, None
         if sub is not None:
-            self.nc._raw_readers.pop(b"%d" % sub._id, None)
+            self.nc._raw_readers.pop(_sid_key(sub._id), None)
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
