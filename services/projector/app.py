@@ -206,11 +206,12 @@ class Projector:
             self.store.commit(dirty, self.applied_seq, self.skipped)
             self.skipped = 0
             self.committed_seq = self.applied_seq
-            if self.indexes_deferred and self.committed_seq >= self.catch_up_to:
-                self.store.build_indexes()
-                self.indexes_deferred = False
-            if self.caught_up_at is None and self.committed_seq >= self.catch_up_to:
-                self.caught_up_at = time.monotonic()
+            if self.committed_seq >= self.catch_up_to:
+                if self.indexes_deferred:
+                    self.store.build_indexes()
+                    self.indexes_deferred = False
+                if self.caught_up_at is None:
+                    self.caught_up_at = time.monotonic()
             self._keep_live(dirty)
             async with self.committed:
                 self.committed.notify_all()
