@@ -7,8 +7,12 @@ up *ARGS:
     domed up {{ARGS}}
 
 # the whole test suite (real nats-server, real processes)
-test *ARGS:
+test *ARGS: asyncapi-validator
     {{python}} -m pytest -q {{ARGS}}
+
+# the official AsyncAPI parser the tests validate contracts/asyncapi.json with (npm)
+asyncapi-validator:
+    test -d devtools/asyncapi/node_modules/@asyncapi/parser || npm ci --prefix devtools/asyncapi --no-audit --no-fund
 
 # format check, lint, types, layering
 lint:
@@ -22,9 +26,9 @@ fmt:
     ruff format contracts services tests bench
     ruff check --fix contracts services tests bench
 
-# regenerate contracts/schemas from the types
+# regenerate what the contract generates: contracts/schemas, contracts/asyncapi.json, docs/reference
 schemas:
-    {{python}} -m services.cli.schemas
+    {{python}} -m services.cli.generate
 
 # the benchmarks (not part of the tests); QUICK=1 for a short run
 bench *ARGS:

@@ -1,10 +1,11 @@
-"""Request and reply bodies of the request/reply API (SPEC.md part 3), and job state."""
+"""Request and reply bodies of the request/reply API, and job state (docs/reference/api.md)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+from msgspec import Meta
 
 from contracts.events import JobStateName, LineCounts, Rusage, TerminalError
 
@@ -14,134 +15,225 @@ class _Request(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class SubmitRequest(_Request, frozen=True):
-    tool: str
-    params: dict[str, Any] = {}
-    timeout_s: float | None = None
-    labels: dict[str, str] = {}
-    idempotency_key: str | None = None
+    """Run a tool."""
+
+    tool: Annotated[str, Meta(description="The manifest id of the tool to run.")]
+    params: Annotated[
+        dict[str, Any],
+        Meta(description="Parameters, checked against the manifest's `parameters` schema."),
+    ] = {}
+    timeout_s: Annotated[
+        float | None,
+        Meta(description="Seconds the job may run; default: the manifest's `timeout_s`."),
+    ] = None
+    labels: Annotated[
+        dict[str, str],
+        Meta(description="Free-form labels, stored on the job; `domed.jobs.list` filters on them."),
+    ] = {}
+    idempotency_key: Annotated[
+        str | None,
+        Meta(
+            description="A second submit with this key, within the stream's duplicate window, gets the first job."
+        ),
+    ] = None
 
 
 class SubmitReply(msgspec.Struct, frozen=True):
-    job_id: str
-    state: str
-    duplicate: bool
+    """The job was stored as `queued`."""
+
+    job_id: Annotated[str, Meta(description="The job's id (a ULID).")]
+    state: Annotated[str, Meta(description="Always `queued`.")]
+    duplicate: Annotated[
+        bool,
+        Meta(description="True when the idempotency key named an existing job, whose id this is."),
+    ]
 
 
 class CancelRequest(_Request, frozen=True):
-    job_id: str
-    reason: str | None = None
+    """Stop a queued or running job."""
+
+    job_id: Annotated[str, Meta(description="The job to cancel.")]
+    reason: Annotated[str | None, Meta(description="Recorded on the `cancel` event.")] = None
 
 
 class CancelReply(msgspec.Struct, frozen=True):
-    job_id: str
-    state: str
+    """What the cancel did."""
+
+    job_id: Annotated[str, Meta(description="The job.")]
+    state: Annotated[
+        str,
+        Meta(
+            description="`canceled` if it had not started; `running` while its executor stops it."
+        ),
+    ]
 
 
 class ToolsListRequest(_Request, frozen=True):
-    pass
+    """An empty object."""
 
 
 class ToolSummary(msgspec.Struct, frozen=True):
-    id: str
-    version: int
-    description: str
+    """One tool of the catalogue."""
+
+    id: Annotated[str, Meta(description="The manifest id.")]
+    version: Annotated[int, Meta(description="The manifest's version.")]
+    description: Annotated[str, Meta(description="The manifest's description.")]
 
 
 class ToolsListReply(msgspec.Struct, frozen=True):
-    tools: list[ToolSummary]
+    """The catalogue, sorted by id."""
+
+    tools: Annotated[list[ToolSummary], Meta(description="Every tool the router serves.")]
 
 
 class ToolsGetRequest(_Request, frozen=True):
-    id: str
+    """One tool's manifest."""
+
+    id: Annotated[str, Meta(description="The manifest id.")]
 
 
 class ExplainRequest(_Request, frozen=True):
-    tool: str
-    params: dict[str, Any] = {}
+    """What a submit would run, without running it."""
+
+    tool: Annotated[str, Meta(description="The manifest id.")]
+    params: Annotated[dict[str, Any], Meta(description="Parameters, as for a submit.")] = {}
 
 
 class ExplainReply(msgspec.Struct, frozen=True):
-    argv: list[str]
-    working_dir_policy: str
-    env_names: list[str]
-    timeout_s: float
-    manifest_sha256: str
+    """The command a submit with these parameters would run."""
+
+    argv: Annotated[
+        list[str], Meta(description="The rendered command, secret values masked as `***`.")
+    ]
+    working_dir_policy: Annotated[str, Meta(description="The manifest's working directory policy.")]
+    env_names: Annotated[
+        list[str], Meta(description="Names of the environment variables the job would get.")
+    ]
+    timeout_s: Annotated[float, Meta(description="The manifest's timeout.")]
+    manifest_sha256: Annotated[str, Meta(description="SHA-256 (hex) of the manifest file.")]
 
 
 class ProgressState(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
-    current: float | None = None
-    total: float | None = None
-    percent: float | None = None
-    message: str | None = None
+    """The job's last progress reading."""
+
+    current: Annotated[float | None, Meta(description="As in the `progress` event.")] = None
+    total: Annotated[float | None, Meta(description="As in the `progress` event.")] = None
+    percent: Annotated[float | None, Meta(description="As in the `progress` event.")] = None
+    message: Annotated[str | None, Meta(description="As in the `progress` event.")] = None
 
 
 class JobState(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """A job as the projector knows it: the value of ``domed.jobs.get`` and the KV."""
 
-    job_id: str
-    tool: str
-    params: dict[str, Any]
-    labels: dict[str, str]
-    state: JobStateName
-    submitted_at: str
-    last_seq: int
-    lines: LineCounts
-    tool_version: int | None = None
-    timeout_s: float | None = None
-    attempt: int = 0
-    started_at: str | None = None
-    finished_at: str | None = None
-    duration_s: float | None = None
-    exit_code: int | None = None
-    signal: str | None = None
-    executor: str | None = None
-    pid: int | None = None
-    progress: ProgressState | None = None
-    error: TerminalError | None = None
-    truncated: bool = False
-    signals_sent: list[str] = []
-    rusage: Rusage | None = None
-    cancel_requested: bool = False
+    job_id: Annotated[str, Meta(description="The job.")]
+    tool: Annotated[str, Meta(description="The tool's manifest id.")]
+    params: Annotated[dict[str, Any], Meta(description="As in `queued` (secret values masked).")]
+    labels: Annotated[dict[str, str], Meta(description="As in `queued`.")]
+    state: Annotated[JobStateName, Meta(description="`queued`, `running`, or the terminal state.")]
+    submitted_at: Annotated[str, Meta(description="As in `queued`.")]
+    last_seq: Annotated[
+        int, Meta(description="Stream sequence of the last event applied to this job.")
+    ]
+    lines: Annotated[
+        LineCounts, Meta(description="Lines printed so far by the current (or last) attempt.")
+    ]
+    tool_version: Annotated[int | None, Meta(description="As in `queued`.")] = None
+    timeout_s: Annotated[float | None, Meta(description="As in `queued`.")] = None
+    attempt: Annotated[
+        int, Meta(description="The current (or last) attempt; 0 before any started.")
+    ] = 0
+    started_at: Annotated[
+        str | None, Meta(description="When the current (or last) attempt started.")
+    ] = None
+    finished_at: Annotated[str | None, Meta(description="As in `terminal`.")] = None
+    duration_s: Annotated[float | None, Meta(description="As in `terminal`.")] = None
+    exit_code: Annotated[int | None, Meta(description="As in `terminal`.")] = None
+    signal: Annotated[str | None, Meta(description="As in `terminal`.")] = None
+    executor: Annotated[
+        str | None, Meta(description="The executor running (or that ran) the current attempt.")
+    ] = None
+    pid: Annotated[int | None, Meta(description="The process id of the current attempt.")] = None
+    progress: Annotated[ProgressState | None, Meta(description="The last progress reading.")] = None
+    error: Annotated[TerminalError | None, Meta(description="As in `terminal`.")] = None
+    truncated: Annotated[bool, Meta(description="As in `terminal`.")] = False
+    signals_sent: Annotated[list[str], Meta(description="As in `terminal`.")] = []
+    rusage: Annotated[Rusage | None, Meta(description="As in `terminal`.")] = None
+    cancel_requested: Annotated[
+        bool, Meta(description="True once a `cancel` event was stored.")
+    ] = False
 
 
 class JobsGetRequest(_Request, frozen=True):
-    job_id: str
+    """One job's state."""
+
+    job_id: Annotated[str, Meta(description="The job.")]
 
 
 class JobsGetReply(JobState, frozen=True):
     """The job's state, flat, plus how far the projection has read the stream."""
 
-    projected_seq: int = 0
+    projected_seq: Annotated[
+        int,
+        Meta(
+            description="The stream sequence the projection has reached: a client can wait until its own write is visible."
+        ),
+    ] = 0
 
 
 class JobsListRequest(_Request, frozen=True):
-    state: str | None = None
-    tool: str | None = None
-    label: str | None = None
-    limit: int | None = None
-    cursor: str | None = None
+    """Jobs, newest first, filtered."""
+
+    state: Annotated[str | None, Meta(description="Only jobs in this state.")] = None
+    tool: Annotated[str | None, Meta(description="Only jobs of this tool.")] = None
+    label: Annotated[
+        str | None, Meta(description="Only jobs with this label, written `key=value`.")
+    ] = None
+    limit: Annotated[
+        int | None, Meta(description="At most this many jobs (default 50, at most 500).")
+    ] = None
+    cursor: Annotated[str | None, Meta(description="The previous page's `next_cursor`.")] = None
 
 
 class JobsListReply(msgspec.Struct, frozen=True, omit_defaults=True):
-    jobs: list[JobState]
-    projected_seq: int
-    next_cursor: str | None = None
+    """One page of jobs."""
+
+    jobs: Annotated[list[JobState], Meta(description="The jobs, newest first.")]
+    projected_seq: Annotated[
+        int, Meta(description="The stream sequence the projection has reached.")
+    ]
+    next_cursor: Annotated[
+        str | None, Meta(description="Present when there may be more: pass it as `cursor`.")
+    ] = None
 
 
 class JobsEventsRequest(_Request, frozen=True):
-    job_id: str
-    after_seq: int | None = None
-    limit: int | None = None
+    """One job's stored events, in stream order."""
+
+    job_id: Annotated[str, Meta(description="The job.")]
+    after_seq: Annotated[
+        int | None, Meta(description="Only events after this stream sequence.")
+    ] = None
+    limit: Annotated[
+        int | None, Meta(description="At most this many events (default 1000, at most 10000).")
+    ] = None
 
 
 class StoredEvent(msgspec.Struct, frozen=True):
-    subject: str
-    seq: int
-    data: dict[str, Any]
+    """An event as the stream stored it."""
+
+    subject: Annotated[str, Meta(description="`job.<job_id>.<kind>`.")]
+    seq: Annotated[int, Meta(description="Its stream sequence.")]
+    data: Annotated[dict[str, Any], Meta(description="The event's payload.")]
 
 
 class JobsEventsReply(msgspec.Struct, frozen=True, omit_defaults=True):
-    events: list[StoredEvent]
-    complete: bool
-    projected_seq: int
-    next: int | None = None
+    """One page of a job's events."""
+
+    events: Annotated[list[StoredEvent], Meta(description="The events, in stream order.")]
+    complete: Annotated[bool, Meta(description="True when the job's terminal has been returned.")]
+    projected_seq: Annotated[
+        int, Meta(description="The stream sequence the projection has reached.")
+    ]
+    next: Annotated[
+        int | None, Meta(description="Present when there are more: pass it as `after_seq`.")
+    ] = None

@@ -11,9 +11,10 @@ turns it into the Services-API error reply (headers ``Nats-Service-Error`` and
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+from msgspec import Meta
 
 
 class ErrorCode(enum.StrEnum):
@@ -36,6 +37,17 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.INTERNAL: 500,
 }
 
+MEANING: dict[ErrorCode, str] = {
+    ErrorCode.INVALID_REQUEST: "the body is not JSON, or not the request's shape",
+    ErrorCode.INVALID_PARAMS: "params fail the manifest's JSON Schema; `details` lists each "
+    "failure with its path",
+    ErrorCode.UNKNOWN_TOOL: "no manifest has that id",
+    ErrorCode.UNKNOWN_JOB: "no job has that id",
+    ErrorCode.ALREADY_TERMINAL: "cancel of a job that has already ended",
+    ErrorCode.UNAVAILABLE: "the service cannot reach JetStream (retry later)",
+    ErrorCode.INTERNAL: "a bug: the service logged it; the message says nothing more",
+}
+
 
 class TerminalErrorCode(enum.StrEnum):
     """``error.code`` values inside a terminal event."""
@@ -45,14 +57,30 @@ class TerminalErrorCode(enum.StrEnum):
     EXECUTOR_LOST = "executor_lost"
 
 
+TERMINAL_MEANING: dict[TerminalErrorCode, str] = {
+    TerminalErrorCode.SPAWN_FAILED: "the command could not start (state `failed`)",
+    TerminalErrorCode.EXECUTOR_SHUTDOWN: "the executor was stopped and canceled the job once "
+    "its drain time was over (state `canceled`)",
+    TerminalErrorCode.EXECUTOR_LOST: "the executor running it vanished and the tool is not "
+    "`idempotent` (state `lost`)",
+}
+
+
 class ErrorBody(msgspec.Struct, omit_defaults=True):
-    code: str
-    message: str
-    details: Any = None
+    """What went wrong."""
+
+    code: Annotated[str, Meta(description="One of the error codes.")]
+    message: Annotated[str, Meta(description="A sentence for people.")]
+    details: Annotated[
+        Any, Meta(description="For `invalid_params`: a list of `{path, message}`.")
+    ] = None
 
 
 class ErrorReply(msgspec.Struct):
-    error: ErrorBody
+    """The body of every error reply; the headers `Nats-Service-Error` (the message) and
+    `Nats-Service-Error-Code` (the HTTP-like status) come with it."""
+
+    error: Annotated[ErrorBody, Meta(description="The error.")]
 
 
 class DomedError(Exception):

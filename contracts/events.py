@@ -1,4 +1,4 @@
-"""The six job events of SPEC.md part 2, as one tagged union.
+"""The six job events, as one tagged union (docs/reference/events.md lists their fields).
 
 Each payload carries ``kind`` (the same as the subject's last token), so a reader
 decodes any stored event with ``decode_event(data)`` and gets the right class.
@@ -8,9 +8,10 @@ Timestamps are RFC 3339 strings in UTC.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
+from msgspec import Meta
 
 TerminalState = Literal["succeeded", "failed", "canceled", "timed_out", "lost"]
 JobStateName = Literal["queued", "running", "succeeded", "failed", "canceled", "timed_out", "lost"]
@@ -25,80 +26,128 @@ class _Event(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="kind", 
     them. A projector rebuild makes two or three of these per event; untracked, it
     spends 2-3% less CPU (docs/benchmarks.md)."""
 
-    job_id: str
+    job_id: Annotated[str, Meta(description="The job, as in the subject's middle token.")]
 
 
 class Queued(_Event, frozen=True, tag="queued"):
-    tool: str
-    tool_version: int
-    manifest_sha256: str
-    params: dict[str, Any]
-    submitted_at: str
-    timeout_s: float
-    labels: dict[str, str]
-    idempotency_key: str | None = None
+    """The router accepted a job: the first event of every job."""
+
+    tool: Annotated[str, Meta(description="The tool's manifest id.")]
+    tool_version: Annotated[int, Meta(description="The manifest's `version` at submit time.")]
+    manifest_sha256: Annotated[
+        str, Meta(description="SHA-256 (hex) of the manifest file the job was checked against.")
+    ]
+    params: Annotated[
+        dict[str, Any], Meta(description="The job's parameters, secret ones masked as `***`.")
+    ]
+    submitted_at: Annotated[str, Meta(description="When the router accepted it (RFC 3339, UTC).")]
+    timeout_s: Annotated[
+        float, Meta(description="Seconds the job may run: the request's, else the manifest's.")
+    ]
+    labels: Annotated[dict[str, str], Meta(description="The caller's labels, for filtering.")]
+    idempotency_key: Annotated[
+        str | None, Meta(description="The caller's idempotency key, if it gave one.")
+    ] = None
 
 
 class Cancel(_Event, frozen=True, tag="cancel"):
-    requested_at: str
-    reason: str | None = None
+    """Someone asked to cancel the job; its executor stops it (or the router ends it
+    `canceled` if it had not started)."""
+
+    requested_at: Annotated[str, Meta(description="When the cancel was accepted (RFC 3339).")]
+    reason: Annotated[str | None, Meta(description="The caller's reason, if given.")] = None
 
 
 class Started(_Event, frozen=True, tag="started"):
-    executor: str
-    pid: int
-    attempt: int
-    started_at: str
+    """An executor won the job and started an attempt."""
+
+    executor: Annotated[str, Meta(description="The executor's name (unique per process).")]
+    pid: Annotated[int, Meta(description="The job's process id on the executor's host.")]
+    attempt: Annotated[int, Meta(description="1 for the first attempt, then 2, 3...")]
+    started_at: Annotated[str, Meta(description="When the attempt started (RFC 3339).")]
 
 
 class Log(_Event, frozen=True, tag="log"):
-    attempt: int
-    stream: Literal["stdout", "stderr"]
-    seq: int
-    lines: list[str]
-    ts: str
+    """Output lines of one attempt, in order."""
+
+    attempt: Annotated[int, Meta(description="The attempt that printed them.")]
+    stream: Annotated[Literal["stdout", "stderr"], Meta(description="Which output stream.")]
+    seq: Annotated[
+        int,
+        Meta(
+            description="Number of the first line, counted per attempt from 0 across both "
+            "streams: no gaps, no repeats."
+        ),
+    ]
+    lines: Annotated[list[str], Meta(description="The lines, without their newline.")]
+    ts: Annotated[str, Meta(description="When the batch was published (RFC 3339).")]
 
 
 class Progress(_Event, frozen=True, tag="progress"):
-    attempt: int
-    ts: str
-    current: float | None = None
-    total: float | None = None
-    percent: float | None = None
-    message: str | None = None
+    """An output line matched the manifest's `progress.regex`. Readings may be coalesced
+    in time; the last one of an attempt is always published."""
+
+    attempt: Annotated[int, Meta(description="The attempt that reported it.")]
+    ts: Annotated[str, Meta(description="When it was reported (RFC 3339).")]
+    current: Annotated[float | None, Meta(description="The `current` group, if matched.")] = None
+    total: Annotated[float | None, Meta(description="The `total` group, if matched.")] = None
+    percent: Annotated[
+        float | None, Meta(description="The `percent` group, or current/total as a percentage.")
+    ] = None
+    message: Annotated[str | None, Meta(description="The `message` group, if matched.")] = None
 
 
 class TerminalError(msgspec.Struct, frozen=True, omit_defaults=True):
-    code: str
-    message: str
+    """Why a job ended without a normal exit."""
+
+    code: Annotated[
+        str, Meta(description="`spawn_failed`, `executor_shutdown` or `executor_lost`.")
+    ]
+    message: Annotated[str, Meta(description="A sentence for people.")]
 
 
 class LineCounts(msgspec.Struct, frozen=True, gc=False):
-    stdout: int = 0
-    stderr: int = 0
+    """Lines printed by the job's last attempt."""
+
+    stdout: Annotated[int, Meta(description="Lines on standard output.")] = 0
+    stderr: Annotated[int, Meta(description="Lines on standard error.")] = 0
 
 
 class Rusage(msgspec.Struct, frozen=True):
-    max_rss_kb: int
-    user_s: float
-    sys_s: float
+    """Resources the job's process tree used."""
+
+    max_rss_kb: Annotated[int, Meta(description="Peak resident memory, KiB.")]
+    user_s: Annotated[float, Meta(description="CPU seconds in user mode.")]
+    sys_s: Annotated[float, Meta(description="CPU seconds in the kernel.")]
 
 
 class Terminal(_Event, frozen=True, tag="terminal"):
     """The job's one and last event. ``attempt`` is 0 for a job that never started."""
 
-    state: TerminalState
-    finished_at: str
-    attempt: int
-    lines: LineCounts
-    truncated: bool
-    signals_sent: list[str]
-    exit_code: int | None = None
-    signal: str | None = None
-    started_at: str | None = None
-    duration_s: float | None = None
-    error: TerminalError | None = None
-    rusage: Rusage | None = None
+    state: Annotated[TerminalState, Meta(description="How the job ended.")]
+    finished_at: Annotated[str, Meta(description="When it ended (RFC 3339).")]
+    attempt: Annotated[int, Meta(description="The attempt that ended it; 0 if none started.")]
+    lines: Annotated[LineCounts, Meta(description="Lines the last attempt printed.")]
+    truncated: Annotated[
+        bool, Meta(description="True when output past `limits.max_output_bytes` was dropped.")
+    ]
+    signals_sent: Annotated[
+        list[str], Meta(description='Signals sent to stop it, in order: `"TERM"`, `"KILL"`.')
+    ]
+    exit_code: Annotated[int | None, Meta(description="The process's exit status.")] = None
+    signal: Annotated[
+        str | None, Meta(description="The signal that ended the process, e.g. `KILL`.")
+    ] = None
+    started_at: Annotated[str | None, Meta(description="When the last attempt started.")] = None
+    duration_s: Annotated[
+        float | None, Meta(description="Seconds from start to end of the last attempt.")
+    ] = None
+    error: Annotated[
+        TerminalError | None, Meta(description="Why, when it did not end by a normal exit.")
+    ] = None
+    rusage: Annotated[Rusage | None, Meta(description="Resources used, when the process ran.")] = (
+        None
+    )
 
 
 def never_ran(

@@ -1,4 +1,4 @@
-"""The tool manifest model (SPEC.md part 4).
+"""The tool manifest model (docs/reference/manifest.md).
 
 A manifest in ``ssot/tools/**.yaml`` is the only place a runnable command comes
 from. This module holds the model and its field rules; loading files, checking
@@ -45,35 +45,67 @@ class ProgressRule(_Strict):
 
 
 class Limits(_Strict):
-    max_line_bytes: int = Field(65536, ge=64, le=1_048_576)
-    max_output_bytes: int = Field(64 * 1024 * 1024, ge=0)
-    concurrency: int | None = Field(None, ge=1)
+    max_line_bytes: int = Field(
+        65536, ge=64, le=1_048_576, description="Longer output lines are split, never dropped."
+    )
+    max_output_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="Past this much output, lines are dropped and the terminal says `truncated`.",
+    )
+    concurrency: int | None = Field(
+        None, ge=1, description="At most this many jobs of this tool at once, across all executors."
+    )
 
 
 class Retry(_Strict):
-    max_attempts: int = Field(3, ge=1, le=100)
-    backoff_s: float = Field(2.0, ge=0)
+    max_attempts: int = Field(3, ge=1, le=100, description="Attempts in all, the first included.")
+    backoff_s: float = Field(2.0, ge=0, description="Seconds to wait before each retry.")
 
 
 class Manifest(_Strict):
-    id: str = Field(pattern=TOOL_ID_PATTERN, max_length=128)
-    version: int = Field(ge=0)
-    description: str = ""
-    entrypoint: list[str] = Field(min_length=1)
+    id: str = Field(pattern=TOOL_ID_PATTERN, max_length=128, description="Unique in the catalogue.")
+    version: int = Field(ge=0, description="The tool's version, recorded on every job.")
+    description: str = Field("", description="One line for `domed tools ls`.")
+    entrypoint: list[str] = Field(
+        min_length=1,
+        description="The command and its arguments, with placeholders: `{param}`, "
+        "`{tool_dir}`, `{job_id}`, `{work_dir}`. Never given to a shell.",
+    )
     parameters: dict[str, Any] = Field(
         default_factory=lambda: {"type": "object", "additionalProperties": False},
-        description="JSON Schema (2020-12) that params must satisfy.",
+        description="JSON Schema (2020-12) that params must satisfy; default: no parameters.",
     )
-    working_dir_policy: str = Field("temp", description="temp | tool_dir | fixed:/absolute/path")
-    env_allowlist: list[str] = []
-    env: dict[str, str] = {}
-    timeout_s: float = Field(3600, gt=0)
-    cancel_grace_s: float = Field(5, ge=0)
-    progress: ProgressRule | None = None
-    limits: Limits = Limits()
-    secrets: list[str] = []
-    idempotent: bool = False
-    retry: Retry | None = None
+    working_dir_policy: str = Field(
+        "temp",
+        description="`temp` (a fresh directory per job, removed after), `tool_dir` (the "
+        "manifest's folder) or `fixed:/absolute/path`.",
+    )
+    env_allowlist: list[str] = Field(
+        [], description="Names passed through from the executor's environment."
+    )
+    env: dict[str, str] = Field({}, description="Fixed values, set after the allowlist.")
+    timeout_s: float = Field(
+        3600, gt=0, description="Then SIGTERM to the process group, SIGKILL after `cancel_grace_s`."
+    )
+    cancel_grace_s: float = Field(
+        5, ge=0, description="Seconds between SIGTERM and SIGKILL on cancel and timeout."
+    )
+    progress: ProgressRule | None = Field(None, description="Output lines that report progress.")
+    limits: Limits = Field(Limits(), description="Output and concurrency limits.")
+    secrets: list[str] = Field(
+        [],
+        description="Parameters whose values are secret: masked as `***` in events, "
+        "explain replies and log lines; the values travel in the `domed-secrets` bucket, "
+        "deleted when the job ends.",
+    )
+    idempotent: bool = Field(
+        False,
+        description="True: a job whose executor vanished is run again instead of ending `lost`.",
+    )
+    retry: Retry | None = Field(
+        None, description="How often to run an `idempotent` job again after its executor vanished."
+    )
 
     @field_validator("entrypoint")
     @classmethod

@@ -52,4 +52,23 @@ def all_schemas() -> dict[str, dict[str, Any]]:
         schema = {"$schema": _DIALECT, "$id": f"https://domed.dev/schemas/{name}.json", **schema}
         out[name] = schema
     out["manifest"] = manifest_json_schema()
+    out["tools.get.reply"] = tools_get_reply_schema()
     return out
+
+
+def tools_get_reply_schema() -> dict[str, Any]:
+    """The reply of ``domed.tools.get``: the manifest as JSON, every default filled in,
+    plus the SHA-256 of its file."""
+    manifest = manifest_json_schema()
+    properties = {
+        **manifest["properties"],
+        "manifest_sha256": {"type": "string", "description": "SHA-256 (hex) of the manifest file."},
+    }
+    return {
+        **manifest,
+        "$id": "https://domed.dev/schemas/tools.get.reply.json",
+        "title": "ToolsGetReply",
+        "description": "The manifest, as JSON, with every default filled in.",
+        "properties": properties,
+        "required": sorted({*manifest.get("required", []), "manifest_sha256"}),
+    }

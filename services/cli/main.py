@@ -1,8 +1,7 @@
-"""The ``domed`` console script (SPEC.md part 5).
+"""The ``domed`` console script (docs/reference/cli.md, generated from this parser).
 
-Exit codes: 0 success; 1 a request failed; 2 bad usage or invalid params;
-3 NATS unreachable. ``submit --follow`` exits with the job's result: 0 succeeded,
-the job's exit code (1 if none) for failed, 124 timed_out, 130 canceled, 75 lost.
+Exit codes are ``EXIT_CODES``; ``submit --follow`` exits with the job's result
+(``EXIT_FOR_STATE``, and the job's own exit code, 1 if none, for failed).
 """
 
 from __future__ import annotations
@@ -24,6 +23,17 @@ from services.runtime.settings import (
 )
 
 EXIT_FOR_STATE = {"succeeded": 0, "timed_out": 124, "canceled": 130, "lost": 75}
+
+EXIT_CONFIG = 2
+EXIT_CODES = {
+    0: "success",
+    1: "a request failed (the error code is printed), or `tools validate` found problems",
+    EXIT_CONFIG: "bad usage or invalid parameters; for a service and `domed up`: its "
+    "configuration is wrong (a catalogue with problems, a stream it may not change); "
+    "starting it again will not help",
+    3: "NATS unreachable (a service: also JetStream not provisioned yet); worth retrying",
+    130: "interrupted (Ctrl-C)",
+}
 
 EXAMPLES = """examples:
   domed up                                   # embedded NATS + router, executor, projector
@@ -87,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(up)
     _service_args(up)
-    up.add_argument("--nats-port", type=int, default=4222)
+    up.add_argument("--nats-port", type=int, default=4222, help="port of the embedded nats-server")
     up.add_argument("--slots", type=int, default=8, help="executor job slots")
 
     for name, text in (
