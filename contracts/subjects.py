@@ -19,6 +19,7 @@ KV_JOBS: Final = "domed-jobs"
 KV_SECRETS: Final = "domed-secrets"
 KV_IDEMPOTENCY: Final = "domed-idempotency"
 KV_SLOTS: Final = "domed-slots"
+KV_HOLDS: Final = "domed-holds"
 EXECUTORS_CONSUMER: Final = "executors"
 
 SUBMIT: Final = "domed.jobs.submit"

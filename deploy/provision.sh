@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Provision domed's JetStream objects as the NATS admin user, then exit:
 # the stream DOMED_JOBS, the durable consumer `executors` and the KV buckets domed-jobs,
-# domed-secrets, domed-idempotency and domed-slots.
+# domed-secrets, domed-idempotency, domed-slots and domed-holds.
 #
 # It starts each service once as admin (the services' own start-up code creates exactly what
 # they expect) and stops it as soon as it is ready. The executor runs with --slots 0, so it

@@ -2,14 +2,18 @@
 
 Work comes from one durable pull consumer (``executors``) on ``job.*.queued`` that
 every executor shares, so each job is delivered to one executor at a time. While
-a job runs its executor marks the delivery in progress (a heartbeat); if the
-executor dies the delivery times out after ``ack_wait`` and another executor
-picks the job up, sees a ``started`` without a ``terminal``, and either ends it
-``lost`` or, for an idempotent tool, runs the next attempt.
+a job runs its executor marks the delivery in progress and renews the job's hold
+(``holds.py``), one heartbeat each; if the executor dies the delivery times out after
+``ack_wait`` and another executor picks the job up, sees a ``started`` without a
+``terminal`` and, once the hold has lapsed, either ends it ``lost`` or, for an
+idempotent tool, runs the next attempt. A delivery that finds the hold renewed
+(a stale one, handed back by an executor that was paused) leaves the job alone.
 
 Authority over a job's events comes from compare-and-set on the job's subjects:
 ``started`` is published only if the job's newest event is still the one we read
-(so a racing cancel wins), and ``terminal`` only if the job has none yet.
+(so a racing cancel or another executor wins), and the tool runs only once it is
+stored; a terminal written without a run is compare-and-set on the newest event
+read, and every other terminal only if the job has none yet.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ from services.catalogue.render import (
     secret_values,
 )
 from services.executor import adopted, core, records, slots
+from services.executor.holds import Holds
 from services.executor.output import JobOutput
 from services.executor.ownership import Ownership
 from services.executor.publisher import EventPipeline, Superseded
@@ -104,6 +109,7 @@ class Executor:
         js: JetStreamContext,
         secrets: KeyValue,
         slots_kv: KeyValue,
+        holds: Holds,
     ) -> None:
         self.settings = settings
         self.tools = tools
@@ -111,10 +117,11 @@ class Executor:
         self.js = js
         self.secrets = secrets
         self.slots_kv = slots_kv
+        self.holds = holds
         self.name = settings.name or f"{socket.gethostname()}-{os.getpid()}"
         self.running: dict[str, RunningJob] = {}
         self.ack_wait_s = settings.stream.ack_wait_s
-        self.heartbeat_s = max(0.2, self.ack_wait_s / 3)
+        self.heartbeat_s = max(0.2, min(self.ack_wait_s, holds.lease_s) / 3)
         self.records = records.records_dir(Path(settings.data_dir), dict(os.environ))
         self.environ = dict(os.environ)
         self.accepting = True
@@ -254,7 +261,6 @@ class Executor:
     # ---- one delivery ----------------------------------------------------------------------
 
     async def handle(self, msg: Msg) -> None:
-        delivered_at = time.monotonic()  # our hold on the delivery starts (ownership.py)
         try:
             queued = decode_event(msg.data)
         except msgspec.DecodeError as exc:
@@ -271,7 +277,6 @@ class Executor:
             # message, not the delivery).
             log.warning("job %s came back while running here; it keeps running", job_id)
             return
-        hold = Ownership(self.js, job_id, 1, self.ack_wait_s, delivered_at)  # attempt 1 so far
         meta = msg.metadata
         queued_seq = meta.sequence.stream
         if self.cancel_watch.needs_lookup(job_id, queued_seq, meta.num_delivered):
@@ -291,7 +296,7 @@ class Executor:
         attempt = 1
         if prev_started is not None:
             assert isinstance(prev_started[1], Started)
-            retry = await self._retry(msg, tool, prev_started[1], last_seq, hold)
+            retry = await self._retry(msg, tool, prev_started[1], last_seq)
             if retry is None:
                 return
             attempt, last_seq = retry
@@ -304,7 +309,8 @@ class Executor:
                 if tool is None
                 else "differs from the one the job was queued with"
             )
-            await self._spawn_failed(msg, job_id, attempt, f"manifest of {queued.tool!r} {why}")
+            message = f"manifest of {queued.tool!r} {why}"
+            await self._spawn_failed(msg, job_id, attempt, message, last_seq)
             return
         if not self.accepting:  # shutting down (e.g. during a backoff): another executor runs it
             await msg.nak()
@@ -315,19 +321,31 @@ class Executor:
             await msg.nak(delay=0.2)
             return
         try:
-            await self._run_attempt(msg, tool, queued, attempt, last_seq, slot, hold)
+            await self._run_attempt(msg, tool, queued, attempt, last_seq, slot)
         finally:
             if slot is not None:
                 await slots.release(self.slots_kv, slot)
 
     async def _retry(
-        self, msg: Msg, tool: Tool | None, started: Started, last_seq: int, hold: Ownership
+        self, msg: Msg, tool: Tool | None, started: Started, last_seq: int
     ) -> tuple[int, int] | None:
-        """The job's attempt ``started`` lost its executor. End the job ``lost``, unless its
-        tool is idempotent with attempts left: then wait the retry's backoff, keeping
-        ``hold`` on the delivery, and return the next attempt and the job's newest seq.
-        None when there is nothing more to do here."""
+        """The job's attempt ``started`` has no terminal. If its hold is renewed, another
+        executor runs it: leave the delivery alone (neither ack nor nak: either would
+        settle or hand back the message that executor holds). Once the hold has lapsed,
+        the attempt lost its executor: end the job ``lost``, unless its tool is idempotent
+        with attempts left; then wait the retry's backoff, keeping the delivery, and
+        return the next attempt and the job's newest seq. None when there is nothing
+        more to do here."""
         job_id = started.job_id
+        if not await self.holds.lapsed(job_id, within_s=self.heartbeat_s + 1.0):
+            log.info(
+                "job %s: attempt %d runs on executor %s (its hold is renewed); "
+                "this delivery leaves it alone",
+                job_id,
+                started.attempt,
+                started.executor,
+            )
+            return None
         retry = tool.manifest.retry if tool else None
         max_attempts = (
             (retry.max_attempts if retry else 3) if tool and tool.manifest.idempotent else 1
@@ -342,14 +360,14 @@ class Executor:
                 started_at=started.started_at,
                 error=TerminalError(TerminalErrorCode.EXECUTOR_LOST, why),
             )
-            await self._finish_without_run(msg, lost)
+            await self._finish_without_run(msg, lost, last_seq)
             return None
         attempt = started.attempt + 1
         backoff = retry.backoff_s if retry else 0
         if not backoff:
             return attempt, last_seq
         log.info("job %s: attempt %d starts in %gs", job_id, attempt, backoff)
-        await self._wait_holding(msg, backoff, hold)
+        await self._wait_holding(msg, backoff)
         last = await bus.last_event(self.js, job_id)
         assert last is not None
         if isinstance(last[1], Terminal):  # ended while we waited
@@ -363,22 +381,39 @@ class Executor:
             return None
         return attempt, last[0]
 
-    async def _finish_without_run(
-        self, msg: Msg, terminal: Terminal, cas_seq: int | None = None
-    ) -> None:
-        headers = (
-            bus.cas_headers(terminal.job_id, cas_seq) if cas_seq is not None else bus.FIRST_TERMINAL
-        )
+    async def _finish_without_run(self, msg: Msg, terminal: Terminal, cas_seq: int) -> None:
+        """Store the terminal of a job that this delivery does not run, only while
+        ``cas_seq`` is still the job's newest event: what this delivery decided on."""
+        headers = bus.cas_headers(terminal.job_id, cas_seq)
         try:
             await bus.retry_until(30, lambda: bus.publish_event(self.js, terminal, headers=headers))
         except nats.js.errors.APIError as exc:
             if not bus.is_wrong_last_sequence(exc):
                 raise
-            # Someone else moved the job on; look again on the next delivery.
-            if await bus.last_event(self.js, terminal.job_id, "terminal") is None:
-                await msg.nak(delay=0.1)
-                return
+            # Someone else moved the job on; look again.
+            await self._moved_on(msg, terminal.job_id, cas_seq)
+            return
         await self._settle(msg, terminal.job_id)
+
+    async def _moved_on(self, msg: Msg, job_id: str, decided_seq: int) -> None:
+        """The job got a newer event than ``decided_seq``, the one this delivery decided
+        on. Settle it if it has ended; leave it alone if another executor started an
+        attempt since (it holds the delivery too); otherwise (a cancel) hand it back to
+        be decided again."""
+        if await bus.last_event(self.js, job_id, "terminal") is not None:
+            await self._settle(msg, job_id)
+            return
+        started = await bus.last_event(self.js, job_id, "started")
+        if started is not None and started[0] > decided_seq:
+            assert isinstance(started[1], Started)
+            log.warning(
+                "job %s: attempt %d runs on executor %s; this stale delivery leaves it alone",
+                job_id,
+                started[1].attempt,
+                started[1].executor,
+            )
+            return
+        await msg.nak(delay=0.1)
 
     async def _canceled_before_start(
         self, msg: Msg, job_id: str, attempt: int, newest_seq: int
@@ -388,10 +423,13 @@ class Executor:
         terminal = never_ran(job_id, "canceled", now_iso(), attempt - 1)
         await self._finish_without_run(msg, terminal, cas_seq=newest_seq)
 
-    async def _spawn_failed(self, msg: Msg, job_id: str, attempt: int, message: str) -> None:
+    async def _spawn_failed(
+        self, msg: Msg, job_id: str, attempt: int, message: str, last_seq: int
+    ) -> None:
         """End a job ``failed`` with ``spawn_failed``: its command could not be started."""
         error = TerminalError(TerminalErrorCode.SPAWN_FAILED, message)
-        await self._finish_without_run(msg, never_ran(job_id, "failed", now_iso(), attempt, error))
+        terminal = never_ran(job_id, "failed", now_iso(), attempt, error)
+        await self._finish_without_run(msg, terminal, last_seq)
 
     async def _settle(self, msg: Msg, job_id: str, tool: Tool | None = None) -> None:
         """The job has ended: forget its secrets, then ack its delivery. In that order, so
@@ -426,7 +464,6 @@ class Executor:
         attempt: int,
         last_seq: int,
         slot: slots.Slot | None,
-        ownership: Ownership,
     ) -> None:
         job_id = queued.job_id
         manifest = tool.manifest
@@ -448,20 +485,26 @@ class Executor:
                 )
                 env = child_env(manifest, self.environ, job_id)
             except Exception as exc:
-                await self._spawn_failed(msg, job_id, attempt, f"could not prepare the job: {exc}")
+                why = f"could not prepare the job: {exc}"
+                await self._spawn_failed(msg, job_id, attempt, why, last_seq)
                 return
 
             output = JobOutput(manifest, secrets)
 
             started_mono = time.monotonic()
             try:
-                # Its output stays in the pipe until `started` is stored (resume_reading).
+                # Held at its gate until `started` is stored (open_gate).
                 proc = JobProcess.spawn(argv, cwd=work_dir, env=env, on_output=output.on_output)
             except OSError as exc:
-                await self._spawn_failed(msg, job_id, attempt, f"{argv[0]}: {exc.strerror or exc}")
+                why = f"{argv[0]}: {exc.strerror or exc}"
+                await self._spawn_failed(msg, job_id, attempt, why, last_seq)
                 return
             self.leaders.add(proc.pid)
-            record = records.write(self.records, job_id, proc.pid)
+            record = records.write(self.records, job_id, proc.pid, work_dir if remove_dir else None)
+            # The hold first: whoever sees our `started` also finds it renewed.
+            sent, answered = await self._claim(job_id, attempt)
+            ownership = Ownership(self.js, job_id, attempt, self.holds.lease_s, claimed_at=sent)
+            ownership.renewed(sent, answered)
             started_at = now_iso()
             started = Started(
                 job_id=job_id,
@@ -470,12 +513,12 @@ class Executor:
                 attempt=attempt,
                 started_at=started_at,
             )
-            ownership.attempt = attempt  # known now (a retry's is higher)
             stored_at = await bus.publish_if_newest(self.js, started, attempt, last_seq)
             if stored_at is None:
-                await self._start_refused(msg, proc, job_id, attempt)
+                await self._start_refused(msg, proc, job_id, attempt, last_seq)
                 return
             job.started_seq = stored_at
+            proc.open_gate()
 
             pipeline = EventPipeline(
                 self.js,
@@ -579,15 +622,23 @@ class Executor:
         proc.close()
         return result
 
-    async def _start_refused(self, msg: Msg, proc: JobProcess, job_id: str, attempt: int) -> None:
-        """The server refused this attempt's ``started``: a cancel (or another executor)
-        got there first, and the attempt never starts."""
+    async def _start_refused(
+        self, msg: Msg, proc: JobProcess, job_id: str, attempt: int, decided_seq: int
+    ) -> None:
+        """The server refused this attempt's ``started``: a cancel or another executor got
+        there first (``decided_seq`` is no longer the job's newest event), and the tool
+        never runs (its gate is shut)."""
+        proc.shut_gate()
         proc.kill_leftovers()
         await proc.wait_exit()
         latest = await bus.last_event(self.js, job_id)
         assert latest is not None
-        if isinstance(latest[1], Terminal):
-            await msg.ack()
+        started = await bus.last_event(self.js, job_id, "started")
+        if isinstance(latest[1], Terminal) or (started is not None and started[0] > decided_seq):
+            # Ended, or run by another executor: this delivery is stale (we were paused
+            # while it was handed to us). _moved_on neither acks nor naks the message the
+            # other executor holds.
+            await self._moved_on(msg, job_id, decided_seq)
         elif await bus.last_event(self.js, job_id, "cancel") is not None:
             await self._canceled_before_start(msg, job_id, attempt, latest[0])
         else:
@@ -663,30 +714,44 @@ class Executor:
                 return "stored"
         return "the job's events kept changing; dropped"
 
-    async def _wait_holding(self, msg: Msg, seconds: float, hold: Ownership) -> None:
+    async def _wait_holding(self, msg: Msg, seconds: float) -> None:
         """Wait ``seconds`` (a retry's backoff), or until the executor stops, keeping the
         delivery ours with answered in-progress acks, one a heartbeat; a delivery left
         alone would expire and be handed out again, and its new handler would start the
         same retry."""
         end = time.monotonic() + seconds
         while (beat := time.monotonic()) < end and not self.stopping.is_set():
-            await self._confirm_progress(msg, hold, self.heartbeat_s / 3)
+            await self._confirm_progress(msg, self.heartbeat_s / 3)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     self.stopping.wait(),
                     max(0.0, min(end, beat + self.heartbeat_s) - time.monotonic()),
                 )
 
-    async def _confirm_progress(self, msg: Msg, hold: Ownership, timeout_s: float) -> None:
+    async def _confirm_progress(self, msg: Msg, timeout_s: float) -> None:
         """An in-progress ack sent as a request: the consumer answers once it has reset the
-        delivery's timer, and the answer extends ``hold``. Without an answer the hold stays
-        as it was (the ack may still have landed)."""
-        sent = time.monotonic()
-        try:
+        delivery's timer, so a slow server delays the next heartbeat step no longer than
+        ``timeout_s``."""
+        with contextlib.suppress(Exception):
             await self.nc.request(msg.reply, b"+WPI", timeout=timeout_s)
+
+    async def _claim(self, job_id: str, attempt: int) -> tuple[float, float]:
+        """Write the job's hold for ``attempt``, retrying while NATS is away; returns when
+        the write that was stored was sent and answered."""
+        return await bus.retry_until(
+            30, partial(self.holds.claim, job_id, attempt, self.name), pause_s=0.2
+        )
+
+    async def _renew_hold(self, ownership: Ownership, timeout_s: float) -> None:
+        """Renew the job's hold; an answer extends ``ownership``. Without one the hold stays
+        as it was (the write may still have landed)."""
+        try:
+            sent, answered = await asyncio.wait_for(
+                self.holds.claim(ownership.job_id, ownership.attempt, self.name), timeout_s
+            )
         except Exception:
             return
-        hold.progress_confirmed(sent, time.monotonic())
+        ownership.renewed(sent, answered)
 
     async def _kill_escaped(self, job_id: str) -> None:
         """Kill the job's processes that left its process group (see adopted.py)."""
@@ -701,17 +766,19 @@ class Executor:
         pipeline: EventPipeline,
         ownership: Ownership,
     ) -> None:
-        """Keep the delivery (and the tool's concurrency slot, which has a TTL) alive, and
-        fence ourselves: if the job has a terminal or a newer attempt we did not write (we
-        were presumed dead, e.g. after a long pause or partition), stop and go quiet.
-        Each answered in-progress ack extends our hold on the delivery, which decides how
-        the event pipeline publishes (ownership.py)."""
-        # Each step is bounded, so the in-progress acks keep their pace even while NATS is
-        # slow to answer (a cluster electing a leader): a late one lets the delivery expire.
+        """Keep the job's hold, its delivery (and the tool's concurrency slot, which has a
+        TTL) alive, and fence ourselves: if the job has a terminal or a newer attempt we
+        did not write (we were presumed dead, e.g. after a long pause or partition), stop
+        and go quiet. Each confirmed renewal of the hold extends it, which decides how the
+        event pipeline publishes (ownership.py)."""
+        # Each step is bounded, so the renewals keep their pace even while NATS is slow to
+        # answer (a cluster electing a leader): a late one lets the hold lapse. The hold is
+        # renewed before the delivery, so a redelivery finds it lapsed without delay.
         bound = self.heartbeat_s / 3
         while True:
             beat = time.monotonic()
-            await self._confirm_progress(msg, ownership, bound)
+            await self._renew_hold(ownership, bound)
+            await self._confirm_progress(msg, bound)
             if slot is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(slots.keep(self.slots_kv, slot), bound)
@@ -843,7 +910,10 @@ async def run_executor(
         slots_kv = await bus.ensure_kv(
             js, subjects.KV_SLOTS, settings.stream, ttl_s=max(10.0, settings.stream.ack_wait_s * 2)
         )
-        executor = Executor(settings, tools, nc, js, secrets, slots_kv)  # heartbeat from ack_wait_s
+        holds_kv = await bus.ensure_kv(js, subjects.KV_HOLDS, settings.stream, ttl_s=ack_wait_s)
+        lease_s = (await holds_kv.status()).ttl or ack_wait_s  # an existing bucket's own
+        holds = Holds(holds_kv, lease_s)
+        executor = Executor(settings, tools, nc, js, secrets, slots_kv, holds)
         await executor.prepare()
         service = await serve(
             nc, subjects.SERVICE_EXECUTOR, VERSION, "runs queued jobs as local processes", []

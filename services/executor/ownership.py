@@ -1,20 +1,22 @@
-"""An attempt's hold on its job's delivery, and when its events may go out unchecked.
+"""An attempt's hold on its job (``holds.py``), and when its events may go out unchecked.
 
-Another executor is handed a job only after its delivery went ``ack_wait`` without
-the consumer taking an ack or an in-progress ack from us. So the hold is measured
-from what the server *confirmed*: the delivery itself, then each in-progress ack sent
-as a request (the server answers once it has reset the delivery's timer). An
-in-progress ack sent at ``s`` and answered before the delivery could have expired
-keeps it until at least ``s + ack_wait``.
+Another executor ends a job ``lost`` (or retries it) only once the job's hold key is
+gone, which happens one lease after its last write. So the hold is measured from what
+the server *confirmed*: each write of the key is awaited, and a write sent at ``s``
+and confirmed before the hold could have lapsed keeps it until at least ``s + lease``.
 
-While the hold has more than ``margin`` (half of ``ack_wait``) left, no other executor
-can have the job, and the event pipeline publishes without checks, pipelined. When
-less is left, or the chain of confirmations broke (an answer came after the delivery
-could already have expired: a pause, a partition, a cluster electing a leader), each
+While the hold has more than ``margin`` (half of the lease) left, no other executor
+can have ended the job, and the event pipeline publishes without checks, pipelined.
+When less is left, or the chain of confirmations broke (an answer came after the hold
+could already have lapsed: a pause, a partition, a cluster electing a leader), each
 event is published with the server checking that the job has no terminal yet, so
 nothing of ours is stored after another executor's terminal. A broken chain stays
 broken for the attempt: a later confirmation does not prove that no other executor
-was handed the job meanwhile.
+ended the job meanwhile.
+
+What is left: an unchecked publish that the checks let through while the hold was
+fresh, and that then takes longer than ``margin`` to reach the server (the executor
+paused between the check and the socket write). The margin is 15 s by default.
 
 Looking the job up (``lost``) is how an attempt learns it was superseded; a look-up
 does not extend the hold (a follower may answer it, and the delivery can expire while
@@ -39,32 +41,33 @@ class Ownership:
         js: JetStreamContext,
         job_id: str,
         attempt: int,
-        ack_wait_s: float,
-        delivered_at: float,
+        lease_s: float,
+        claimed_at: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.js = js
         self.job_id = job_id
         self.attempt = attempt
-        self.ack_wait_s = ack_wait_s
-        self.margin_s = ack_wait_s / 2
+        self.lease_s = lease_s
+        self.margin_s = lease_s / 2
         self.clock = clock
-        # The delivery cannot expire before this (monotonic time).
-        self.held_until = delivered_at + ack_wait_s
+        # The hold cannot lapse before this (monotonic time); ``claimed_at`` is when the
+        # first write of the hold was sent.
+        self.held_until = claimed_at + lease_s
         self.broken = False
 
-    def progress_confirmed(self, sent_at: float, answered_at: float) -> None:
-        """The consumer took an in-progress ack sent at ``sent_at``; the answer came at
-        ``answered_at`` (it was processed somewhere in between)."""
+    def renewed(self, sent_at: float, answered_at: float) -> None:
+        """The server stored a write of the hold sent at ``sent_at``; the answer came at
+        ``answered_at`` (it was stored somewhere in between)."""
         if answered_at >= self.held_until:
-            self.broken = True  # it may have landed after the delivery expired
+            self.broken = True  # it may have landed after the hold lapsed
         else:
-            self.held_until = max(self.held_until, sent_at + self.ack_wait_s)
+            self.held_until = max(self.held_until, sent_at + self.lease_s)
 
     @property
     def fresh(self) -> bool:
-        """No other executor can have been handed the job, with ``margin`` to spare:
-        events may be published unchecked."""
+        """No other executor can have ended the job, with ``margin`` to spare: events
+        may be published unchecked."""
         now = self.clock()
         if now >= self.held_until:
             self.broken = True

@@ -63,6 +63,7 @@ async def gated_job_whose_executor_died(
     first, job_id, _ = await running_on_own_executor(
         d, tmp_path / "x", tool, {"file": str(counter), "gate": str(gate)}
     )
+    await d.until_kind(job_id, "log")  # "run 1": the tool runs (its `started` came first)
     first.kill()  # attempt 1 is held at its gate, so it cannot have finished
     return job_id, counter, gate, executor(d, tmp_path / "y").start()
 
@@ -125,6 +126,7 @@ async def test_executor_sigkill_ends_the_job_lost_and_reaps_its_orphans(
         d, tmp_path / "x", "test.counter", {"file": str(counter), "seconds": 60}
     )
     pid = started.pid
+    await d.until_kind(job_id, "log")  # "run 1": the tool runs (its `started` came first)
     assert pid_alive(pid)
     first.kill()
     assert pid_alive(pid), "the job outlives a SIGKILLed executor until someone reaps it"

@@ -59,7 +59,13 @@ USERS = ("admin", "router", "executor", "projector", "submitter")
 SERVICES = ("router", "executor", "projector")
 TERMINAL = ("succeeded", "failed", "canceled", "timed_out", "lost")
 WAIT_S = 30.0
-KV_BUCKETS = (subjects.KV_JOBS, subjects.KV_SECRETS, subjects.KV_IDEMPOTENCY, subjects.KV_SLOTS)
+KV_BUCKETS = (
+    subjects.KV_JOBS,
+    subjects.KV_SECRETS,
+    subjects.KV_IDEMPOTENCY,
+    subjects.KV_SLOTS,
+    subjects.KV_HOLDS,
+)
 
 
 def deploy_config(text: str, ports: dict[int, int], store_dir: Path) -> str:
@@ -732,6 +738,7 @@ FORBIDDEN: dict[str, list[str]] = {
         "ingest.job.{id}.progress",
         "$KV.domed-jobs.{id}",
         "$KV.domed-slots.{id}",
+        "$KV.domed-holds.{id}",
         "$JS.API.STREAM.UPDATE.DOMED_JOBS",
         "$JS.API.STREAM.DELETE.DOMED_JOBS",
         "$JS.API.CONSUMER.CREATE.DOMED_JOBS",

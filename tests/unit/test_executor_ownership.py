@@ -1,6 +1,6 @@
 """services.executor.core: when a job's first delivery may skip its look-up (CancelWatch),
 and when an attempt no longer owns its job (superseded); services.executor.ownership: how
-long the hold on a delivery lasts, and when it no longer allows unchecked publishes."""
+long an attempt's hold on its job lasts, and when it no longer allows unchecked publishes."""
 
 from __future__ import annotations
 
@@ -72,11 +72,11 @@ class Clock:
         return self.now
 
 
-def _hold(clock: Clock, ack_wait_s: float = 30.0) -> Ownership:
-    return Ownership(None, "J", 1, ack_wait_s, delivered_at=clock.now, clock=clock)  # type: ignore[arg-type]
+def _hold(clock: Clock, lease_s: float = 30.0) -> Ownership:
+    return Ownership(None, "J", 1, lease_s, claimed_at=clock.now, clock=clock)  # type: ignore[arg-type]
 
 
-def test_the_hold_allows_unchecked_publishes_for_half_of_ack_wait_after_the_delivery() -> None:
+def test_the_hold_allows_unchecked_publishes_for_half_of_the_lease_after_its_claim() -> None:
     clock = Clock()
     hold = _hold(clock)
     clock.now += 14.9
@@ -85,32 +85,32 @@ def test_the_hold_allows_unchecked_publishes_for_half_of_ack_wait_after_the_deli
     assert not hold.fresh and not hold.broken  # short, not yet lost: publishes are checked
 
 
-def test_each_answered_in_progress_ack_extends_the_hold_from_when_it_was_sent() -> None:
+def test_each_confirmed_renewal_extends_the_hold_from_when_it_was_sent() -> None:
     clock = Clock()
     hold = _hold(clock)
-    hold.progress_confirmed(sent_at=110.0, answered_at=110.5)
+    hold.renewed(sent_at=110.0, answered_at=110.5)
     clock.now = 124.9
     assert hold.fresh
     clock.now = 125.1
     assert not hold.fresh
-    hold.progress_confirmed(sent_at=125.1, answered_at=125.2)
-    assert hold.fresh  # the delivery could not have expired in between: fresh again
+    hold.renewed(sent_at=125.1, answered_at=125.2)
+    assert hold.fresh  # the hold could not have lapsed in between: fresh again
 
 
-def test_an_answer_that_may_have_come_after_the_delivery_expired_breaks_the_hold_for_good() -> None:
+def test_an_answer_that_may_have_come_after_the_hold_lapsed_breaks_it_for_good() -> None:
     clock = Clock()
     hold = _hold(clock)
-    hold.progress_confirmed(sent_at=129.0, answered_at=131.0)  # expiry was possible at 130
+    hold.renewed(sent_at=129.0, answered_at=131.0)  # the hold could lapse at 130
     clock.now = 131.0
     assert hold.broken and not hold.fresh
-    hold.progress_confirmed(sent_at=131.0, answered_at=131.1)
-    assert not hold.fresh, "another executor may have been handed the job meanwhile"
+    hold.renewed(sent_at=131.0, answered_at=131.1)
+    assert not hold.fresh, "another executor may have ended the job meanwhile"
 
 
-def test_a_pause_past_the_delivery_expiry_breaks_the_hold() -> None:
+def test_a_pause_past_the_lease_breaks_the_hold() -> None:
     clock = Clock()
     hold = _hold(clock)
-    clock.now += 30.0  # e.g. SIGSTOP: no in-progress acks went out
+    clock.now += 30.0  # e.g. SIGSTOP: no renewals went out
     assert not hold.fresh and hold.broken
-    hold.progress_confirmed(sent_at=clock.now, answered_at=clock.now + 0.1)
+    hold.renewed(sent_at=clock.now, answered_at=clock.now + 0.1)
     assert not hold.fresh
