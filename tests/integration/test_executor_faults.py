@@ -6,6 +6,7 @@ import asyncio
 import errno
 import os
 import signal
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -130,10 +131,12 @@ async def test_executor_sigkill_ends_the_job_lost_and_reaps_its_orphans(
     assert pid_alive(pid)
     first.kill()
     assert pid_alive(pid), "the job outlives a SIGKILLed executor until someone reaps it"
+    (work_dir,) = Path(tempfile.gettempdir()).glob(f"domed-{job_id}-*")
     second = executor(d, tmp_path / "x").start()  # same host, same data dir: it reaps the orphan
     try:
         await second.wait_ready()
         assert not pid_alive(pid) and processes_with_env(f"DOMED_JOB_ID={job_id}") == []
+        assert not work_dir.exists(), "the orphaned job's working dir was left behind"
         events = await d.events(job_id, timeout=30)
         term = terminal_of(events)
         assert (
