@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import json
 import random
-import re
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ from contracts.events import (
     decode_event,
     encode_event,
 )
+from services.projector.rebuild import RebuildReport, decode_report
 
 ERROR_HEADER = "Nats-Service-Error"
 _json = msgspec.json.Encoder()
@@ -773,13 +773,6 @@ async def read_stream_discarding(nc: Client, messages: int, deadline: float) -> 
     return count, took
 
 
-_REBUILD = re.compile(r"rebuild: (\d+) events in ([\d.]+)s")
-_REBUILD_CPU = re.compile(r"([\d.]+) µs of CPU per event")
-_REBUILD_KV = re.compile(
-    r"rebuild: KV mirror repaired ([\d.]+)s later: (\d+) jobs put, (\d+) already right"
-)
-
-
 async def case_rebuild(
     stack: Stack, sizes: Sizes, budget_s: float, profile_out: Path | None = None
 ) -> tuple[list[Row], dict[str, Any]]:
@@ -838,13 +831,9 @@ async def _rebuild(
     sampler = RssSampler({"projector": proj.pid, "nats-server": stack.server_pid})
     with sampler, profiled(proj.pid if profile_out else None, profile_out or Path()):
         try:
-            await asyncio.to_thread(
-                proj.wait_for_text, "rebuild: ", max(1.0, deadline - time.monotonic())
-            )
+            await wait_for_report(proj, "store", deadline)
             # Done when the KV mirror has caught up too (each job is put into it once more).
-            await asyncio.to_thread(
-                proj.wait_for_text, "rebuild: KV mirror", max(1.0, deadline - time.monotonic())
-            )
+            await wait_for_report(proj, "kv", deadline)
             t_done = time.monotonic()
         except (TimeoutError, RuntimeError) as exc:
             problems.append(str(exc)[:300])
@@ -857,9 +846,9 @@ async def _rebuild(
         problems.append(f"projected_seq {projected} < last seq {last_seq}")
     wall = t_done - t_launch
     first = rebuild_report(proj.log_text())
-    kv_repair = first.kv_repair if first else None
-    rates = [first.rate if first else float("nan")]
-    cpus = [first.cpu_us if first else float("nan")]
+    kv_repair = kv_repair_of(first)
+    rates = [first.events_per_s if first else float("nan")]
+    cpus = [first.cpu_us_per_event if first else float("nan")]
     bases = [base_rate]
     intact: tuple[RebuildReport, float] | None = None  # and its peak RSS, MB
     for i in range(1, runs):  # the store only, but the last one repairs the KV as well
@@ -869,8 +858,8 @@ async def _rebuild(
         if again is None:
             problems.append("a repeated rebuild did not report")
             break
-        rates.append(again[0].rate)
-        cpus.append(again[0].cpu_us)
+        rates.append(again[0].events_per_s)
+        cpus.append(again[0].cpu_us_per_event)
         if i == runs - 1:
             intact = again
     rate, cpu_us, base_rate = median(rates), median(cpus), median(bases)
@@ -931,7 +920,7 @@ async def _rebuild(
         ),
     ]
     if intact is not None:
-        intact_kv, intact_peak_mb = intact[0].kv_repair, intact[1]
+        intact_kv, intact_peak_mb = kv_repair_of(intact[0]), intact[1]
         rows.append(
             Row(
                 "4 rebuild",
@@ -956,11 +945,11 @@ async def _rebuild(
         "real_events_before": int(before.messages),
         "synthetic": published,
         "reported_events": first.events if first else None,
-        "reported_s": first.took_s if first else None,
+        "reported_s": first.store_s if first else None,
         "projector_cpu_us_per_event": cpu_us,
         "rebuild_rates": [round(r) for r in rates],
         "intact_kv_peak_rss_mb": round(intact[1], 1) if intact else None,
-        "intact_kv_repair": intact[0].kv_repair if intact else None,
+        "intact_kv_repair": kv_repair_of(intact[0]) if intact else None,
         "rebuild_cpu_us_per_event": cpus,
         "baseline_rates": [round(b) for b in bases],
         "launch_to_done_s": round(wall, 3) if wall == wall else None,
@@ -976,26 +965,39 @@ async def _rebuild(
     return rows, details
 
 
-@dataclass
-class RebuildReport:
-    """What ``projector --rebuild`` printed."""
-
-    events: int
-    took_s: float  # into the store
-    cpu_us: float  # of CPU per event
-    kv_repair: tuple[float, int, int] | None  # (s after the store, jobs put, jobs already right)
-
-    @property
-    def rate(self) -> float:
-        return self.events / self.took_s if self.took_s > 0 else float("nan")
-
-
 def rebuild_report(text: str) -> RebuildReport | None:
-    m, m_cpu, m_kv = _REBUILD.search(text), _REBUILD_CPU.search(text), _REBUILD_KV.search(text)
-    if not m or not m_cpu:
+    """The furthest report of a ``projector --rebuild`` whose output is ``text``: the JSON
+    lines it writes on stdout (services.projector.rebuild); its log lines are not JSON."""
+    reports = {}
+    for line in text.splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(msgspec.DecodeError):
+                report = decode_report(line)
+                reports[report.stage] = report
+    return reports.get("kv") or reports.get("store")
+
+
+def kv_repair_of(report: RebuildReport | None) -> tuple[float, int, int] | None:
+    """(s after the store, jobs put, jobs already right) once a report says the KV caught up."""
+    if report is None or report.kv_s is None:
         return None
-    kv = (float(m_kv.group(1)), int(m_kv.group(2)), int(m_kv.group(3))) if m_kv else None
-    return RebuildReport(int(m.group(1)), float(m.group(2)), float(m_cpu.group(1)), kv)
+    return report.kv_s, report.kv_jobs_put or 0, report.kv_jobs_right or 0
+
+
+async def wait_for_report(proj: ServiceProcess, stage: str, deadline: float) -> None:
+    """Until the rebuilding projector has reported ``stage`` (``store``, then ``kv``)."""
+    reached = ("store", "kv") if stage == "store" else ("kv",)  # the kv line comes last
+
+    def reported(text: str) -> bool:
+        report = rebuild_report(text)
+        return report is not None and report.stage in reached
+
+    await asyncio.to_thread(
+        proj.wait_for_log,
+        reported,
+        f"the rebuild's {stage} report",
+        max(1.0, deadline - time.monotonic()),
+    )
 
 
 async def _rebuild_again(
@@ -1011,19 +1013,13 @@ async def _rebuild_again(
     sampler = RssSampler({"projector": proj.pid})
     try:
         with sampler:
-            await asyncio.to_thread(
-                proj.wait_for_text, "into the store", max(1.0, deadline - time.monotonic())
-            )
-            if with_kv:
-                await asyncio.to_thread(
-                    proj.wait_for_text, "rebuild: KV mirror", max(1.0, deadline - time.monotonic())
-                )
+            await wait_for_report(proj, "kv" if with_kv else "store", deadline)
     except (TimeoutError, RuntimeError):
         return None
     finally:
         await asyncio.to_thread(proj.stop)
     report = rebuild_report(proj.log_text())
-    if report is None or report.took_s <= 0:
+    if report is None or report.store_s <= 0:
         return None
     return report, sampler.peak_kb["projector"] / 1024
 

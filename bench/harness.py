@@ -15,7 +15,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -218,16 +218,20 @@ class ServiceProcess:
 
     def wait_for_text(self, needle: str, timeout_s: float) -> float:
         """Block until ``needle`` is in the log; returns the monotonic time it was seen."""
+        return self.wait_for_log(lambda text: needle in text, repr(needle), timeout_s)
+
+    def wait_for_log(self, seen: Callable[[str], bool], what: str, timeout_s: float) -> float:
+        """Block until ``seen(the log so far)`` is true; returns the monotonic time it was."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if needle in self.log_text():
+            if seen(self.log_text()):
                 return time.monotonic()
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(
                     f"{self.name} exited with {self.proc.returncode}:\n{self.log_text()[-2000:]}"
                 )
             time.sleep(0.01)
-        raise TimeoutError(f"{self.name}: {needle!r} not logged within {timeout_s}s")
+        raise TimeoutError(f"{self.name}: {what} not logged within {timeout_s}s")
 
     def wait_ready(self, timeout_s: float = 30) -> None:
         self.wait_for_text(" ready", timeout_s)

@@ -793,9 +793,9 @@ async def test_a_rebuilt_projector_repairs_the_kv_with_its_own_rights(
 ) -> None:
     """After a rebuild the projector reads the KV first and puts only what differs: with
     the projector's rights (no consumer on a KV stream), and no violation."""
-    from services.projector import app as projector_app
+    from services.projector import mirror
 
-    monkeypatch.setattr(projector_app, "REPAIR_READ_FIRST", 1)
+    monkeypatch.setattr(mirror, "REPAIR_READ_FIRST", 1)
     watch = await Watch().start(pipeline.nc)
     jobs = [await pipeline.submit("demo.echo", {"text": f"kv{i}"}) for i in range(4)]
     for job_id in jobs:

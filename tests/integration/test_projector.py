@@ -15,13 +15,21 @@ import pytest
 
 from contracts import subjects
 from contracts.events import Log
-from services.projector import app as projector_app
+from services.projector import follow, mirror, projection
 from services.projector.app import store_path
+from services.projector.rebuild import decode_report
 from services.projector.store import INDEXES, Store
 from services.runtime import bus
 from services.runtime.natsserver import NatsServer
 from services.runtime.settings import Settings
-from tests.support import Domed, ServiceProcess, log_lines, terminal_of, wait_until
+from tests.support import (
+    Domed,
+    ServiceProcess,
+    log_lines,
+    run_cli,
+    terminal_of,
+    wait_until,
+)
 
 
 async def test_get_list_filters_and_pagination(domed: Domed) -> None:
@@ -164,6 +172,40 @@ async def test_rebuild_equals_the_live_projection(
     assert len(live) == len(jobs) and live == rebuilt
 
 
+async def test_a_rebuild_reports_its_figures_as_json_lines_on_stdout(
+    fresh_server: NatsServer, ssot: Path, tmp_path: Path
+) -> None:
+    """``domed projector --rebuild`` writes one JSON line once the store is rebuilt and
+    one once the KV is, and nothing else on stdout (the bench reads them)."""
+    async with Domed.running(fresh_server.url, ssot, tmp_path / "live") as d:
+        jobs = await _projected_then_stopped(d, 3)
+        info = await d.nc.jetstream().stream_info(subjects.STREAM)
+    done = await run_cli(
+        "projector",
+        "--rebuild",
+        "--nats-url",
+        fresh_server.url,
+        "--ssot",
+        str(ssot),
+        "--data-dir",
+        str(tmp_path / "rebuilt"),
+        until="rebuild: KV mirror caught up",
+    )
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2, (done.stdout, done.stderr)
+    store, kv = (decode_report(line) for line in lines)
+    assert (store.stage, kv.stage) == ("store", "kv")
+    assert store.events == info.state.messages and store.to_seq == info.state.last_seq
+    assert store.store_s > 0 and store.events_per_s > 0 and store.cpu_us_per_event > 0
+    assert store.kv_s is None and store.kv_jobs_put is None and store.kv_jobs_right is None
+    assert kv.kv_s is not None and kv.kv_s >= 0
+    assert (kv.kv_jobs_put, kv.kv_jobs_right) == (len(jobs), 0)
+    assert (
+        msgspec.structs.replace(kv, stage="store", kv_s=None, kv_jobs_put=None, kv_jobs_right=None)
+        == store
+    )
+
+
 async def test_projector_killed_mid_burst_neither_skips_nor_double_counts(
     fresh_server: NatsServer, ssot: Path, tmp_path: Path
 ) -> None:
@@ -222,7 +264,7 @@ async def test_a_lost_stream_consumer_is_replaced_and_the_projection_goes_on(
     """The projector's consumer vanishes while its connection stays up (in a cluster: the
     node that held it died): no more deliveries, no more heartbeats. The projector makes a
     new one from where it was and misses nothing."""
-    monkeypatch.setattr(projector_app, "READ_HEARTBEAT_S", 0.2)
+    monkeypatch.setattr(follow, "READ_HEARTBEAT_S", 0.2)
     async with Domed.running(fresh_server.url, ssot, tmp_path / "d") as d:
         before = await d.submit("demo.echo", {"text": "before"})
         await d.projected(before)
@@ -297,7 +339,7 @@ def read_kv_first(
 ) -> pytest.LogCaptureFixture:
     """A rebuild reads the KV first however few jobs there are (the bench covers the
     sizes); the projector's log is captured."""
-    monkeypatch.setattr(projector_app, "REPAIR_READ_FIRST", 1)
+    monkeypatch.setattr(mirror, "REPAIR_READ_FIRST", 1)
     caplog.set_level(logging.INFO, logger="domed.projector")
     return caplog
 
@@ -371,9 +413,9 @@ async def test_a_bucket_that_cannot_be_read_back_is_repaired_by_putting_every_jo
 async def test_a_backlog_bigger_than_the_projectors_memory_is_projected_right(
     fresh_server: NatsServer, ssot: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(projector_app, "CACHE_MAX", 2)  # live jobs held in memory
+    monkeypatch.setattr(projection, "CACHE_MAX", 2)  # live jobs held in memory
     # Commit once a second, so jobs leave memory before their states are in the store.
-    monkeypatch.setattr(projector_app, "COMMIT_S", 1.0)
+    monkeypatch.setattr(follow, "COMMIT_S", 1.0)
     async with Domed.running(
         fresh_server.url, ssot, tmp_path / "d", services=("router", "projector")
     ) as d:

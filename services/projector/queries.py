@@ -1,0 +1,158 @@
+"""The projector's queries: ``domed.jobs.get``, ``domed.jobs.list`` and ``domed.jobs.events``.
+
+``get`` and ``list`` answer from the store; every reply carries ``projected_seq`` (the
+last stream seq the store holds) so a caller can wait for its own writes. ``events``
+reads a job's events from the stream itself, one page at a time, so its answer is
+complete even before the projection has caught up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from contracts import subjects
+from contracts.api import (
+    JobsEventsReply,
+    JobsEventsRequest,
+    JobsGetReply,
+    JobsGetRequest,
+    JobsListReply,
+    JobsListRequest,
+    StoredEvent,
+)
+from contracts.errors import DomedError, ErrorCode
+from services.projector.projection import Projection
+from services.projector.store import Store, decode_cursor, encode_cursor
+from services.runtime import bus
+from services.runtime.endpoints import Endpoint
+
+LIST_LIMIT_DEFAULT = 50
+LIST_LIMIT_MAX = 500
+EVENTS_LIMIT_DEFAULT = 1000
+EVENTS_LIMIT_MAX = 10_000
+
+_raw = msgspec.json.Decoder()
+
+
+class Queries:
+    """Answers the job queries; ``projection`` says how far the store got."""
+
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        store: Store,
+        projection: Projection,
+        *,
+        timeout_s: float,
+    ) -> None:
+        self.nc = nc
+        self.js = js
+        self.store = store
+        self.projection = projection
+        self.timeout_s = timeout_s
+
+    def endpoints(self) -> list[Endpoint]:
+        """The projector service's endpoints (``events`` may run concurrently: it waits on
+        the stream, not the store)."""
+        return [
+            Endpoint("jobs-get", subjects.JOBS_GET, JobsGetRequest, self.get),
+            Endpoint("jobs-list", subjects.JOBS_LIST, JobsListRequest, self.list_jobs),
+            Endpoint(
+                "jobs-events", subjects.JOBS_EVENTS, JobsEventsRequest, self.events, concurrent=True
+            ),
+        ]
+
+    async def get(self, req: JobsGetRequest) -> JobsGetReply:
+        """One job's state; ``unknown_job`` says when retention removed events unread."""
+        state = self.store.get(req.job_id)
+        projected = self.projection.committed_seq
+        if state is None:
+            details: dict[str, Any] = {"projected_seq": projected}
+            hint = ""
+            gap = self.projection.gap
+            if gap is not None:
+                details["retention_gap"] = list(gap)
+                hint = f" (events {gap[0]}..{gap[1]} were removed by retention unread)"
+            raise DomedError(ErrorCode.UNKNOWN_JOB, f"no job has id {req.job_id!r}{hint}", details)
+        return JobsGetReply(**msgspec.structs.asdict(state), projected_seq=projected)
+
+    async def list_jobs(self, req: JobsListRequest) -> JobsListReply:
+        """A page of jobs, newest first, filtered by state, tool and label."""
+        limit = req.limit if req.limit is not None else LIST_LIMIT_DEFAULT
+        if limit < 1:
+            raise DomedError(ErrorCode.INVALID_REQUEST, "limit must be at least 1")
+        limit = min(limit, LIST_LIMIT_MAX)
+        try:
+            before = decode_cursor(req.cursor) if req.cursor else None
+        except (ValueError, UnicodeDecodeError):
+            raise DomedError(
+                ErrorCode.INVALID_REQUEST, "cursor is not one this service issued"
+            ) from None
+        jobs = self.store.list_jobs(
+            state=req.state, tool=req.tool, label=req.label, limit=limit, before=before
+        )
+        next_cursor = encode_cursor(jobs[-1].job_id) if len(jobs) == limit else None
+        return JobsListReply(
+            jobs=jobs, projected_seq=self.projection.committed_seq, next_cursor=next_cursor
+        )
+
+    async def events(self, req: JobsEventsRequest) -> JobsEventsReply:
+        """A job's events in stream order, read from the stream itself, one page at a time."""
+        if not subjects.is_job_id(req.job_id):
+            raise DomedError(ErrorCode.UNKNOWN_JOB, f"no job has id {req.job_id!r}")
+        after = req.after_seq or 0
+        limit = min(max(1, req.limit or EVENTS_LIMIT_DEFAULT), EVENTS_LIMIT_MAX)
+        try:
+            last = await bus.last_event(self.js, req.job_id)
+        except bus.UNAVAILABLE_ERRORS as exc:
+            raise bus.unavailable(exc) from None
+        if last is None:
+            raise DomedError(ErrorCode.UNKNOWN_JOB, f"no job has id {req.job_id!r}")
+        last_seq, last_ev = last
+        ended = last_ev.__struct_config__.tag == "terminal"
+        if last_seq <= after:
+            return JobsEventsReply(
+                events=[], complete=ended, projected_seq=self.projection.committed_seq
+            )
+        budget = max(64 * 1024, self.nc.max_payload - 64 * 1024)
+        events: list[StoredEvent] = []
+        size = 0
+        reached = after
+        cfg = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1
+        )
+        sub = await self.js.subscribe(
+            subjects.job_events_filter(req.job_id),
+            stream=subjects.STREAM,
+            ordered_consumer=True,
+            config=cfg,
+        )
+        try:
+            while reached < last_seq and len(events) < limit:
+                msg = await sub.next_msg(timeout=self.timeout_s)
+                seq = msg.metadata.sequence.stream
+                if size + len(msg.data) + 128 > budget and events:
+                    break
+                events.append(StoredEvent(subject=msg.subject, seq=seq, data=_raw.decode(msg.data)))
+                size += len(msg.data) + 128
+                reached = seq
+        except (TimeoutError, nats.errors.TimeoutError) as exc:
+            raise bus.unavailable(exc) from None
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        more = reached < last_seq
+        return JobsEventsReply(
+            events=events,
+            complete=ended and not more,
+            projected_seq=self.projection.committed_seq,
+            next=reached if more else None,
+        )
