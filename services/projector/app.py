@@ -29,6 +29,7 @@ from services.projector.store import Store
 from services.runtime import bus
 from services.runtime.endpoints import serve
 from services.runtime.lifecycle import VERSION
+from services.runtime.ordered import RawClient
 from services.runtime.settings import Settings, redact_url
 
 log = logging.getLogger("domed.projector")
@@ -65,10 +66,13 @@ async def run_projector(
     async def on_reconnect() -> None:
         reconnected.set()
 
-    nc = await bus.connect(
+    # Only the projector reads a stream raw (services.runtime.ordered).
+    nc = RawClient()
+    await bus.connect(
         settings,
         settings.name or "domed-projector",
         service="projector",
+        client=nc,
         reconnected_cb=on_reconnect,
     )
     try:

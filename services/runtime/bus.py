@@ -41,7 +41,6 @@ from nats.js.kv import KeyValue
 from contracts import subjects
 from contracts.errors import DomedError, ErrorCode
 from contracts.events import Event, decode_event, encode_event
-from services.runtime.ordered import RawClient
 from services.runtime.settings import Settings, StreamSettings
 
 log = logging.getLogger("domed.bus")
@@ -99,11 +98,18 @@ def inbox_prefix(name: str, service: str = "") -> str:
     return "_INBOX_" + _NOT_A_TOKEN.sub("_", label)
 
 
-async def connect(settings: Settings, name: str, *, service: str = "", **options: Any) -> RawClient:
+async def connect(
+    settings: Settings,
+    name: str,
+    *,
+    service: str = "",
+    client: Client | None = None,
+    **options: Any,
+) -> Client:
     """Connect with reconnects forever, so a NATS restart heals by itself.
 
-    The client is nats-py's, able to hand one subscription its messages raw
-    (``services.runtime.ordered``); the projector reads the stream that way.
+    ``client`` is the (unconnected) client to connect, nats-py's own unless given: the
+    projector passes the one that reads a stream raw (``services.runtime.ordered``).
 
     ``service`` (or ``settings.service``) is the service kind that names the inbox prefix;
     see :func:`inbox_prefix`.
@@ -130,7 +136,7 @@ async def connect(settings: Settings, name: str, *, service: str = "", **options
 
     kwargs.setdefault("error_cb", _report)
     kwargs.update(options)
-    nc = RawClient()
+    nc = client if client is not None else Client()
     await nc.connect(**kwargs)
     return nc
 

@@ -17,7 +17,13 @@ It keeps what an ordered consumer promises, which nats-py's keeps in the same wa
 - flow control is answered at once: the handler has run for every message before it.
 
 Only the one subscription is diverted (``RawClient``); every other subscription of the
-connection goes through nats-py as usual.
+connection goes through nats-py as usual. Only the projector connects with ``RawClient``
+(``bus.connect(..., client=RawClient())``); every other service uses nats-py's client.
+
+``RawClient`` and ``_RawParser`` override nats-py internals (``Client._ps``,
+``Client._process_msg``, the ``Parser``'s buffer and state, ``Subscription._id``):
+pyproject.toml pins nats-py to the minor versions they were checked against, and
+tests/unit/test_runtime_ordered_nats_internals.py says what changed when they move.
 """
 
 from __future__ import annotations

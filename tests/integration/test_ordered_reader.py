@@ -9,10 +9,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+from nats.aio.client import Client
 from nats.js.api import StreamConfig
 
+from services.runtime import bus
 from services.runtime.natsserver import NatsServer
 from services.runtime.ordered import OrderedReader, RawClient
+from services.runtime.settings import Settings
 
 _names = itertools.count(1)
 
@@ -184,3 +187,18 @@ async def test_heartbeats_between_messages_keep_the_reading_alive(
     finally:
         await reader.close()
     assert_in_order(got.got, prefix, 1, 20)
+
+
+async def test_a_service_connects_with_nats_pys_own_client_unless_it_asks_for_the_raw_one(
+    nats_server: NatsServer,
+) -> None:
+    """Only the projector reads a stream raw; every other connection is nats-py's as it is."""
+    settings = Settings(nats_url=nats_server.url)
+    plain = await bus.connect(settings, "domed-router", service="router")
+    raw = RawClient()
+    connected = await bus.connect(settings, "domed-projector", service="projector", client=raw)
+    try:
+        assert type(plain) is Client and connected is raw and raw.is_connected
+    finally:
+        await bus.disconnect(plain)
+        await bus.disconnect(raw)
