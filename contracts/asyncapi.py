@@ -20,6 +20,7 @@ from contracts.errors import MEANING, STATUS
 from contracts.schemas import all_schemas
 
 VERSION = "0.1.0"
+"""The version of domed's API the document describes (``info.version``)."""
 _COMPONENT_REF = "#/components/schemas/"
 
 

@@ -18,6 +18,8 @@ from msgspec import Meta
 
 
 class ErrorCode(enum.StrEnum):
+    """``error.code`` of an error reply; ``STATUS`` maps each to its HTTP-like status."""
+
     INVALID_REQUEST = "invalid_request"
     INVALID_PARAMS = "invalid_params"
     UNKNOWN_TOOL = "unknown_tool"
@@ -36,6 +38,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,
 }
+"""The ``Nats-Service-Error-Code`` status each error code is replied with."""
 
 MEANING: dict[ErrorCode, str] = {
     ErrorCode.INVALID_REQUEST: "the body is not JSON, or not the request's shape",
@@ -47,6 +50,7 @@ MEANING: dict[ErrorCode, str] = {
     ErrorCode.UNAVAILABLE: "the service cannot reach JetStream (retry later)",
     ErrorCode.INTERNAL: "a bug: the service logged it; the message says nothing more",
 }
+"""What each error code means, for the reference and the AsyncAPI document."""
 
 
 class TerminalErrorCode(enum.StrEnum):
@@ -64,6 +68,7 @@ TERMINAL_MEANING: dict[TerminalErrorCode, str] = {
     TerminalErrorCode.EXECUTOR_LOST: "the executor running it vanished and the tool is not "
     "`idempotent` (state `lost`)",
 }
+"""What each terminal error code means, for the reference."""
 
 
 class ErrorBody(msgspec.Struct, omit_defaults=True):
@@ -94,7 +99,9 @@ class DomedError(Exception):
 
     @property
     def status(self) -> int:
+        """The status this error is replied with (``STATUS`` of its code)."""
         return STATUS[self.code]
 
     def body(self) -> ErrorReply:
+        """The error reply this error is answered with."""
         return ErrorReply(ErrorBody(self.code.value, self.message, self.details))

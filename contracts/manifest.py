@@ -15,9 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import InitErrorDetails
 
 TOOL_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
+"""What a tool id may look like: lower case, digits, ``_``, ``.`` and ``-``."""
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+"""A ``{name}`` placeholder in an entrypoint argument; group 1 is the name."""
 BUILTIN_PLACEHOLDERS = frozenset({"tool_dir", "job_id", "work_dir"})
+"""Placeholders domed fills itself; every other one names a parameter."""
 PROGRESS_GROUPS = frozenset({"current", "total", "percent", "message"})
+"""The named groups a progress regex may use."""
 
 
 class _Strict(BaseModel):
@@ -25,6 +29,8 @@ class _Strict(BaseModel):
 
 
 class ProgressRule(_Strict):
+    """How progress is read from a tool's output lines."""
+
     regex: str = Field(description="A Python regex; named groups current, total, percent, message.")
 
     @field_validator("regex")
@@ -45,6 +51,8 @@ class ProgressRule(_Strict):
 
 
 class Limits(_Strict):
+    """Bounds on a job's output, and on how many jobs of the tool run at once."""
+
     max_line_bytes: int = Field(
         65536, ge=64, le=1_048_576, description="Longer output lines are split, never dropped."
     )
@@ -59,11 +67,15 @@ class Limits(_Strict):
 
 
 class Retry(_Strict):
+    """How often, and after how long, a lost job of an idempotent tool is tried again."""
+
     max_attempts: int = Field(3, ge=1, le=100, description="Attempts in all, the first included.")
     backoff_s: float = Field(2.0, ge=0, description="Seconds to wait before each retry.")
 
 
 class Manifest(_Strict):
+    """A tool: the command it runs, the parameters it takes, and how domed runs it."""
+
     id: str = Field(pattern=TOOL_ID_PATTERN, max_length=128, description="Unique in the catalogue.")
     version: int = Field(ge=0, description="The tool's version, recorded on every job.")
     description: str = Field("", description="One line for `domed tools ls`.")
@@ -155,6 +167,7 @@ class Manifest(_Strict):
         return self
 
     def summary_fields(self) -> tuple[str, int, str]:
+        """``(id, version, description)``: what a listing of tools shows."""
         return self.id, self.version, self.description
 
 

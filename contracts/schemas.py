@@ -42,6 +42,7 @@ MESSAGES: dict[str, Any] = {
     "job.state": api.JobState,
     "error.reply": ErrorReply,
 }
+"""File stem under ``contracts/schemas/`` -> the wire type whose JSON Schema it holds."""
 
 
 def all_schemas() -> dict[str, dict[str, Any]]:

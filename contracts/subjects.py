@@ -12,31 +12,54 @@ import re
 from typing import Final, Literal
 
 STREAM: Final = "DOMED_JOBS"
+"""The JetStream stream that stores every job event."""
 INGEST_PREFIX: Final = "ingest"
+"""The first token of the internal subjects services publish events to."""
 STREAM_SUBJECTS: Final = "ingest.job.*.*"
+"""What the stream captures: ``ingest.job.<job_id>.<kind>``, published by the services."""
 STORED_SUBJECTS: Final = "job.*.*"
+"""What the stream stores (and republishes) each event as: ``job.<job_id>.<kind>``."""
 KV_JOBS: Final = "domed-jobs"
+"""KV bucket: each job's state as the projector last committed it, keyed by job id."""
 KV_SECRETS: Final = "domed-secrets"
+"""KV bucket: a job's secret parameters, kept out of the stream; the job's end clears them."""
 KV_IDEMPOTENCY: Final = "domed-idempotency"
+"""KV bucket: submit idempotency keys, claimed atomically, kept one duplicate window."""
 KV_SLOTS: Final = "domed-slots"
+"""KV bucket: the concurrency slots of tools with ``limits.concurrency``, across executors."""
 KV_HOLDS: Final = "domed-holds"
+"""KV bucket: a hold per running attempt, renewed every heartbeat, lapsing one lease after the last."""
 EXECUTORS_CONSUMER: Final = "executors"
+"""The durable work consumer on the stream that every executor pulls jobs from."""
 
 SUBMIT: Final = "domed.jobs.submit"
+"""Request/reply: submit a job (the router answers)."""
 CANCEL: Final = "domed.jobs.cancel"
+"""Request/reply: ask for a job to be canceled (the router answers)."""
 TOOLS_LIST: Final = "domed.tools.list"
+"""Request/reply: the catalogue's tools (the router answers)."""
 TOOLS_GET: Final = "domed.tools.get"
+"""Request/reply: one tool's manifest (the router answers)."""
 TOOLS_EXPLAIN: Final = "domed.tools.explain"
+"""Request/reply: the command a submit would run, without running it (the router answers)."""
 JOBS_GET: Final = "domed.jobs.get"
+"""Request/reply: one job's state (the projector answers)."""
 JOBS_LIST: Final = "domed.jobs.list"
+"""Request/reply: a page of jobs, newest first (the projector answers)."""
 JOBS_EVENTS: Final = "domed.jobs.events"
+"""Request/reply: one job's stored events, in stream order (the projector answers)."""
 
 SERVICE_ROUTER: Final = "domed-router"
+"""The router's name on the NATS Services API (``$SRV.*``)."""
 SERVICE_EXECUTOR: Final = "domed-executor"
+"""The executors' name on the NATS Services API (``$SRV.*``)."""
 SERVICE_PROJECTOR: Final = "domed-projector"
+"""The projector's name on the NATS Services API (``$SRV.*``)."""
 
 EventKind = Literal["queued", "cancel", "started", "log", "progress", "terminal"]
+"""The kind of an event: its subject's last token and its payload's ``kind``."""
 EVENT_KINDS: Final[tuple[str, ...]] = ("queued", "cancel", "started", "log", "progress", "terminal")
+"""Every event kind, in the order a job's events usually come."""
 
 _JOB_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 

@@ -16,6 +16,8 @@ from contracts import api, events, subjects
 
 @dataclass(frozen=True)
 class EventKind:
+    """One kind of job event: its type, the service that writes it, and one line on it."""
+
     kind: str
     type: Any
     written_by: str
@@ -24,6 +26,9 @@ class EventKind:
 
 @dataclass(frozen=True)
 class EndpointSpec:
+    """One request/reply endpoint: its subject, the service that answers, its message
+    schemas (keys of ``contracts.schemas.all_schemas()``) and one line on it."""
+
     subject: str
     service: str
     request: str  # a key of contracts.schemas.all_schemas()
@@ -46,6 +51,7 @@ EVENTS: Final[tuple[EventKind, ...]] = (
         "How the job ended: its one and last event.",
     ),
 )
+"""Every kind of job event, in the order a job's events usually come."""
 
 ENDPOINTS: Final[tuple[EndpointSpec, ...]] = (
     EndpointSpec(
@@ -105,6 +111,7 @@ ENDPOINTS: Final[tuple[EndpointSpec, ...]] = (
         "One job's stored events, in stream order; paged.",
     ),
 )
+"""Every request/reply endpoint domed serves, in the order the reference lists them."""
 
 JOB_STATES: Final[dict[str, str]] = {
     "queued": "stored, waiting for an executor",
@@ -115,6 +122,7 @@ JOB_STATES: Final[dict[str, str]] = {
     "timed_out": "it ran longer than its `timeout_s`",
     "lost": "its executor vanished and the tool is not `idempotent` (or its retries ran out)",
 }
+"""What each job state means, for the reference."""
 
 
 def request_types() -> dict[str, type[Any]]:
