@@ -43,7 +43,8 @@ def commit(p: Projection, store: Stored) -> list[JobState]:
 def test_a_fresh_projection_folds_a_jobs_events_without_reading_the_store() -> None:
     store = Stored()
     p = Projection(0, store.get)
-    for seq, event in enumerate([queued(), started(), log(n=3), log("stderr")], start=1):
+    events: list[Event] = [queued(), started(), log(n=3), log("stderr")]
+    for seq, event in enumerate(events, start=1):
         feed(p, seq, event)
     [state] = commit(p, store)
     assert (state.state, state.lines, state.last_seq) == ("running", LineCounts(3, 1), 4)
