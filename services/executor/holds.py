@@ -2,16 +2,16 @@
 ``domed-holds``, whose entries expire one lease (the consumer's ``ack_wait``) after
 their last write.
 
-An executor claims the hold before it publishes the attempt's ``started`` and renews
-it with every heartbeat. A job is declared ``lost`` only once its hold is gone: the
-attempt's executor stopped renewing it for longer than the lease. A redelivery alone
-proves nothing, because an executor that was paused while a job was delivered to it
-hands back, when it resumes, a delivery that another executor has long been running.
+An attempt writes its hold from its first heartbeat on (half a heartbeat after its
+``started`` is stored; most jobs have ended by then and never write one) and renews it
+with every heartbeat. A job is declared ``lost`` only once its hold is gone, and stays
+gone for longer than an attempt takes to write its first one: the attempt's executor
+stopped renewing it. A redelivery alone proves nothing, because an
+executor that was paused while a job was delivered to it hands back, when it resumes,
+a delivery that another executor has long been running.
 
 The value says who holds it, for people reading the bucket; the decision only asks
-whether the key is there. A claim by an executor whose ``started`` is then refused is
-never renewed and lapses within a lease; until then it delays a real loss, never
-causes a false one.
+whether the key is there and renewed.
 """
 
 from __future__ import annotations
@@ -38,23 +38,23 @@ class Holds:
         return sent, time.monotonic()
 
     async def lapsed(self, job_id: str, within_s: float) -> bool:
-        """Whether the job's hold has lapsed: True once the key is gone, False as soon as
-        it is renewed (a live executor runs the job). An expiring key goes within about
-        a heartbeat of a redelivery, so this waits up to ``within_s`` for one or the other;
-        False if neither happened by then."""
+        """Whether the job's hold has lapsed, watching it for up to ``within_s``: True if
+        it goes, or is absent all along; False as soon as it is written or renewed (a live
+        executor runs the job), or if it is still there, unrenewed, at the end."""
         deadline = time.monotonic() + within_s
-        revision: int | None = None
-        while True:
-            try:
-                entry = await self.kv.get(job_id)
-            except nats.js.errors.KeyNotFoundError:
-                return True
-            if entry.value is None or entry.operation is not None:  # deleted or purged
-                return True
-            if revision is not None and entry.revision != revision:
-                return False
-            revision = entry.revision
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
+        first = await self._revision(job_id)
+        while (left := deadline - time.monotonic()) > 0:
             await asyncio.sleep(min(left, max(0.05, self.lease_s / 30)))
+            now = await self._revision(job_id)
+            if first is None and now is not None:
+                return False  # written: its attempt's first heartbeat
+            if first is not None and now != first:
+                return now is None  # gone: lapsed; a new revision: renewed
+        return first is None
+
+    async def _revision(self, job_id: str) -> int | None:
+        try:
+            entry = await self.kv.get(job_id)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return entry.revision if entry.value is not None and entry.operation is None else None

@@ -1,11 +1,14 @@
 """An attempt's hold on its job (``holds.py``), and when its events may go out unchecked.
 
 Another executor ends a job ``lost`` (or retries it) only once the job's hold key is
-gone, which happens one lease after its last write. So the hold is measured from what
-the server *confirmed*: each write of the key is awaited, and a write sent at ``s``
+gone, which happens one lease after its last write, or has not been written within
+``first_window`` of the executor seeing the attempt's ``started``. So the hold is
+measured from what the server *confirmed*: it lasts ``first_window`` from when
+``started`` was sent, then each write of the key is awaited, and a write sent at ``s``
 and confirmed before the hold could have lapsed keeps it until at least ``s + lease``.
 
-While the hold has more than ``margin`` (half of the lease) left, no other executor
+While the hold has more than ``margin`` (half of the lease; half of ``first_window``
+before the first write) left, no other executor
 can have ended the job, and the event pipeline publishes without checks, pipelined.
 When less is left, or the chain of confirmations broke (an answer came after the hold
 could already have lapsed: a pause, a partition, a cluster electing a leader), each
@@ -42,18 +45,19 @@ class Ownership:
         job_id: str,
         attempt: int,
         lease_s: float,
-        claimed_at: float,
+        started_at: float,
+        first_window_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.js = js
         self.job_id = job_id
         self.attempt = attempt
         self.lease_s = lease_s
-        self.margin_s = lease_s / 2
         self.clock = clock
-        # The hold cannot lapse before this (monotonic time); ``claimed_at`` is when the
-        # first write of the hold was sent.
-        self.held_until = claimed_at + lease_s
+        # The hold cannot lapse before this (monotonic time); ``started_at`` is when the
+        # attempt's `started` was sent.
+        self.held_until = started_at + first_window_s
+        self.margin_s = first_window_s / 2
         self.broken = False
 
     def renewed(self, sent_at: float, answered_at: float) -> None:
@@ -63,6 +67,7 @@ class Ownership:
             self.broken = True  # it may have landed after the hold lapsed
         else:
             self.held_until = max(self.held_until, sent_at + self.lease_s)
+            self.margin_s = self.lease_s / 2
 
     @property
     def fresh(self) -> bool:

@@ -173,6 +173,10 @@ class JobProcess:
 
         loop.add_reader(pidfd, on_ready)
 
+    def has_exited(self) -> bool:
+        """The leader has exited and been reaped."""
+        return self.popen.returncode is not None
+
     def open_gate(self) -> None:
         """Let the tool run: the gate's shell execs it."""
         if self.gate is not None:

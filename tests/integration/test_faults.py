@@ -14,8 +14,8 @@ import nats.errors
 import pytest
 
 from contracts import subjects
-from services.executor import app as executor_app
 from services.executor import publisher
+from services.executor import terminals as executor_terminals
 from services.runtime.natsserver import NatsServer
 from tests.integration.test_soak import assert_gap_free
 from tests.support import CutProxy, Domed, run_cli, terminal_of, wait_until
@@ -48,7 +48,7 @@ def executor_behind_a_cut(
 def short_retry_windows(monkeypatch: pytest.MonkeyPatch) -> None:
     """The executor's windows for storing a run's last events and its terminal, short:
     a test can see it retry past one."""
-    monkeypatch.setattr(executor_app, "TERMINAL_TRY_S", 0.3)
+    monkeypatch.setattr(executor_terminals, "TERMINAL_TRY_S", 0.3)
     monkeypatch.setattr(publisher, "REPUBLISH_TRY_S", 0.3)
 
 

@@ -171,7 +171,9 @@ async def test_events_sent_while_the_hold_ran_short_are_checked_and_never_follow
     told: list[str] = []
 
     def pipeline() -> EventPipeline:
-        expired = Ownership(js, job_id, 1, lease_s=30, claimed_at=time.monotonic() - 31)
+        expired = Ownership(
+            js, job_id, 1, lease_s=30, started_at=time.monotonic() - 31, first_window_s=30
+        )
         return EventPipeline(
             js, job_id, 1, now_iso, lambda: None, lambda: None, expired, lambda: told.append("lost")
         )

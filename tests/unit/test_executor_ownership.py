@@ -73,7 +73,15 @@ class Clock:
 
 
 def _hold(clock: Clock, lease_s: float = 30.0) -> Ownership:
-    return Ownership(None, "J", 1, lease_s, claimed_at=clock.now, clock=clock)  # type: ignore[arg-type]
+    return Ownership(
+        None,  # type: ignore[arg-type]
+        "J",
+        1,
+        lease_s,
+        started_at=clock.now,
+        first_window_s=lease_s,
+        clock=clock,
+    )
 
 
 def test_the_hold_allows_unchecked_publishes_for_half_of_the_lease_after_its_claim() -> None:
@@ -114,3 +122,27 @@ def test_a_pause_past_the_lease_breaks_the_hold() -> None:
     assert not hold.fresh and hold.broken
     hold.renewed(sent_at=clock.now, answered_at=clock.now + 0.1)
     assert not hold.fresh
+
+
+def test_before_its_first_write_the_hold_lasts_the_first_window_with_half_of_it_to_spare() -> None:
+    """Another executor waits ``first_window`` for a hold to be written before it declares
+    the job lost, so until the first write only half of that window is unchecked."""
+    clock = Clock()
+    hold = Ownership(None, "J", 1, 30.0, started_at=100.0, first_window_s=11.0, clock=clock)  # type: ignore[arg-type]
+    clock.now = 105.4
+    assert hold.fresh
+    clock.now = 105.6
+    assert not hold.fresh and not hold.broken
+    hold.renewed(sent_at=105.0, answered_at=105.6)  # the first write: a lease from its send
+    clock.now = 119.9
+    assert hold.fresh
+    clock.now = 120.1
+    assert not hold.fresh
+
+
+def test_a_first_write_answered_after_the_first_window_breaks_the_hold() -> None:
+    clock = Clock()
+    hold = Ownership(None, "J", 1, 30.0, started_at=100.0, first_window_s=11.0, clock=clock)  # type: ignore[arg-type]
+    hold.renewed(sent_at=110.0, answered_at=111.5)  # another executor may have ended it at 111
+    clock.now = 111.6
+    assert hold.broken and not hold.fresh
