@@ -22,13 +22,15 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import replace
 
 import nats.js.errors
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from contracts import subjects
-from services.catalogue.loader import load_catalogue
+from services.catalogue.loader import Tool, load_catalogue
 from services.executor import cancels, records, recovery, worker
 from services.executor.backend import LocalBackend
 from services.executor.context import ExecutorContext
@@ -67,6 +69,37 @@ async def shared_consumer_ack_wait(js: JetStreamContext, settings: Settings) -> 
             ", ".join(f"{k}: {h} != {w}" for k, (h, w) in differ.items()),
         )
     return have.ack_wait if have.ack_wait else settings.stream.ack_wait_s
+
+
+async def executor_context(
+    settings: Settings,
+    tools: Mapping[str, Tool],
+    nc: Client,
+    js: JetStreamContext,
+    environ: dict[str, str],
+) -> ExecutorContext:
+    """The executor's shared parts, with its buckets opened (created if missing)."""
+    ack_wait_s = settings.stream.ack_wait_s
+    secrets = await bus.ensure_kv(js, subjects.KV_SECRETS, settings.stream)
+    slots_kv = await bus.ensure_kv(
+        js, subjects.KV_SLOTS, settings.stream, ttl_s=max(10.0, ack_wait_s * 2)
+    )
+    holds_kv = await bus.ensure_kv(js, subjects.KV_HOLDS, settings.stream, ttl_s=ack_wait_s)
+    lease_s = (await holds_kv.status()).ttl or ack_wait_s  # an existing bucket's own
+    return ExecutorContext(
+        settings=settings,
+        tools=tools,
+        nc=nc,
+        js=js,
+        secrets=secrets,
+        slots_kv=slots_kv,
+        holds=Holds(holds_kv, lease_s),
+        backend=LocalBackend(),
+        name=settings.name or f"{socket.gethostname()}-{os.getpid()}",
+        records=records.records_dir(settings.data_dir, environ),
+        environ=environ,
+        heartbeat_s=max(0.2, min(ack_wait_s, lease_s) / 3),
+    )
 
 
 async def run_executor(
@@ -110,26 +143,7 @@ async def run_executor(
         # ack_wait, not this executor's --ack-wait.
         ack_wait_s = await shared_consumer_ack_wait(js, settings)
         settings = replace(settings, stream=replace(settings.stream, ack_wait_s=ack_wait_s))
-        secrets = await bus.ensure_kv(js, subjects.KV_SECRETS, settings.stream)
-        slots_kv = await bus.ensure_kv(
-            js, subjects.KV_SLOTS, settings.stream, ttl_s=max(10.0, ack_wait_s * 2)
-        )
-        holds_kv = await bus.ensure_kv(js, subjects.KV_HOLDS, settings.stream, ttl_s=ack_wait_s)
-        lease_s = (await holds_kv.status()).ttl or ack_wait_s  # an existing bucket's own
-        ctx = ExecutorContext(
-            settings=settings,
-            tools=tools,
-            nc=nc,
-            js=js,
-            secrets=secrets,
-            slots_kv=slots_kv,
-            holds=Holds(holds_kv, lease_s),
-            backend=LocalBackend(),
-            name=settings.name or f"{socket.gethostname()}-{os.getpid()}",
-            records=records.records_dir(settings.data_dir, environ),
-            environ=environ,
-            heartbeat_s=max(0.2, min(ack_wait_s, lease_s) / 3),
-        )
+        ctx = await executor_context(settings, tools, nc, js, environ)
         await recovery.prepare(ctx)
         service = await serve(
             nc, subjects.SERVICE_EXECUTOR, VERSION, "runs queued jobs as local processes", []

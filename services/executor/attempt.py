@@ -150,26 +150,30 @@ class Attempt:
             result = await self._until_ended(proc)
             await self._remove_work_dir_async()  # before the terminal: a reader sees it gone
             output.finish()
-            try:
-                await pipeline.close()
-            except Superseded:
-                # Publish nothing more, and do not ack (a late ack could settle the other
-                # executor's delivery).
-                log.warning(
-                    "job %s attempt %d was superseded; its output is dropped",
-                    self.job_id,
-                    self.job.attempt,
-                )
+            if not await self._output_stored(pipeline):
                 return Replaced()
-            except bus.UNAVAILABLE_ERRORS:
-                if not ctx.stopping.is_set():
-                    raise
-                log.warning(
-                    "job %s: stopping while NATS is away; its last output is lost", self.job_id
-                )
             duration = round(time.monotonic() - started_mono, 6)
             terminal = terminal_of(self.job, result, proc, output, started.started_at, duration)
             return Finished(await store_terminal(ctx, terminal))
+
+    async def _output_stored(self, pipeline: EventPipeline) -> bool:
+        """Wait until the attempt's last events are stored; False if it was superseded
+        (then it publishes nothing more, and does not ack: a late ack could settle the
+        other executor's delivery)."""
+        try:
+            await pipeline.close()
+        except Superseded:
+            log.warning(
+                "job %s attempt %d was superseded; its output is dropped",
+                self.job_id,
+                self.job.attempt,
+            )
+            return False
+        except bus.UNAVAILABLE_ERRORS:
+            if not self.ctx.stopping.is_set():
+                raise
+            log.warning("job %s: stopping while NATS is away; its last output is lost", self.job_id)
+        return True
 
     async def _params(self) -> dict[str, Any]:
         """The job's params, with the secret ones back from ``domed-secrets``."""
