@@ -237,10 +237,12 @@ class _RedactUrls(logging.Filter):
 
 
 def run_service(args: argparse.Namespace) -> int:
+    import nats.js.errors
+
     from services.catalogue.problems import CatalogueError
     from services.runtime.bus import NotProvisionedError, ProvisioningError
     from services.runtime.heap import keep_heap
-    from services.runtime.lifecycle import configure_logging, run
+    from services.runtime.lifecycle import ConfigurationError, configure_logging, run
 
     keep_heap()
     settings = settings_from(args)
@@ -254,7 +256,7 @@ def run_service(args: argparse.Namespace) -> int:
     else:
         from services.projector.app import run_projector as runner
     try:
-        return run(lambda stop: runner(settings, stop))
+        return run(lambda stop, ready: runner(settings, stop, ready))
     except CatalogueError as exc:
         print(
             f"domed {args.command}: the catalogue in {settings.ssot} has problems; refusing to start:",
@@ -262,10 +264,18 @@ def run_service(args: argparse.Namespace) -> int:
         )
         for p in exc.problems:
             print(f"  {p}", file=sys.stderr)
-        return 2
-    except ProvisioningError as exc:
+        return EXIT_CONFIG
+    except (ProvisioningError, ConfigurationError) as exc:
         print(f"domed {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
+    except nats.js.errors.ServiceUnavailableError:
+        # 3, like an unreachable NATS: JetStream may come (a cluster electing a leader).
+        print(
+            f"domed {args.command}: JetStream is not available at "
+            f"{redact_url(settings.nats_url)} (not enabled on that server, or no leader yet)",
+            file=sys.stderr,
+        )
+        return 3
     except NotProvisionedError as exc:
         # 3, like an unreachable NATS: systemd retries, and it heals once the admin provisions.
         print(f"domed {args.command}: {exc}", file=sys.stderr)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from pathlib import Path
 from typing import TextIO
 
@@ -28,7 +29,7 @@ from services.projector.rebuild import report_rebuild
 from services.projector.store import Store
 from services.runtime import bus
 from services.runtime.endpoints import serve
-from services.runtime.lifecycle import VERSION
+from services.runtime.lifecycle import VERSION, ConfigurationError
 from services.runtime.ordered import RawClient
 from services.runtime.settings import Settings, redact_url
 
@@ -58,9 +59,12 @@ async def run_projector(
     written to ``report_to`` (stdout unless given): see ``services.projector.rebuild``.
     """
     path = store_path(settings)
-    if settings.rebuild:
-        discard_store(path)
-    store = Store(path)
+    try:
+        if settings.rebuild:
+            discard_store(path)
+        store = Store(path)
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigurationError(f"cannot use the projection store {path}: {exc}") from exc
     reconnected = asyncio.Event()
 
     async def on_reconnect() -> None:
