@@ -3,7 +3,7 @@
 Services publish events to the internal ``ingest.job.<id>.<kind>`` subjects; the
 ``DOMED_JOBS`` stream stores them as ``job.<id>.<kind>`` and republishes each stored
 event on that public subject, so a plain subscriber sees exactly the stored,
-deduplicated events (SPEC.md part 2).
+deduplicated events (docs/reference/events.md).
 """
 
 from __future__ import annotations

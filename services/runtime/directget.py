@@ -1,7 +1,7 @@
 """Reading a stream without a consumer: JetStream's batch direct get (nats-server >= 2.11).
 
-Why: the services' users may not create consumers on a KV bucket's stream (deploy/nats,
-RELIABILITY.md decision 10). A direct get needs only the right to ask and reads nothing
+Why: the services' users may not create consumers on a KV bucket's stream (deploy/nats:
+only the admin provisions). A direct get needs only the right to ask and reads nothing
 else; read a batch at a time, the memory it takes stays flat however big the stream is
 (nats-py's KV watcher queues every value the server sends it).
 """

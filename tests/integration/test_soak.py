@@ -1,5 +1,5 @@
 """A seeded soak: a few hundred mixed jobs while executors and the projector are
-SIGKILLed at random moments. Afterwards the invariants of RELIABILITY.md hold:
+SIGKILLed at random moments. Afterwards domed's guarantees hold:
 one terminal per job and last (I1), projection == replay (I2), gap-free log seqs
 (I3), every accepted submission stored (I4), no orphan processes (I5)."""
 

@@ -237,7 +237,7 @@ def test_all_jobs_is_in_job_id_order(populated: Store) -> None:
 
 
 def test_a_store_made_with_4_kb_pages_keeps_working_and_its_pages(tmp_path: Path) -> None:
-    """Stores made before stop 13 have 4 KB pages; a new one gets 16 KB."""
+    """A store made with 4 KB pages keeps them; a new one gets 16 KB."""
     old_path = tmp_path / "old.sqlite3"
     db = sqlite3.connect(old_path)
     db.execute("PRAGMA page_size=4096")
