@@ -364,66 +364,14 @@ async def cmd_tools_explain(nc: Any, args: argparse.Namespace) -> int:
 
 
 async def cmd_status(nc: Any, args: argparse.Namespace) -> int:
-    inbox = nc.new_inbox()
-    infos: list[dict[str, Any]] = []
-    sub = await nc.subscribe(inbox)
-    await nc.publish("$SRV.STATS", b"", reply=inbox)
-    try:
-        while True:
-            msg = await sub.next_msg(timeout=0.5)
-            infos.append(json.loads(msg.data))
-    except Exception:
-        pass
-    await sub.unsubscribe()
-    js = nc.jetstream()
-    stream: dict[str, Any] = {}
-    consumers: list[dict[str, Any]] = []
-    try:
-        si = await js.stream_info(subjects.STREAM)
-        stream = {
-            "messages": si.state.messages,
-            "bytes": si.state.bytes,
-            "last_seq": si.state.last_seq,
-        }
-        for ci in await js.consumers_info(subjects.STREAM):
-            consumers.append(
-                {"name": ci.name, "pending": ci.num_pending, "ack_pending": ci.num_ack_pending}
-            )
-    except Exception as exc:
-        stream = {"error": str(exc)}
-    services: list[dict[str, Any]] = [
-        {
-            "name": i.get("name"),
-            "id": i.get("id"),
-            "version": i.get("version"),
-            "endpoints": [
-                {
-                    "name": e.get("name"),
-                    "subject": e.get("subject"),
-                    "requests": e.get("num_requests"),
-                    "errors": e.get("num_errors"),
-                }
-                for e in i.get("endpoints") or []
-            ],
-        }
-        for i in sorted(infos, key=lambda i: (i.get("name", ""), i.get("id", "")))
-    ]
-    report = {"services": services, "stream": stream, "consumers": consumers}
+    from services.cli.status import gather, render
+
+    report = await gather(nc)
     if args.json:
         _print_json(report)
         return 0
-    table = Table(title="services", box=None)
-    for col in ("SERVICE", "ID", "ENDPOINT", "REQUESTS", "ERRORS"):
-        table.add_column(col)
-    for s in services:
-        if not s["endpoints"]:
-            table.add_row(s["name"], s["id"], "", "", "")
-        for e in s["endpoints"]:
-            table.add_row(s["name"], s["id"], e["subject"], str(e["requests"]), str(e["errors"]))
-    out.print(table)
-    out.print(f"stream {subjects.STREAM}: {stream}")
-    for c in consumers:
-        out.print(f"consumer {c['name']}: pending {c['pending']}, ack pending {c['ack_pending']}")
+    for line in render(report):
+        out.print(line, markup=False)
     return 0
 
 

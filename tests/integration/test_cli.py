@@ -101,5 +101,5 @@ async def test_status_lists_the_three_services_and_the_stream(domed: Domed) -> N
     doc = json.loads(r.stdout)
     names = {s["name"] for s in doc["services"]}
     assert {"domed-router", "domed-executor", "domed-projector"} <= names
-    assert doc["stream"]["messages"] > 0
+    assert doc["stream"]["state"]["messages"] > 0
     assert "executors" in [c["name"] for c in doc["consumers"]]
