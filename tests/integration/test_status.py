@@ -11,7 +11,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from contracts import subjects
+from contracts import subjects, surface
 from services.cli.status import consumer_role, render
 from services.runtime.natsserver import NatsServer
 from tests.support import ServiceProcess, run_cli
@@ -82,6 +82,25 @@ async def test_status_summarises_services_stream_queue_and_lag(services: str) ->
         await reader.unsubscribe()
     finally:
         await nc.close()
+
+
+async def test_services_serve_exactly_the_documented_endpoints(services: str) -> None:
+    """The reference and the AsyncAPI document are generated from contracts.surface: what
+    the running services register on the Services API must be that table."""
+    nc = await nats.connect(services)
+    try:
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        await nc.publish("$SRV.INFO", b"", reply=inbox)
+        served: set[tuple[str, str]] = set()
+        names: set[str] = set()
+        while len(names) < 3:
+            info = json.loads((await sub.next_msg(timeout=5)).data)
+            names.add(info["name"])
+            served |= {(info["name"], e["subject"]) for e in info.get("endpoints") or []}
+    finally:
+        await nc.close()
+    assert served == {(e.service, e.subject) for e in surface.ENDPOINTS}
 
 
 async def test_status_says_plainly_when_nothing_runs(fresh_server: NatsServer) -> None:
