@@ -87,8 +87,9 @@ class Store:
         self.db.execute("PRAGMA synchronous=NORMAL")
         # Checkpoint the WAL every 64 MB, not every 4 MB (the default): a catch-up then
         # fsyncs a few times instead of every few hundred milliseconds, and a page
-        # rewritten by many commits is copied once (a 200k-event rebuild: 161k -> 172k
-        # events/s). The file is cut back to that size after each checkpoint.
+        # rewritten by many commits is copied once (a 200k-event rebuild: 172k events/s,
+        # against 161k with the default). The file is cut back to that size after each
+        # checkpoint.
         page_size = int(self.db.execute("PRAGMA page_size").fetchone()[0])
         self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // page_size}")
         self.db.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_BYTES}")
