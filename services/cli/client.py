@@ -16,7 +16,7 @@ from nats.micro.request import ERROR_HEADER
 
 from contracts import subjects
 from contracts.events import Event, decode_event
-from services.runtime import bus
+from services.runtime import connection
 from services.runtime.settings import redact_url
 
 _enc = msgspec.json.Encoder()
@@ -107,7 +107,7 @@ async def follow_job(
     """
     live = await nc.subscribe(subjects.job_events_filter(job_id))
     try:
-        await bus.subscriptions_sent(nc)
+        await connection.subscriptions_sent(nc)
         try:
             first = await _events_page(nc, job_id, 0)
         except nats.errors.NoRespondersError:

@@ -35,7 +35,7 @@ from services.executor import cancels, records, recovery, worker
 from services.executor.backend import LocalBackend
 from services.executor.context import ExecutorContext
 from services.executor.holds import Holds
-from services.runtime import bus
+from services.runtime import connection, provisioning
 from services.runtime.endpoints import serve
 from services.runtime.lifecycle import VERSION
 from services.runtime.settings import Settings, redact_url
@@ -47,19 +47,19 @@ async def shared_consumer_ack_wait(js: JetStreamContext, settings: Settings) -> 
     """The ``executors`` consumer's ack_wait. The consumer is shared by every executor:
     look it up, create it only if it is missing (provisioning does that as admin), and
     never change it: a create on an existing durable would update it for all executors."""
-    want = bus.executors_consumer_config(settings.stream)
+    want = provisioning.executors_consumer_config(settings.stream)
     try:
         have = (await js.consumer_info(subjects.STREAM, subjects.EXECUTORS_CONSUMER)).config
     except nats.js.errors.NotFoundError:
-        have = await bus.create_executors_consumer(js, settings.stream)
+        have = await provisioning.create_executors_consumer(js, settings.stream)
     if have.deliver_subject or have.ack_policy != want.ack_policy:
-        raise bus.ProvisioningError(
+        raise provisioning.ProvisioningError(
             f"consumer {subjects.EXECUTORS_CONSUMER} on {subjects.STREAM} is not a pull "
             f"consumer with explicit acks (deliver_subject={have.deliver_subject!r}, "
             f"ack_policy={have.ack_policy}); executors cannot share it. Recreate it as admin: "
             "deploy/provision.sh"
         )
-    differ = bus.executors_consumer_differences(have, want)
+    differ = provisioning.executors_consumer_differences(have, want)
     if differ:
         log.warning(
             "consumer %s exists with other settings than this executor's "
@@ -80,11 +80,13 @@ async def executor_context(
 ) -> ExecutorContext:
     """The executor's shared parts, with its buckets opened (created if missing)."""
     ack_wait_s = settings.stream.ack_wait_s
-    secrets = await bus.ensure_kv(js, subjects.KV_SECRETS, settings.stream)
-    slots_kv = await bus.ensure_kv(
+    secrets = await provisioning.ensure_kv(js, subjects.KV_SECRETS, settings.stream)
+    slots_kv = await provisioning.ensure_kv(
         js, subjects.KV_SLOTS, settings.stream, ttl_s=max(10.0, ack_wait_s * 2)
     )
-    holds_kv = await bus.ensure_kv(js, subjects.KV_HOLDS, settings.stream, ttl_s=ack_wait_s)
+    holds_kv = await provisioning.ensure_kv(
+        js, subjects.KV_HOLDS, settings.stream, ttl_s=ack_wait_s
+    )
     lease_s = (await holds_kv.status()).ttl or ack_wait_s  # an existing bucket's own
     return ExecutorContext(
         settings=settings,
@@ -128,7 +130,7 @@ async def run_executor(
     # No buffering while reconnecting: a log line held back during an outage could land
     # after another executor declared the job lost. A publish that fails is retried by
     # the pipeline with a compare-and-set that checks we still own the job.
-    nc = await bus.connect(
+    nc = await connection.connect(
         settings,
         settings.name or "domed-executor",
         service="executor",
@@ -138,7 +140,7 @@ async def run_executor(
     )
     try:
         js = nc.jetstream(timeout=settings.request_timeout_s)
-        await bus.ensure_stream(js, settings.stream)
+        await provisioning.ensure_stream(js, settings.stream)
         # Heartbeats (in-progress acks) and slot leases follow the consumer's real
         # ack_wait, not this executor's --ack-wait.
         ack_wait_s = await shared_consumer_ack_wait(js, settings)
@@ -162,4 +164,4 @@ async def run_executor(
             task.cancel()
         await service.stop()
     finally:
-        await bus.disconnect(nc)
+        await connection.disconnect(nc)

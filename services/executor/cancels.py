@@ -18,7 +18,7 @@ from contracts import subjects
 from contracts.events import Cancel, decode_event
 from services.executor import core
 from services.executor.context import ExecutorContext
-from services.runtime import bus
+from services.runtime import connection, failures, jobstream
 
 log = logging.getLogger("domed.executor")
 
@@ -28,9 +28,11 @@ async def watch_cancels(ctx: ExecutorContext, reconnected: bool = False) -> None
     called at start and after each reconnect, when it also stops the running jobs whose
     cancel came while we were cut off."""
     try:
-        await bus.subscriptions_sent(ctx.nc)
-        info = await bus.retry_until(30, lambda: ctx.js.stream_info(subjects.STREAM), pause_s=0.5)
-    except bus.UNAVAILABLE_ERRORS + (nats.js.errors.APIError,) as exc:
+        await connection.subscriptions_sent(ctx.nc)
+        info = await failures.retry_until(
+            30, lambda: ctx.js.stream_info(subjects.STREAM), pause_s=0.5
+        )
+    except failures.UNAVAILABLE_ERRORS + (nats.js.errors.APIError,) as exc:
         log.warning("cannot read the stream's position (%r); looking every job up", exc)
         info = None
     if info is not None:
@@ -42,8 +44,10 @@ async def watch_cancels(ctx: ExecutorContext, reconnected: bool = False) -> None
 async def catch_missed_cancels(ctx: ExecutorContext) -> None:
     for job_id, job in list(ctx.running.items()):
         try:
-            found = await bus.retry_until(30, partial(bus.last_event, ctx.js, job_id, "cancel"))
-        except bus.UNAVAILABLE_ERRORS as exc:
+            found = await failures.retry_until(
+                30, partial(jobstream.last_event, ctx.js, job_id, "cancel")
+            )
+        except failures.UNAVAILABLE_ERRORS as exc:
             log.warning("cannot look for a missed cancel of job %s (%r)", job_id, exc)
             continue
         if found is not None and isinstance(found[1], Cancel) and found[0] > job.started_seq:

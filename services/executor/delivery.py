@@ -30,7 +30,7 @@ from services.executor import slots
 from services.executor.attempt import Attempt, CouldNotStart, Finished, Refused, first_hold_window
 from services.executor.context import ExecutorContext
 from services.executor.heartbeat import confirm_progress
-from services.runtime import bus
+from services.runtime import failures, jobstream
 
 log = logging.getLogger("domed.executor")
 
@@ -96,7 +96,7 @@ def first_facts(ctx: ExecutorContext, msg: Msg, queued: Queued, tool: Tool | Non
 async def look_up(ctx: ExecutorContext, facts: d.Facts, fact: d.Fact) -> d.Facts:
     job_id = facts.job_id
     if fact == "newest" or fact == "after_backoff":
-        last = await bus.last_event(ctx.js, job_id)
+        last = await jobstream.last_event(ctx.js, job_id)
         assert last is not None  # at least its `queued`
         facts = replace(facts, newest_seq=last[0], ended=isinstance(last[1], Terminal))
         if fact == "newest":
@@ -105,7 +105,7 @@ async def look_up(ctx: ExecutorContext, facts: d.Facts, fact: d.Fact) -> d.Facts
         facts = replace(facts, waited_from=facts.started.attempt, started_known=False)
         return await look_up(ctx, facts, "started")
     if fact == "started":
-        found = await bus.last_event(ctx.js, job_id, "started")
+        found = await jobstream.last_event(ctx.js, job_id, "started")
         started = None
         if found is not None and isinstance(found[1], Started):
             ev = found[1]
@@ -114,7 +114,7 @@ async def look_up(ctx: ExecutorContext, facts: d.Facts, fact: d.Fact) -> d.Facts
     if fact == "hold":
         lapsed = await ctx.holds.lapsed(job_id, within_s=first_hold_window(ctx.heartbeat_s))
         return replace(facts, hold_lapsed=lapsed)
-    canceled = await bus.last_event(ctx.js, job_id, "cancel") is not None
+    canceled = await jobstream.last_event(ctx.js, job_id, "cancel") is not None
     return replace(facts, canceled=canceled)
 
 
@@ -215,11 +215,13 @@ async def finish_without_run(
 ) -> d.Facts | None:
     """Store the terminal of a job this delivery does not run, only while ``cas_seq`` is
     still the job's newest event: what the delivery decided on."""
-    headers = bus.cas_headers(terminal.job_id, cas_seq)
+    headers = jobstream.cas_headers(terminal.job_id, cas_seq)
     try:
-        await bus.retry_until(30, lambda: bus.publish_event(ctx.js, terminal, headers=headers))
+        await failures.retry_until(
+            30, lambda: jobstream.publish_event(ctx.js, terminal, headers=headers)
+        )
     except nats.js.errors.APIError as exc:
-        if not bus.is_wrong_last_sequence(exc):
+        if not failures.is_wrong_last_sequence(exc):
             raise
         return await moved_on(ctx, msg, queued, tool, cas_seq)
     await settle(ctx, msg, terminal.job_id, tool)
@@ -231,11 +233,11 @@ async def moved_on(
 ) -> d.Facts | None:
     """The server refused a write: the job got a newer event than ``decided_seq``."""
     job_id = queued.job_id
-    ended = await bus.last_event(ctx.js, job_id, "terminal") is not None
-    started = None if ended else await bus.last_event(ctx.js, job_id, "started")
+    ended = await jobstream.last_event(ctx.js, job_id, "terminal") is not None
+    started = None if ended else await jobstream.last_event(ctx.js, job_id, "started")
     canceled = False
     if not ended and not (started is not None and started[0] > decided_seq):
-        canceled = await bus.last_event(ctx.js, job_id, "cancel") is not None
+        canceled = await jobstream.last_event(ctx.js, job_id, "cancel") is not None
     found = d.AfterRefusal(decided_seq, ended, started[0] if started else None, canceled)
     action = d.after_refusal(found)
     if isinstance(action, d.LookUp):  # decide again, looking everything up

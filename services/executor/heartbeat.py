@@ -17,7 +17,7 @@ from services.executor.context import ExecutorContext, RunningJob
 from services.executor.core import StopReason
 from services.executor.ownership import Ownership
 from services.executor.publisher import EventPipeline
-from services.runtime import bus
+from services.runtime import failures
 
 SUPERSEDED = StopReason("canceled", None, "superseded")
 
@@ -64,7 +64,7 @@ async def heartbeat(
                 await asyncio.wait_for(slots.keep(ctx.slots_kv, slot), bound)
         try:
             lost = await asyncio.wait_for(ownership.lost(), bound)
-        except bus.UNAVAILABLE_ERRORS:
+        except failures.UNAVAILABLE_ERRORS:
             lost = False
         if lost:
             pipeline.silence()

@@ -22,7 +22,7 @@ import time
 import nats.js.errors
 from nats.js.kv import KeyValue
 
-from services.runtime import bus
+from services.runtime import jobstream
 
 
 class Holds:
@@ -34,7 +34,7 @@ class Holds:
         """Write (or renew) the job's hold; returns when it was sent and when the server
         confirmed it (monotonic), from which ``Ownership`` knows how long it lasts."""
         sent = time.monotonic()
-        await self.kv.put(job_id, bus.encode({"attempt": attempt, "executor": executor}))
+        await self.kv.put(job_id, jobstream.encode({"attempt": attempt, "executor": executor}))
         return sent, time.monotonic()
 
     async def lapsed(self, job_id: str, within_s: float) -> bool:

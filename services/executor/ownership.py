@@ -35,7 +35,7 @@ from collections.abc import Callable
 from nats.js import JetStreamContext
 
 from services.executor import core
-from services.runtime import bus
+from services.runtime import jobstream
 
 
 class Ownership:
@@ -82,8 +82,8 @@ class Ownership:
         """Look the job up: True if it has a terminal or another attempt started. Raises
         the bus's unavailable errors when NATS cannot answer."""
         found = await asyncio.gather(
-            bus.last_event(self.js, self.job_id, "terminal"),
-            bus.last_event(self.js, self.job_id, "started"),
+            jobstream.last_event(self.js, self.job_id, "terminal"),
+            jobstream.last_event(self.js, self.job_id, "started"),
             return_exceptions=True,  # both finish; the first failure is raised below
         )
         newest = []

@@ -25,7 +25,7 @@ from nats.js import JetStreamContext
 from contracts.events import Event, Log, Progress
 from services.executor.core import ProgressReading
 from services.executor.ownership import Ownership
-from services.runtime import bus
+from services.runtime import failures, jobstream
 
 log = logging.getLogger("domed.executor.publisher")
 
@@ -100,7 +100,7 @@ class EventPipeline:
         # our hold is fresh do not carry this check: log batches go out pipelined, and on
         # a replicated stream pipelined publishes with it were refused (the 3-node test
         # lost batches in every run).
-        self._guard = bus.no_terminal_yet(job_id)
+        self._guard = jobstream.no_terminal_yet(job_id)
 
     def _start(self) -> None:
         """The publishing task, started with the first event (a silent job needs none)."""
@@ -194,7 +194,7 @@ class EventPipeline:
     def _enqueue(self, event: Event, n: str) -> None:
         if self._silenced:
             return
-        out = _Outgoing(*bus.event_message(event, n))
+        out = _Outgoing(*jobstream.event_message(event, n))
         if self._task is None:
             self._start()
         self._queue.put_nowait(out)
@@ -301,14 +301,14 @@ class EventPipeline:
             )
 
         try:
-            await bus.retry_until(
+            await failures.retry_until(
                 REPUBLISH_TRY_S,
                 once,
                 until=self.stopping,
                 what=f"job {self.job_id}: {out.headers['Nats-Msg-Id']}",
             )
         except nats.js.errors.APIError as exc:
-            if bus.is_wrong_last_sequence(exc):
+            if failures.is_wrong_last_sequence(exc):
                 raise Superseded(self.job_id) from None
             raise
 

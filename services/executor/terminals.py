@@ -13,7 +13,7 @@ import nats.js.errors
 from contracts.events import Started, Terminal
 from services.executor import records
 from services.executor.context import ExecutorContext
-from services.runtime import bus
+from services.runtime import failures, jobstream
 
 log = logging.getLogger("domed.executor")
 
@@ -27,14 +27,14 @@ async def store_terminal(ctx: ExecutorContext, terminal: Terminal) -> bool:
     then refuses ours, and theirs stands. If the executor must stop first, the terminal
     is kept on this host for the next executor started here; False then."""
     try:
-        await bus.retry_until(
+        await failures.retry_until(
             TERMINAL_TRY_S,
-            lambda: bus.publish_event(ctx.js, terminal, headers=bus.FIRST_TERMINAL),
+            lambda: jobstream.publish_event(ctx.js, terminal, headers=jobstream.FIRST_TERMINAL),
             until=ctx.stopping,
             what=f"job {terminal.job_id}: its terminal",
             full_pause_s=STREAM_FULL_RETRY_S,
         )
-    except bus.UNAVAILABLE_ERRORS as exc:  # only once the executor is stopping
+    except failures.UNAVAILABLE_ERRORS as exc:  # only once the executor is stopping
         path = records.keep_terminal(ctx.records, terminal.job_id, msgspec.json.encode(terminal))
         log.warning(
             "job %s: its terminal cannot be stored before the executor stops (%r); "
@@ -45,7 +45,7 @@ async def store_terminal(ctx: ExecutorContext, terminal: Terminal) -> bool:
         )
         return False
     except nats.js.errors.APIError as exc:
-        if not bus.is_wrong_last_sequence(exc):
+        if not failures.is_wrong_last_sequence(exc):
             raise
         log.warning("job %s already had a terminal; this attempt was superseded", terminal.job_id)
     return True
@@ -61,7 +61,7 @@ async def store_kept_terminals(ctx: ExecutorContext) -> None:
             outcome = await _store_kept(ctx, terminal)
         except (msgspec.DecodeError, msgspec.ValidationError):
             outcome = "unreadable, dropped"
-        except bus.UNAVAILABLE_ERRORS as exc:
+        except failures.UNAVAILABLE_ERRORS as exc:
             log.warning("cannot store the kept terminal %s yet (%r)", path, exc)
             continue
         log.warning("the terminal kept in %s: %s", path, outcome)
@@ -70,10 +70,10 @@ async def store_kept_terminals(ctx: ExecutorContext) -> None:
 
 async def _store_kept(ctx: ExecutorContext, terminal: Terminal) -> str:
     for _ in range(5):
-        last = await bus.last_event(ctx.js, terminal.job_id)
+        last = await jobstream.last_event(ctx.js, terminal.job_id)
         if last is None or isinstance(last[1], Terminal):
             return "the job has ended since; dropped"
-        started = await bus.last_event(ctx.js, terminal.job_id, "started")
+        started = await jobstream.last_event(ctx.js, terminal.job_id, "started")
         ours = (
             started is not None
             and isinstance(started[1], Started)
@@ -81,7 +81,7 @@ async def _store_kept(ctx: ExecutorContext, terminal: Terminal) -> str:
         )
         if not ours:
             return "a newer attempt has run the job since; dropped"
-        if await bus.publish_if_newest(
+        if await jobstream.publish_if_newest(
             ctx.js, terminal, 0, last[0], ctx.settings.request_timeout_s
         ):
             return "stored"

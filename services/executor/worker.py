@@ -20,7 +20,7 @@ from contracts.errors import TerminalErrorCode
 from services.executor import cancels, core, delivery
 from services.executor.context import ExecutorContext
 from services.executor.terminals import STREAM_FULL_RETRY_S
-from services.runtime import bus
+from services.runtime import failures
 
 log = logging.getLogger("domed.executor")
 
@@ -58,7 +58,7 @@ async def _worker(ctx: ExecutorContext, index: int, psub: Any, fetching: dict[in
             msgs = await psub.fetch(1, timeout=FETCH_WAIT_S)
         except (TimeoutError, nats.errors.TimeoutError):
             continue
-        except bus.UNAVAILABLE_ERRORS + (nats.js.errors.APIError,) as exc:
+        except failures.UNAVAILABLE_ERRORS + (nats.js.errors.APIError,) as exc:
             log.warning("fetch failed: %r", exc)
             await asyncio.sleep(0.5)
             continue
@@ -74,7 +74,7 @@ async def _handle(ctx: ExecutorContext, msg: Msg) -> None:
         await delivery.handle(ctx, msg)
     except Exception as exc:
         delay = 1.0
-        if bus.is_stream_full(exc):  # not soon over: do not spawn the tool every second
+        if failures.is_stream_full(exc):  # not soon over: do not spawn the tool every second
             delay = STREAM_FULL_RETRY_S
             log.error(
                 "the job queued on %s waits %gs: the event stream refuses writes (%s)",

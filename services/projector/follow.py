@@ -23,7 +23,7 @@ from contracts import subjects
 from services.projector.mirror import KvMirror
 from services.projector.projection import Projection
 from services.projector.store import Store
-from services.runtime import bus
+from services.runtime import failures
 from services.runtime.ordered import OrderedReader, RawClient
 
 log = logging.getLogger("domed.projector")
@@ -118,7 +118,7 @@ class Follower:
         while True:
             try:
                 return await reader.start(self.projection.applied_seq + 1)
-            except bus.UNAVAILABLE_ERRORS + (nats.js.errors.APIError,) as exc:
+            except failures.UNAVAILABLE_ERRORS + (nats.js.errors.APIError,) as exc:
                 if stop.is_set():
                     raise
                 log.warning("cannot read the stream yet (%r); retrying", exc)

@@ -22,7 +22,7 @@ from contracts import subjects
 from contracts.api import JobState
 from services.projector.projection import Projection
 from services.projector.store import Store
-from services.runtime import bus, directget
+from services.runtime import directget, failures, provisioning
 
 log = logging.getLogger("domed.projector")
 
@@ -50,7 +50,7 @@ async def put_all(kv: KeyValue, docs: list[tuple[str, bytes]]) -> bool:
 
     try:
         await asyncio.gather(*(put(job_id, doc) for job_id, doc in docs))
-    except bus.UNAVAILABLE_ERRORS as exc:
+    except failures.UNAVAILABLE_ERRORS as exc:
         log.warning("KV mirror lags (%r); it is repaired on the next commit or restart", exc)
         return False
     return True
@@ -81,7 +81,7 @@ class KvRepair:
         put_before, right_before = self.jobs_put, self.already_right
         try:
             matched = await self._match_first(since)
-        except bus.UNAVAILABLE_ERRORS as exc:
+        except failures.UNAVAILABLE_ERRORS as exc:
             log.warning("cannot read the KV mirror (%r); it is repaired later", exc)
             self.store.end_kv_match()
             return False
@@ -114,11 +114,11 @@ class KvRepair:
         if status.values > KV_READ_PER_PUT * stale:
             return False
         self.store.start_kv_match()
-        prefix = bus.kv_prefix(subjects.KV_JOBS)
+        prefix = provisioning.kv_prefix(subjects.KV_JOBS)
         try:
             async for page in directget.read_batches(
                 self.nc,
-                bus.kv_stream(subjects.KV_JOBS),
+                provisioning.kv_stream(subjects.KV_JOBS),
                 prefix + ">",
                 batch=REPAIR_PAGE,
                 timeout_s=self.timeout_s,

@@ -13,7 +13,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import KeyValueConfig
 
-from services.runtime import bus, directget
+from services.runtime import directget, provisioning
 from services.runtime.natsserver import NatsServer
 from services.runtime.settings import StreamSettings
 
@@ -78,6 +78,6 @@ async def test_a_bucket_without_direct_get_says_so_until_opened_for_it(
     with pytest.raises(directget.DirectGetError, match="503"):
         await read_all(nc, bucket, batch=10)
     # The bucket was made before domed read it this way: opening it for that allows it.
-    await bus.ensure_kv(js, bucket, StreamSettings(), direct=True)
+    await provisioning.ensure_kv(js, bucket, StreamSettings(), direct=True)
     pages = await read_all(nc, bucket, batch=10)
     assert [(m.subject, m.data) for p in pages for m in p] == [(f"$KV.{bucket}.k", b"v")]

@@ -12,7 +12,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import StreamConfig
 
-from services.runtime import bus
+from services.runtime import connection
 from services.runtime.natsserver import NatsServer
 from services.runtime.ordered import OrderedReader, RawClient
 from services.runtime.settings import Settings
@@ -194,11 +194,13 @@ async def test_a_service_connects_with_nats_pys_own_client_unless_it_asks_for_th
 ) -> None:
     """Only the projector reads a stream raw; every other connection is nats-py's as it is."""
     settings = Settings(nats_url=nats_server.url)
-    plain = await bus.connect(settings, "domed-router", service="router")
+    plain = await connection.connect(settings, "domed-router", service="router")
     raw = RawClient()
-    connected = await bus.connect(settings, "domed-projector", service="projector", client=raw)
+    connected = await connection.connect(
+        settings, "domed-projector", service="projector", client=raw
+    )
     try:
         assert type(plain) is Client and connected is raw and raw.is_connected
     finally:
-        await bus.disconnect(plain)
-        await bus.disconnect(raw)
+        await connection.disconnect(plain)
+        await connection.disconnect(raw)

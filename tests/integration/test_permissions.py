@@ -49,7 +49,7 @@ from nats.js.api import ConsumerConfig
 from ulid import ULID
 
 from contracts import subjects
-from services.runtime import bus
+from services.runtime import connection
 from services.runtime.natsserver import NatsServer, free_port, nats_server_binary
 from services.runtime.settings import StreamSettings
 from tests.support import ROOT, Domed, run_cli
@@ -204,7 +204,7 @@ class Watch:
             await nc.subscribe("job.>", cb=self._on_event),
             await nc.subscribe(f"$KV.{subjects.KV_JOBS}.>", cb=self._on_kv),
         ]
-        await bus.subscriptions_sent(nc)
+        await connection.subscriptions_sent(nc)
         return self
 
     async def stop(self) -> None:
@@ -530,7 +530,7 @@ async def test_secrets_stay_out_of_the_clients_account(
         seen.append(msg.data)
 
     snoop = await nc.subscribe("_INBOX.>", cb=collect)
-    await bus.subscriptions_sent(nc)
+    await connection.subscriptions_sent(nc)
     job_id = await pipeline.submit("test.secret", {"token": token})
     term = await watch.terminal(job_id)
     assert term["state"] == "succeeded", term
@@ -567,7 +567,7 @@ async def test_a_service_cannot_read_another_services_replies(
             await c.nc.subscribe(subject, cb=collect)
             await c.refused(subject, "subscription")
         await c.nc.subscribe("_INBOX_domed-projector.>", cb=collect_own)
-        await bus.subscriptions_sent(c.nc)
+        await connection.subscriptions_sent(c.nc)
         job_id = await pipeline.submit("test.secret", {"token": token})
         assert (await watch.terminal(job_id))["state"] == "succeeded"
         await watch.projected(job_id)

@@ -18,7 +18,7 @@ from contracts import subjects
 from contracts.events import Cancel, Log, Started, decode_event, never_ran, now_iso
 from services.executor.ownership import Ownership
 from services.executor.publisher import EventPipeline, Superseded
-from services.runtime import bus
+from services.runtime import failures, jobstream
 from services.runtime.natsserver import free_port
 from tests.support import ROOT, Domed, log_lines, pid_alive, terminal_of
 
@@ -148,10 +148,10 @@ async def test_the_server_refuses_a_log_event_after_the_jobs_terminal(domed: Dom
     js = domed.nc.jetstream()
     before = (await js.stream_info(subjects.STREAM)).state.messages
     late = Log(job_id=job_id, attempt=1, stream="stdout", seq=99, lines=["late"], ts=now_iso())
-    subject, payload, headers = bus.event_message(late, "late")
+    subject, payload, headers = jobstream.event_message(late, "late")
     with pytest.raises(nats.js.errors.APIError) as refused:
-        await js.publish(subject, payload, headers={**headers, **bus.no_terminal_yet(job_id)})
-    assert bus.is_wrong_last_sequence(refused.value)
+        await js.publish(subject, payload, headers={**headers, **jobstream.no_terminal_yet(job_id)})
+    assert failures.is_wrong_last_sequence(refused.value)
     assert (await js.stream_info(subjects.STREAM)).state.messages == before
     last = await js.get_last_msg(subjects.STREAM, f"job.{job_id}.*")
     assert last.subject == f"job.{job_id}.terminal"
@@ -167,7 +167,7 @@ async def test_events_sent_while_the_hold_ran_short_are_checked_and_never_follow
     js = domed.nc.jetstream()
     job_id = str(ULID())  # a job of our own: only `started`, so no executor takes it
     started = Started(job_id=job_id, executor="e-1", pid=1, attempt=1, started_at=now_iso())
-    await bus.publish_event(js, started, 1)
+    await jobstream.publish_event(js, started, 1)
     told: list[str] = []
 
     def pipeline() -> EventPipeline:
@@ -197,7 +197,7 @@ async def test_events_sent_while_the_hold_ran_short_are_checked_and_never_follow
     ]
 
     lost = never_ran(job_id, "lost", now_iso(), 1)  # another executor declared it lost
-    await bus.publish_event(js, lost, headers=bus.FIRST_TERMINAL)
+    await jobstream.publish_event(js, lost, headers=jobstream.FIRST_TERMINAL)
     second = pipeline()
     second.add_line("stdout", "three")
     with pytest.raises(Superseded):
@@ -214,13 +214,13 @@ async def test_a_claim_whose_ack_was_lost_counts_as_stored_when_retried(domed: D
     js = domed.nc.jetstream()
     job_id = str(ULID())
     # The job's first event: not a `queued` one, which the running executor would take.
-    before = await bus.publish_if_newest(js, Cancel(job_id, now_iso()), 0, last_seq=0)
+    before = await jobstream.publish_if_newest(js, Cancel(job_id, now_iso()), 0, last_seq=0)
     assert before is not None
     started = Started(job_id=job_id, executor="e-1", pid=1, attempt=1, started_at=now_iso())
-    first = await bus.publish_if_newest(js, started, 1, before)
+    first = await jobstream.publish_if_newest(js, started, 1, before)
     assert first is not None
-    assert await bus.publish_if_newest(js, started, 1, before) == first  # the retry
+    assert await jobstream.publish_if_newest(js, started, 1, before) == first  # the retry
     other = Started(job_id=job_id, executor="e-2", pid=2, attempt=1, started_at=now_iso())
-    assert await bus.publish_if_newest(js, other, 1, before) is None  # someone else's
+    assert await jobstream.publish_if_newest(js, other, 1, before) is None  # someone else's
     per_subject = (await js.stream_info(subjects.STREAM, subjects_filter=f"job.{job_id}.*")).state
     assert per_subject.subjects == {f"job.{job_id}.cancel": 1, f"job.{job_id}.started": 1}

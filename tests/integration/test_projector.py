@@ -19,7 +19,7 @@ from services.projector import follow, mirror, projection
 from services.projector.app import store_path
 from services.projector.rebuild import decode_report
 from services.projector.store import INDEXES, Store
-from services.runtime import bus
+from services.runtime import provisioning
 from services.runtime.natsserver import NatsServer
 from services.runtime.settings import Settings
 from tests.support import (
@@ -246,7 +246,7 @@ async def test_a_projector_that_says_it_is_ready_answers_at_once(
 ) -> None:
     """ "Ready" means its endpoints are subscribed on the server. A bare ``nc.flush()``
     can return before nats-py has even sent the subscriptions (see
-    ``bus.subscriptions_sent``): then about one restart in eight answered its first
+    ``connection.subscriptions_sent``): then about one restart in eight answered its first
     request with "no responders"."""
     async with Domed.running(
         fresh_server.url, ssot, tmp_path / "d", services=("router", "executor")
@@ -392,7 +392,7 @@ async def test_a_bucket_that_cannot_be_read_back_is_repaired_by_putting_every_jo
     async with Domed.running(fresh_server.url, ssot, tmp_path / "live") as d:
         jobs = await _projected_then_stopped(d, 3)
         js = d.nc.jetstream()
-        info = await js.stream_info(bus.kv_stream(subjects.KV_JOBS))
+        info = await js.stream_info(provisioning.kv_stream(subjects.KV_JOBS))
         await js.update_stream(dataclasses.replace(info.config, allow_direct=False))
         kv = await js.key_value(subjects.KV_JOBS)
         before = {j: await kv.get(j) for j in jobs}
@@ -401,7 +401,7 @@ async def test_a_bucket_that_cannot_be_read_back_is_repaired_by_putting_every_jo
         async def may_not_update(js: object, bucket: str) -> None:
             return None
 
-        monkeypatch.setattr(bus, "_allow_direct", may_not_update)
+        monkeypatch.setattr(provisioning, "_allow_direct", may_not_update)
         await _rebuilt_and_kv_repaired(d, tmp_path / "rebuilt", read_kv_first)
         assert any("putting every job instead" in r.getMessage() for r in read_kv_first.records)
         for j in jobs:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.runtime.bus import inbox_prefix
+from services.runtime.connection import inbox_prefix
 from services.runtime.settings import redact_url, redact_urls_in
 
 

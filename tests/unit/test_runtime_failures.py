@@ -1,4 +1,4 @@
-"""services.runtime.bus: which JetStream refusals are worth retrying soon, and what a
+"""services.runtime.failures: which JetStream refusals are worth retrying soon, and what a
 client is told."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import nats.errors
 import nats.js.errors
 
-from services.runtime import bus
+from services.runtime import failures
 
 
 def _refused(description: str, err_code: int = 10077) -> nats.js.errors.APIError:
@@ -16,14 +16,14 @@ def _refused(description: str, err_code: int = 10077) -> nats.js.errors.APIError
 
 
 def test_a_stream_at_its_limits_is_not_a_passing_outage() -> None:
-    assert bus.is_stream_full(_refused("maximum bytes exceeded"))
-    assert bus.is_stream_full(_refused("maximum messages exceeded"))
-    assert not bus.is_stream_full(_refused("JetStream system temporarily unavailable", 10008))
-    assert not bus.is_stream_full(nats.errors.TimeoutError())
+    assert failures.is_stream_full(_refused("maximum bytes exceeded"))
+    assert failures.is_stream_full(_refused("maximum messages exceeded"))
+    assert not failures.is_stream_full(_refused("JetStream system temporarily unavailable", 10008))
+    assert not failures.is_stream_full(nats.errors.TimeoutError())
 
 
 def test_clients_are_told_what_the_server_said() -> None:
-    full = bus.unavailable(_refused("maximum bytes exceeded"))
+    full = failures.unavailable(_refused("maximum bytes exceeded"))
     assert full.code == "unavailable" and "maximum bytes exceeded" in full.message
-    cut_off = bus.unavailable(nats.errors.NoRespondersError())
+    cut_off = failures.unavailable(nats.errors.NoRespondersError())
     assert cut_off.message == "JetStream is not reachable: NoRespondersError"
