@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -41,6 +42,7 @@ BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
 HEALTHY_RUN_S = 60.0  # a child that ran this long starts its back-off again from the first
 READY_WAIT_S = 30.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 T = TypeVar("T")
 
@@ -101,6 +103,14 @@ def child_env(settings: Settings) -> dict[str, str]:
     return {**os.environ, "DOMED_NATS_URL": settings.nats_url}
 
 
+def stop_with_parent() -> None:
+    """In the child, before exec: SIGTERM when ``up`` dies, even by SIGKILL, so no service
+    outlives it (they run in sessions of their own, out of reach of the terminal)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class Supervisor:
     """Runs the children until ``stop``; ``failure`` says why it stopped on its own."""
 
@@ -142,6 +152,7 @@ class Supervisor:
                 env=child_env(self.settings),
                 start_new_session=True,
                 stdin=asyncio.subprocess.DEVNULL,
+                preexec_fn=stop_with_parent,
             )
             self.children[name] = proc
             code = await self.unless_stopped(proc.wait())
@@ -169,8 +180,8 @@ class Supervisor:
     async def announce_ready(self) -> None:
         """Say once the three services answer ``$SRV.PING``, or that they did not in time."""
         if await self.unless_stopped(wait_for_services(self.settings, READY_WAIT_S)):
-            pids = ", ".join(f"{n} {self.children[n].pid}" for n in ORDER if n in self.children)
-            say(f"router, executor and projector are ready (pids: {pids}); Ctrl-C stops them")
+            pids = ", ".join(str(self.children[n].pid) for n in ORDER if n in self.children)
+            say(f"router, executor and projector are ready (pids {pids}); Ctrl-C stops everything")
         elif not self.stop.is_set():
             complain(f"the services did not all answer within {READY_WAIT_S:g}s")
 
