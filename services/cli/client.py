@@ -55,7 +55,7 @@ async def connect(url: str, creds: str | None = None) -> Client:
 
 
 def _reply(subject: str, msg: Msg) -> Any:
-    """The body of a reply; ApiError for a SPEC.md error reply."""
+    """The body of a reply; ApiError for an error reply (docs/reference/api.md)."""
     data = msgspec.json.decode(msg.data) if msg.data else {}
     if msg.headers and ERROR_HEADER in msg.headers:
         err = data.get("error", {}) if isinstance(data, dict) else {}
@@ -66,7 +66,7 @@ def _reply(subject: str, msg: Msg) -> Any:
 
 
 async def request(nc: Client, subject: str, body: Any, timeout: float = 5.0) -> Any:
-    """Send one request; raise ApiError for a SPEC.md error reply."""
+    """Send one request; raise ApiError for an error reply."""
     try:
         msg = await nc.request(subject, _enc.encode(body), timeout=timeout)
     except nats.errors.NoRespondersError:

@@ -4,7 +4,7 @@ The stream is read with an ordered consumer that hands each event over raw
 (``services.runtime.ordered``: nats-py's own ordered consumer costs more per message
 than the whole fold) into the projection (``projection.Projection.on_event``). Every
 ``COMMIT_S`` the changed jobs and the position are committed in one SQLite
-transaction (batching is what makes a rebuild fast: PERFORMANCE.md), then handed to
+transaction (batching is what makes a rebuild fast: docs/benchmarks.md, case 4), then handed to
 the KV mirror. A projector never dies of an outage: it reads on from where it was once
 JetStream answers again.
 """
