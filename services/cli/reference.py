@@ -281,24 +281,8 @@ retry:                        # only with idempotent: true
   backoff_s: 2
 """
 
-SECRET_EXAMPLE = """\
-id: demo.fetch
-version: 1
-entrypoint: ["curl", "-fsS", "-H", "Authorization: Bearer {token}", "{url}"]
-parameters:
-  type: object
-  properties:
-    url: {type: string, pattern: "^https://"}
-    token: {type: string}
-  required: [url, token]
-  additionalProperties: false
-secrets: [token]              # masked as *** in events, explain replies and log lines
-"""
-
-
 def manifest_page() -> str:
-    for example in (MANIFEST_EXAMPLE, SECRET_EXAMPLE):
-        Manifest.model_validate(yaml.safe_load(example))  # the examples must stay valid
+    Manifest.model_validate(yaml.safe_load(MANIFEST_EXAMPLE))  # the example must stay valid
     schema = all_schemas()["manifest"]
     out = [
         "# Tool manifests\n\n",
@@ -328,10 +312,6 @@ def manifest_page() -> str:
         "argv element and is never split or given to a shell; a parameter that is a list may "
         "only stand alone as a whole element, and then expands to one element per item. A "
         "placeholder that names no parameter is refused at load.\n\n"
-        "## Secret parameters\n\n```yaml\n" + SECRET_EXAMPLE + "```\n\n"
-        "A secret's value never appears in an event: `queued` and explain replies show `***`, "
-        "and so does any output line that contains it. The executor reads the value from the "
-        f"`{subjects.KV_SECRETS}` bucket, which the job's end clears.\n\n"
         "## Environment of a job\n\n"
         "Only the names in `env_allowlist` pass through from the executor's environment, "
         "then `env` is applied, then `DOMED_JOB_ID` is set to the job's id.\n"
