@@ -295,6 +295,11 @@ async def supervise(args: argparse.Namespace, settings: Settings, nats_store: Pa
 
 
 def up(args: argparse.Namespace, settings: Settings) -> int:
-    if not check_catalogue(Path(settings.ssot)):
-        return EXIT_CONFIG
-    return asyncio.run(supervise(args, settings, Path(settings.data_dir).resolve() / "nats"))
+    try:
+        if not check_catalogue(Path(settings.ssot)):
+            return EXIT_CONFIG
+        nats_store = Path(settings.data_dir).resolve() / "nats"
+        return asyncio.run(supervise(args, settings, nats_store))
+    except KeyboardInterrupt:  # Ctrl-C before the supervisor's handlers: nothing started
+        say("stopped")
+        return 130
