@@ -198,7 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     texp.add_argument("--params-json", default=None)
 
     status = sub.add_parser(
-        "status", help="services, stream and consumer lag", epilog="example: domed status --json"
+        "status",
+        help="services, stream, the executors' queue and the projector's lag",
+        epilog="example: domed status --json",
     )
     _common(status)
     return parser
