@@ -101,7 +101,7 @@ def test_markdown_links_stay_inside_the_repository_and_lead_somewhere() -> None:
 @pytest.mark.parametrize(
     ("text", "leaves"),
     [
-        ("see [the notes](../shared/notes.md)", True),
+        ("see [the notes](../elsewhere/notes.md)", True),
         ("see [ops](docs/../../etc/passwd)", True),
         ("see [api](reference/api.md#errors)", False),
         ("see [site](https://nats.io/)", False),
