@@ -116,3 +116,14 @@ def test_asyncapi_covers_every_event_and_endpoint() -> None:
         if op["action"] == "receive":
             replies = [m["$ref"] for m in op["reply"]["messages"]]
             assert any(r.endswith("/error") for r in replies)
+
+
+def test_examples_in_the_docs_are_checked_against_their_schemas() -> None:
+    from services.cli import examples
+
+    for kind, event in examples.EVENTS.items():
+        examples.checked(f"event.{kind}", event)
+    for name, body in examples.MESSAGES.items():
+        examples.checked(name, body)
+    with pytest.raises(ValueError, match="breaks its schema"):
+        examples.checked("event.log", {**examples.EVENTS["log"], "seq": "first"})
