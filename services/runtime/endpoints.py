@@ -1,7 +1,7 @@
 """Serve request/reply endpoints on the NATS Services API, with one error boundary.
 
 Every handler takes a decoded request struct and returns a reply struct. This is
-the one place where a ``DomedError`` becomes the SPEC.md error reply and anything
+the one place where a ``DomedError`` becomes the error reply (docs/reference/api.md) and anything
 else becomes a plain 500 with a safe message (the exception is logged, never sent).
 """
 
@@ -33,7 +33,7 @@ class Endpoint:
     subject: str
     request_type: type[msgspec.Struct]
     handler: Callable[[Any], Awaitable[Any]]
-    # nats.micro runs one request per endpoint at a time (PERFORMANCE.md); a handler that
+    # nats.micro runs one request per endpoint at a time; a handler that
     # awaits the bus is run as its own task instead, so requests overlap.
     concurrent: bool = False
 
