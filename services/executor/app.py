@@ -37,6 +37,7 @@ from services.executor.context import ExecutorContext
 from services.executor.holds import Holds
 from services.runtime import connection, provisioning
 from services.runtime.endpoints import serve
+from services.runtime.hardening import without_credentials
 from services.runtime.lifecycle import VERSION
 from services.runtime.settings import Settings, redact_url
 
@@ -111,8 +112,9 @@ async def run_executor(
     environ: dict[str, str] | None = None,
 ) -> None:
     """Run an executor until ``stop`` is set. ``environ`` is what jobs' ``env_allowlist``
-    passes through (default: this process's environment at the call)."""
-    environ = dict(os.environ) if environ is None else environ
+    passes through (default: this process's environment at the call), never a NATS
+    credential (``hardening.CREDENTIAL_VARS``)."""
+    environ = without_credentials(os.environ if environ is None else environ)
     tools = load_catalogue(settings.ssot)
     ctx: ExecutorContext | None = None
     watching: set[asyncio.Task[None]] = set()

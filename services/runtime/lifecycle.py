@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from services.runtime.hardening import protect_process
+
 VERSION = "0.1.0"
 GC_YOUNG = 10_000
 
@@ -56,6 +58,9 @@ def run(main: Callable[[asyncio.Event, asyncio.Event], Coroutine[Any, Any, None]
     """
 
     async def runner() -> None:
+        # The settings are read: the credentials leave the environment, and no job of
+        # this user may read this process's memory or its start-up environment.
+        protect_process()
         stop = asyncio.Event()
         ready = asyncio.Event()
         stop_on_signals(stop)
