@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from contracts import subjects
 from services.cli.main import EXIT_CONFIG
+from services.runtime.hardening import protect_process
 from services.runtime.natsserver import NatsServer
 from services.runtime.settings import Settings, redact_url
 
@@ -295,6 +296,9 @@ async def supervise(args: argparse.Namespace, settings: Settings, nats_store: Pa
 
 
 def up(args: argparse.Namespace, settings: Settings) -> int:
+    # The children get the URL from `settings`; no job may read it from this process.
+    args.nats_url = args.nats_url or os.environ.get("DOMED_NATS_URL") or os.environ.get("NATS_URL")
+    protect_process()
     try:
         if not check_catalogue(Path(settings.ssot)):
             return EXIT_CONFIG
