@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     _service_args(up)
     up.add_argument("--nats-port", type=int, default=4222, help="port of the embedded nats-server")
     up.add_argument("--slots", type=int, default=8, help="executor job slots")
+    up.add_argument(
+        "--job-user",
+        default="",
+        metavar="USER[:GROUP]",
+        help="the executor runs every job as this user (see `domed executor --help`)",
+    )
 
     for name, text in (
         ("router", "validate and queue jobs"),
@@ -115,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "executor":
             sp.add_argument(
                 "--slots", type=int, default=8, help="jobs run at once by this executor"
+            )
+            sp.add_argument(
+                "--job-user",
+                default="",
+                metavar="USER[:GROUP]",
+                help="run every job as this user, with only this group (or the user's own); "
+                "needs root or CAP_SETUID, CAP_SETGID and CAP_KILL",
             )
             sp.add_argument(
                 "--drain-timeout",
@@ -251,14 +264,24 @@ def run_service(args: argparse.Namespace) -> int:
     configure_logging(f"domed-{args.command}")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_RedactUrls())
+    options: dict[str, Any] = {}
     if args.command == "router":
         from services.router.app import run_router as runner
     elif args.command == "executor":
         from services.executor.app import run_executor as runner
+        from services.executor.jobuser import JobUserError, check_can_switch, parse_job_user
+
+        if args.job_user:
+            try:
+                options["job_user"] = job_user = parse_job_user(args.job_user)
+                check_can_switch(job_user)
+            except JobUserError as exc:
+                print(f"domed executor: {exc}", file=sys.stderr)
+                return EXIT_CONFIG
     else:
         from services.projector.app import run_projector as runner
     try:
-        return run(lambda stop, ready: runner(settings, stop, ready))
+        return run(lambda stop, ready: runner(settings, stop, ready, **options))
     except CatalogueError as exc:
         print(
             f"domed {args.command}: the catalogue in {settings.ssot} has problems; refusing to start:",

@@ -71,7 +71,7 @@ def check_catalogue(ssot: Path) -> bool:
     return True
 
 
-def child_argv(name: str, settings: Settings) -> list[str]:
+def child_argv(name: str, settings: Settings, job_user: str = "") -> list[str]:
     argv = [
         sys.executable,
         "-m",
@@ -94,6 +94,8 @@ def child_argv(name: str, settings: Settings) -> list[str]:
         argv += ["--nats-creds", settings.nats_creds]
     if name == "executor":
         argv += ["--slots", str(settings.slots)]
+        if job_user:
+            argv += ["--job-user", job_user]
     return argv
 
 
@@ -115,8 +117,9 @@ def stop_with_parent() -> None:
 class Supervisor:
     """Runs the children until ``stop``; ``failure`` says why it stopped on its own."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, job_user: str = "") -> None:
         self.settings = settings
+        self.job_user = job_user
         self.stop = asyncio.Event()
         self.kill_now = asyncio.Event()
         self.children: dict[str, asyncio.subprocess.Process] = {}
@@ -149,7 +152,7 @@ class Supervisor:
         while not self.stop.is_set():
             began = time.monotonic()
             proc = await asyncio.create_subprocess_exec(
-                *child_argv(name, self.settings),
+                *child_argv(name, self.settings, self.job_user),
                 env=child_env(self.settings),
                 start_new_session=True,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -243,7 +246,7 @@ async def wait_for_services(settings: Settings, timeout_s: float) -> bool:
 
 
 async def supervise(args: argparse.Namespace, settings: Settings, nats_store: Path) -> int:
-    sup = Supervisor(settings)
+    sup = Supervisor(settings, getattr(args, "job_user", ""))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, sup.on_signal)

@@ -35,6 +35,7 @@ from services.executor import cancels, records, recovery, worker
 from services.executor.backend import LocalBackend
 from services.executor.context import ExecutorContext
 from services.executor.holds import Holds
+from services.executor.jobuser import JobUser, check_can_switch
 from services.runtime import connection, provisioning
 from services.runtime.endpoints import serve
 from services.runtime.hardening import without_credentials
@@ -78,6 +79,7 @@ async def executor_context(
     nc: Client,
     js: JetStreamContext,
     environ: dict[str, str],
+    job_user: JobUser | None = None,
 ) -> ExecutorContext:
     """The executor's shared parts, with its buckets opened (created if missing)."""
     ack_wait_s = settings.stream.ack_wait_s
@@ -97,7 +99,7 @@ async def executor_context(
         secrets=secrets,
         slots_kv=slots_kv,
         holds=Holds(holds_kv, lease_s),
-        backend=LocalBackend(),
+        backend=LocalBackend(job_user),
         name=settings.name or f"{socket.gethostname()}-{os.getpid()}",
         records=records.records_dir(settings.data_dir, environ),
         environ=environ,
@@ -110,10 +112,14 @@ async def run_executor(
     stop: asyncio.Event,
     ready: asyncio.Event | None = None,
     environ: dict[str, str] | None = None,
+    job_user: JobUser | None = None,
 ) -> None:
     """Run an executor until ``stop`` is set. ``environ`` is what jobs' ``env_allowlist``
     passes through (default: this process's environment at the call), never a NATS
-    credential (``hardening.CREDENTIAL_VARS``)."""
+    credential (``hardening.CREDENTIAL_VARS``). With ``job_user`` every job runs as that
+    user; ``jobuser.JobUserError`` if this process cannot switch to it."""
+    if job_user is not None:
+        check_can_switch(job_user)
     environ = without_credentials(os.environ if environ is None else environ)
     tools = load_catalogue(settings.ssot)
     ctx: ExecutorContext | None = None
@@ -147,7 +153,7 @@ async def run_executor(
         # ack_wait, not this executor's --ack-wait.
         ack_wait_s = await shared_consumer_ack_wait(js, settings)
         settings = replace(settings, stream=replace(settings.stream, ack_wait_s=ack_wait_s))
-        ctx = await executor_context(settings, tools, nc, js, environ)
+        ctx = await executor_context(settings, tools, nc, js, environ, job_user)
         await recovery.prepare(ctx)
         service = await serve(
             nc, subjects.SERVICE_EXECUTOR, VERSION, "runs queued jobs as local processes", []

@@ -198,7 +198,8 @@ class Attempt:
             job_id=self.job_id,
             work_dir=self.work_dir,
         )
-        return SpawnRequest(argv, self.work_dir, child_env(manifest, self.ctx.environ, self.job_id))
+        env = child_env(manifest, self.ctx.environ, self.job_id)
+        return SpawnRequest(argv, self.work_dir, env, own_cwd=self.remove_dir)
 
     def _own_process(self, cleanup: contextlib.ExitStack, proc: JobHandle) -> None:
         """Record the process (so an executor started after our death reaps it), and see

@@ -9,9 +9,11 @@ does not change with them.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Protocol
 
+from services.executor.jobuser import JobUser
 from services.executor.runner import Exit, JobProcess, OutputCallback
 
 
@@ -22,6 +24,7 @@ class SpawnRequest:
     argv: list[str]
     cwd: str
     env: dict[str, str]
+    own_cwd: bool = False  # the working dir was made for this job (``temp``)
 
 
 class JobHandle(Protocol):
@@ -61,7 +64,21 @@ class Backend(Protocol):
 
 
 class LocalBackend:
-    """Jobs as local process groups of the executor's own user."""
+    """Jobs as local process groups, of the executor's own user or of ``job_user`` (with
+    only its group; a working dir made for the job is given to it)."""
+
+    def __init__(self, job_user: JobUser | None = None) -> None:
+        self.job_user = job_user
 
     def spawn(self, request: SpawnRequest, on_output: OutputCallback) -> JobHandle:
-        return JobProcess.spawn(request.argv, cwd=request.cwd, env=request.env, on_output=on_output)
+        user = self.job_user
+        if user is not None and request.own_cwd:
+            os.chown(request.cwd, user.uid, user.gid)
+        return JobProcess.spawn(
+            request.argv,
+            cwd=request.cwd,
+            env=request.env,
+            on_output=on_output,
+            user=user.uid if user else None,
+            group=user.gid if user else None,
+        )

@@ -117,7 +117,14 @@ class JobProcess:
 
     @classmethod
     def spawn(
-        cls, argv: list[str], *, cwd: str, env: dict[str, str], on_output: OutputCallback
+        cls,
+        argv: list[str],
+        *,
+        cwd: str,
+        env: dict[str, str],
+        on_output: OutputCallback,
+        user: int | None = None,
+        group: int | None = None,
     ) -> JobProcess:
         """Start ``argv`` in a new process group, held at its gate (``open_gate`` runs the
         tool, ``shut_gate`` ends it unrun) and its output paused (``resume_reading``
@@ -137,6 +144,9 @@ class JobProcess:
                 env=env,
                 process_group=0,
                 close_fds=True,
+                user=user,
+                group=group,
+                extra_groups=[] if user is not None else None,
             )
         except BaseException:
             os.close(gate_in)
