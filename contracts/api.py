@@ -33,7 +33,9 @@ class SubmitRequest(_Request, frozen=True):
     idempotency_key: Annotated[
         str | None,
         Meta(
-            description="A second submit with this key, within the stream's duplicate window, gets the first job."
+            description="A second submit with this key, within the stream's duplicate window, "
+            "gets the first job; a different request (tool, params, timeout or labels) with it "
+            "gets `idempotency_conflict`."
         ),
     ] = None
 
@@ -53,7 +55,10 @@ class CancelRequest(_Request, frozen=True):
     """Stop a queued or running job."""
 
     job_id: Annotated[str, Meta(description="The job to cancel.")]
-    reason: Annotated[str | None, Meta(description="Recorded on the `cancel` event.")] = None
+    reason: Annotated[
+        str | None,
+        Meta(description="Recorded on the `cancel` event (at most the router's reason cap)."),
+    ] = None
 
 
 class CancelReply(msgspec.Struct, frozen=True):
@@ -63,7 +68,9 @@ class CancelReply(msgspec.Struct, frozen=True):
     state: Annotated[
         str,
         Meta(
-            description="`canceled` if it had not started; `running` while its executor stops it."
+            description="`canceled` if it had not started; `running` while its executor stops it. "
+            "A job that already has a `cancel` event gets no second one: the reply gives its "
+            "current state."
         ),
     ]
 
@@ -189,7 +196,8 @@ class JobsListRequest(_Request, frozen=True):
         str | None, Meta(description="Only jobs with this label, written `key=value`.")
     ] = None
     limit: Annotated[
-        int | None, Meta(description="At most this many jobs (default 50, at most 500).")
+        Annotated[int, Meta(ge=1)] | None,
+        Meta(description="At most this many jobs (default 50, at most 500)."),
     ] = None
     cursor: Annotated[str | None, Meta(description="The previous page's `next_cursor`.")] = None
 
@@ -197,7 +205,13 @@ class JobsListRequest(_Request, frozen=True):
 class JobsListReply(msgspec.Struct, frozen=True, omit_defaults=True):
     """One page of jobs."""
 
-    jobs: Annotated[list[JobState], Meta(description="The jobs, newest first.")]
+    jobs: Annotated[
+        list[JobState],
+        Meta(
+            description="The jobs, newest first; fewer than `limit` when more would not fit "
+            "under the server's max payload (then `next_cursor` is present)."
+        ),
+    ]
     projected_seq: Annotated[
         int, Meta(description="The stream sequence the projection has reached.")
     ]
@@ -211,10 +225,12 @@ class JobsEventsRequest(_Request, frozen=True):
 
     job_id: Annotated[str, Meta(description="The job.")]
     after_seq: Annotated[
-        int | None, Meta(description="Only events after this stream sequence.")
+        Annotated[int, Meta(ge=0)] | None,
+        Meta(description="Only events after this stream sequence."),
     ] = None
     limit: Annotated[
-        int | None, Meta(description="At most this many events (default 1000, at most 10000).")
+        Annotated[int, Meta(ge=1)] | None,
+        Meta(description="At most this many events (default 1000, at most 10000)."),
     ] = None
 
 

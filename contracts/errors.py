@@ -25,6 +25,8 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_TOOL = "unknown_tool"
     UNKNOWN_JOB = "unknown_job"
     ALREADY_TERMINAL = "already_terminal"
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    TOO_LARGE = "too_large"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
 
@@ -35,6 +37,8 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNKNOWN_TOOL: 404,
     ErrorCode.UNKNOWN_JOB: 404,
     ErrorCode.ALREADY_TERMINAL: 409,
+    ErrorCode.IDEMPOTENCY_CONFLICT: 409,
+    ErrorCode.TOO_LARGE: 413,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,
 }
@@ -47,6 +51,13 @@ MEANING: dict[ErrorCode, str] = {
     ErrorCode.UNKNOWN_TOOL: "no manifest has that id",
     ErrorCode.UNKNOWN_JOB: "no job has that id",
     ErrorCode.ALREADY_TERMINAL: "cancel of a job that has already ended",
+    ErrorCode.IDEMPOTENCY_CONFLICT: "the `idempotency_key` was already used for a different "
+    "request (another tool, params, timeout or labels); nothing was stored",
+    ErrorCode.TOO_LARGE: "the body, a parameter value, the labels or the cancel reason is over "
+    "its cap; `details` names the cap (`cap`, `limit`, `size`, `path`); nothing was stored. The "
+    "caps are router settings; defaults: body 256 KiB (`max_body_bytes`), each parameter's "
+    "value 64 KiB as JSON (`max_param_bytes`), all labels 16 KiB as JSON "
+    "(`max_labels_bytes`), a cancel reason 1 KiB (`max_reason_bytes`)",
     ErrorCode.UNAVAILABLE: "the service cannot reach JetStream (retry later)",
     ErrorCode.INTERNAL: "a bug: the service logged it; the message says nothing more",
 }

@@ -16,8 +16,9 @@ from pydantic_core import InitErrorDetails
 
 TOOL_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 """What a tool id may look like: lower case, digits, ``_``, ``.`` and ``-``."""
-PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-"""A ``{name}`` placeholder in an entrypoint argument; group 1 is the name."""
+PLACEHOLDER = re.compile(r"\{(secret_file:)?([A-Za-z_][A-Za-z0-9_]*)\}")
+"""A ``{name}`` or ``{secret_file:name}`` placeholder in an entrypoint argument; group 1 is
+``secret_file:`` or None, group 2 the name."""
 BUILTIN_PLACEHOLDERS = frozenset({"tool_dir", "job_id", "work_dir"})
 """Placeholders domed fills itself; every other one names a parameter."""
 PROGRESS_GROUPS = frozenset({"current", "total", "percent", "message"})
@@ -48,6 +49,29 @@ class ProgressRule(_Strict):
         if not compiled.groupindex:
             raise ValueError("needs at least one named group: current, total, percent or message")
         return value
+
+
+class SecretDelivery(_Strict):
+    """How one secret parameter reaches the job: never in argv, but as an environment
+    variable (``env``) or as a file (``file: true``) whose path ``{secret_file:NAME}``
+    renders in the entrypoint."""
+
+    env: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="The name of the job's environment variable that holds the value.",
+    )
+    file: bool = Field(
+        False,
+        description="True: the value is written to a file of mode 0400 in a directory of "
+        "the job's own, removed when the attempt ends; `{secret_file:NAME}` is its path.",
+    )
+
+    @model_validator(mode="after")
+    def _one_way(self) -> SecretDelivery:
+        if (self.env is None) == (not self.file):
+            raise ValueError("give exactly one of `env: NAME` or `file: true`")
+        return self
 
 
 class Limits(_Strict):
@@ -82,7 +106,9 @@ class Manifest(_Strict):
     entrypoint: list[str] = Field(
         min_length=1,
         description="The command and its arguments, with placeholders: `{param}`, "
-        "`{tool_dir}`, `{job_id}`, `{work_dir}`. Never given to a shell.",
+        "`{tool_dir}`, `{job_id}`, `{work_dir}`, `{secret_file:NAME}`. Never given to a shell. "
+        "A rendered element that starts with `-` is refused unless this text puts the `-` "
+        "there (`--text={text}`) or the element comes after a literal `--`.",
     )
     parameters: dict[str, Any] = Field(
         default_factory=lambda: {"type": "object", "additionalProperties": False},
@@ -105,11 +131,12 @@ class Manifest(_Strict):
     )
     progress: ProgressRule | None = Field(None, description="Output lines that report progress.")
     limits: Limits = Field(Limits(), description="Output and concurrency limits.")
-    secrets: list[str] = Field(
-        [],
-        description="Parameters whose values are secret: masked as `***` in events, "
-        "explain replies and log lines; the values travel in the `domed-secrets` bucket, "
-        "deleted when the job ends.",
+    secrets: dict[str, SecretDelivery] = Field(
+        {},
+        description="Parameters whose values are secret, each with how it reaches the job: "
+        "`{env: NAME}` or `{file: true}`; never in argv (a `{name}` placeholder of a secret is "
+        "refused). Masked as `***` in events, explain replies and output lines; the values "
+        "travel sealed for the executors in the `domed-secrets` bucket, deleted when the job ends.",
     )
     idempotent: bool = Field(
         False,
@@ -186,21 +213,43 @@ def cross_field_problems(doc: Mapping[str, Any]) -> list[tuple[tuple[str | int, 
         )
         props = {}
     secrets = doc.get("secrets")
-    if isinstance(secrets, list):
-        for i, name in enumerate(secrets):
-            if name not in props:
-                problems.append((("secrets", i), f"{name!r} is not a parameter"))
+    secrets = secrets if isinstance(secrets, Mapping) else {}
+    for name in secrets:
+        if name not in props:
+            problems.append((("secrets", name), f"{name!r} is not a parameter"))
+    env_vars = [s.get("env") for s in secrets.values() if isinstance(s, Mapping)]
+    for var in sorted({v for v in env_vars if isinstance(v, str) and env_vars.count(v) > 1}):
+        problems.append((("secrets",), f"two secrets use the environment variable {var}"))
     entrypoint = doc.get("entrypoint")
     if isinstance(entrypoint, list):
         for i, element in enumerate(entrypoint):
-            for name in PLACEHOLDER.findall(element) if isinstance(element, str) else ():
-                if name not in BUILTIN_PLACEHOLDERS and name not in props:
-                    problems.append(
-                        (("entrypoint", i), f"placeholder {{{name}}} names no parameter")
-                    )
+            for prefix, name in PLACEHOLDER.findall(element) if isinstance(element, str) else ():
+                problem = _placeholder_problem(prefix, name, props, secrets)
+                if problem:
+                    problems.append((("entrypoint", i), problem))
     if doc.get("retry") is not None and doc.get("idempotent") is not True:
         problems.append((("retry",), "only allowed with idempotent: true"))
     return problems
+
+
+def _placeholder_problem(
+    prefix: str, name: str, props: Mapping[str, Any], secrets: Mapping[str, Any]
+) -> str | None:
+    """Why ``{prefix name}`` may not stand in an entrypoint, or None."""
+    if prefix:
+        delivery = secrets.get(name)
+        if not (isinstance(delivery, Mapping) and delivery.get("file") is True):
+            return f"placeholder {{secret_file:{name}}} names no secret with `file: true`"
+        return None
+    if name in secrets:
+        # argv is readable by every local user (/proc/<pid>/cmdline, ps).
+        return (
+            f"placeholder {{{name}}} would put a secret in argv; deliver it with "
+            f"`secrets: {{{name}: {{env: VAR}}}}` or `{{file: true}}` and `{{secret_file:{name}}}`"
+        )
+    if name not in BUILTIN_PLACEHOLDERS and name not in props:
+        return f"placeholder {{{name}}} names no parameter"
+    return None
 
 
 def manifest_json_schema() -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -27,7 +26,7 @@ from nats.aio.msg import Msg
 from contracts.events import LineCounts, Queued, Rusage, Started, Terminal, TerminalError, now_iso
 from services.catalogue.loader import Tool
 from services.catalogue.render import child_env, fixed_work_dir, render_argv, secret_values
-from services.executor import adopted, core, records, slots
+from services.executor import adopted, core, records, secrets, slots
 from services.executor.backend import JobHandle, SpawnRequest
 from services.executor.context import ExecutorContext, RunningJob
 from services.executor.heartbeat import SUPERSEDED, heartbeat
@@ -36,7 +35,8 @@ from services.executor.ownership import Ownership
 from services.executor.publisher import EventPipeline, Superseded
 from services.executor.runner import Exit, rusage_fields
 from services.executor.terminals import store_terminal
-from services.runtime import bus
+from services.runtime import failures, jobstream
+from services.runtime.sealing import SealingError
 
 log = logging.getLogger("domed.executor")
 
@@ -94,6 +94,7 @@ class Attempt:
         self.slot = slot
         self.work_dir = ""
         self.remove_dir = False
+        self.secrets = secrets.Delivery()
 
     @property
     def job_id(self) -> str:
@@ -106,7 +107,10 @@ class Attempt:
             cleanup.callback(ctx.running.pop, self.job_id, None)
             cleanup.callback(self._remove_work_dir)
             manifest = self.tool.manifest
-            params = await self._params()
+            try:
+                params = await self._params()
+            except SealingError as exc:
+                return CouldNotStart(str(exc))
             try:
                 request = self._request(params)
             except Exception as exc:
@@ -126,7 +130,9 @@ class Attempt:
                 started_at=now_iso(),
             )
             sent = time.monotonic()
-            stored_at = await bus.publish_if_newest(ctx.js, started, started.attempt, self.last_seq)
+            stored_at = await jobstream.publish_if_newest(
+                ctx.js, started, started.attempt, self.last_seq
+            )
             if stored_at is None:
                 proc.shut_gate()
                 proc.kill_leftovers()
@@ -169,7 +175,7 @@ class Attempt:
                 self.job.attempt,
             )
             return False
-        except bus.UNAVAILABLE_ERRORS:
+        except failures.UNAVAILABLE_ERRORS:
             if not self.ctx.stopping.is_set():
                 raise
             log.warning("job %s: stopping while NATS is away; its last output is lost", self.job_id)
@@ -182,7 +188,7 @@ class Attempt:
             try:
                 entry = await self.ctx.secrets.get(self.job_id)
                 if entry.value:
-                    params.update(json.loads(entry.value))
+                    params.update(secrets.open_params(self.ctx.settings, entry.value))
             except nats.js.errors.KeyNotFoundError:
                 pass
         return params
@@ -191,14 +197,16 @@ class Attempt:
         """The working dir (made now for ``temp``), argv and environment of the job."""
         self.work_dir, self.remove_dir = work_dir_for(self.tool, self.job_id)
         manifest = self.tool.manifest
+        self.secrets = secrets.deliver(manifest, params, self.job_id)
         argv = render_argv(
             manifest,
             params,
             tool_dir=self.tool.tool_dir,
             job_id=self.job_id,
             work_dir=self.work_dir,
+            secret_files=self.secrets.files,
         )
-        env = child_env(manifest, self.ctx.environ, self.job_id)
+        env = child_env(manifest, self.ctx.environ, self.job_id) | self.secrets.env
         return SpawnRequest(argv, self.work_dir, env, own_cwd=self.remove_dir)
 
     def _own_process(self, cleanup: contextlib.ExitStack, proc: JobHandle) -> None:
@@ -285,11 +293,13 @@ class Attempt:
             await adopted.sweep(self.job_id, self.ctx.leaders)
 
     def _remove_work_dir(self) -> None:
+        self.secrets.remove()
         if self.remove_dir and self.work_dir:
             remove_tree(self.work_dir)
             self.remove_dir = False
 
     async def _remove_work_dir_async(self) -> None:
+        self.secrets.remove()
         if self.remove_dir and self.work_dir:
             await remove_tree_async(self.work_dir)
             self.remove_dir = False

@@ -7,6 +7,7 @@ from __future__ import annotations
 import codecs
 import re
 import signal
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from contracts.events import Event, Started, Terminal
@@ -97,6 +98,43 @@ class LineSplitter:
         lines.append(self._decode(self._pending[start:end]))
         self._pending.clear()
         return lines
+
+
+class SecretMasker:
+    """Replaces each secret value by ``***`` in a byte stream, before the stream is split
+    into lines: a split at ``max_line_bytes`` can then never cut a secret in two and leave
+    its halves unmasked. A tail of a chunk that may be the start of a secret is held back
+    until the next chunk (or ``finish``) says whether it is one; any other byte goes on at
+    once, so live output is not delayed.
+    """
+
+    MASK = b"***"
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        # Longest first, so a secret that contains a shorter one is masked whole.
+        self._secrets = sorted({s.encode() for s in secrets if s}, key=len, reverse=True)
+        self._held = b""
+
+    def feed(self, data: bytes) -> bytes:
+        buf = self._held + data
+        for secret in self._secrets:
+            buf = buf.replace(secret, self.MASK)
+        keep = self._open_prefix(buf)
+        self._held = buf[len(buf) - keep :]
+        return buf[: len(buf) - keep]
+
+    def finish(self) -> bytes:
+        held, self._held = self._held, b""
+        return held
+
+    def _open_prefix(self, buf: bytes) -> int:
+        """The length of the longest tail of ``buf`` that is a proper prefix of a secret."""
+        longest = max((len(s) for s in self._secrets), default=1)
+        for k in range(min(longest - 1, len(buf)), 0, -1):
+            tail = buf[-k:]
+            if any(s.startswith(tail) for s in self._secrets):
+                return k
+        return 0
 
 
 @dataclass

@@ -30,7 +30,7 @@ from contracts.api import (
 from contracts.errors import DomedError, ErrorCode
 from services.projector.projection import Projection
 from services.projector.store import Store, decode_cursor, encode_cursor
-from services.runtime import bus
+from services.runtime import failures, jobstream
 from services.runtime.endpoints import Endpoint
 
 LIST_LIMIT_DEFAULT = 50
@@ -39,6 +39,7 @@ EVENTS_LIMIT_DEFAULT = 1000
 EVENTS_LIMIT_MAX = 10_000
 
 _raw = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
 
 
 class Queries:
@@ -99,10 +100,23 @@ class Queries:
         jobs = self.store.list_jobs(
             state=req.state, tool=req.tool, label=req.label, limit=limit, before=before
         )
-        next_cursor = encode_cursor(jobs[-1].job_id) if len(jobs) == limit else None
+        full = len(jobs) == limit
+        # Budgeted by bytes, like events: whatever the jobs hold, the page fits in one reply.
+        budget = self._page_budget()
+        size = 0
+        for n, job in enumerate(jobs):
+            size += len(_encoder.encode(job)) + 1
+            if size > budget and n > 0:
+                jobs, full = jobs[:n], True
+                break
+        next_cursor = encode_cursor(jobs[-1].job_id) if full and jobs else None
         return JobsListReply(
             jobs=jobs, projected_seq=self.projection.committed_seq, next_cursor=next_cursor
         )
+
+    def _page_budget(self) -> int:
+        """Bytes a page's items may take: the server's max payload less room for the rest."""
+        return max(64 * 1024, self.nc.max_payload - 64 * 1024)
 
     async def events(self, req: JobsEventsRequest) -> JobsEventsReply:
         """A job's events in stream order, read from the stream itself, one page at a time."""
@@ -111,9 +125,9 @@ class Queries:
         after = req.after_seq or 0
         limit = min(max(1, req.limit or EVENTS_LIMIT_DEFAULT), EVENTS_LIMIT_MAX)
         try:
-            last = await bus.last_event(self.js, req.job_id)
-        except bus.UNAVAILABLE_ERRORS as exc:
-            raise bus.unavailable(exc) from None
+            last = await jobstream.last_event(self.js, req.job_id)
+        except failures.UNAVAILABLE_ERRORS as exc:
+            raise failures.unavailable(exc) from None
         if last is None:
             raise DomedError(ErrorCode.UNKNOWN_JOB, f"no job has id {req.job_id!r}")
         last_seq, last_ev = last
@@ -122,7 +136,7 @@ class Queries:
             return JobsEventsReply(
                 events=[], complete=ended, projected_seq=self.projection.committed_seq
             )
-        budget = max(64 * 1024, self.nc.max_payload - 64 * 1024)
+        budget = self._page_budget()
         events: list[StoredEvent] = []
         size = 0
         reached = after
@@ -145,7 +159,7 @@ class Queries:
                 size += len(msg.data) + 128
                 reached = seq
         except (TimeoutError, nats.errors.TimeoutError) as exc:
-            raise bus.unavailable(exc) from None
+            raise failures.unavailable(exc) from None
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import msgspec
+import nacl.public
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -39,7 +41,7 @@ from contracts.errors import DomedError, ErrorCode
 from contracts.events import Cancel, Started, Terminal, never_ran, now_iso
 from services.catalogue.loader import Tool, load_catalogue
 from services.router import core
-from services.runtime import bus
+from services.runtime import connection, failures, jobstream, provisioning, sealing
 from services.runtime.endpoints import Endpoint, serve
 from services.runtime.lifecycle import VERSION
 from services.runtime.settings import Settings, redact_url
@@ -61,8 +63,20 @@ class Router:
         js: JetStreamContext,
         secrets: KeyValue,
         idempotency: KeyValue,
+        public_key: nacl.public.PublicKey | None = None,
     ) -> None:
         self.settings = settings
+        self.caps = core.Caps(
+            body_bytes=settings.max_body_bytes,
+            param_bytes=settings.max_param_bytes,
+            param_depth=settings.max_param_depth,
+            labels_bytes=settings.max_labels_bytes,
+            reason_bytes=settings.max_reason_bytes,
+        )
+        # Secret parameters are stored sealed with the executors' public key.
+        self.public_key = public_key or sealing.router_key(
+            settings.secrets_public_key, settings.data_dir
+        )
         self.tools = tools
         self.js = js
         self.secrets = secrets
@@ -72,15 +86,19 @@ class Router:
 
     async def submit(self, req: SubmitRequest) -> SubmitReply:
         tool = core.find_tool(self.tools, req.tool)
+        core.check_sizes(req.params, req.labels, self.caps)
         params = core.checked_params(tool, req.params)
         job_id = str(ULID())
         queued = core.build_queued(tool, req, job_id, params)
         duplicate = False
         try:
             if req.idempotency_key is not None:
-                job_id, duplicate = await self._claim_idempotency_key(req.idempotency_key, job_id)
+                fingerprint = core.fingerprint(tool, params, queued.timeout_s, queued.labels)
+                job_id, duplicate = await self._claim_idempotency_key(
+                    req.idempotency_key, job_id, fingerprint
+                )
                 if duplicate:
-                    if await bus.last_event(self.js, job_id, "queued") is not None:
+                    if await jobstream.last_event(self.js, job_id, "queued") is not None:
                         # The first submit stored its job; this one changes nothing (its
                         # secrets above all: that job may have ended and deleted its own).
                         return SubmitReply(job_id=job_id, state="queued", duplicate=True)
@@ -89,11 +107,12 @@ class Router:
             secret_params = {k: params[k] for k in tool.manifest.secrets if k in params}
             secrets_rev = None
             if secret_params:
-                secrets_rev = await self.secrets.put(job_id, bus.encode(secret_params))
+                sealed = sealing.seal(self.public_key, jobstream.encode(secret_params))
+                secrets_rev = await self.secrets.put(job_id, sealed)
             try:
-                await bus.retry_until(
+                await failures.retry_until(
                     self.settings.request_timeout_s,
-                    lambda: bus.publish_event(
+                    lambda: jobstream.publish_event(
                         self.js, queued, timeout_s=self.settings.request_timeout_s / 2
                     ),
                 )
@@ -101,8 +120,8 @@ class Router:
                 if secrets_rev is not None:  # no executor may ever delete them
                     self.unsure_secrets[queued.job_id] = (secrets_rev, time.monotonic())
                 raise
-        except bus.UNAVAILABLE_ERRORS as exc:
-            raise bus.unavailable(exc) from None
+        except failures.UNAVAILABLE_ERRORS as exc:
+            raise failures.unavailable(exc) from None
         return SubmitReply(job_id=job_id, state="queued", duplicate=duplicate)
 
     async def settle_secrets(self, stop: asyncio.Event) -> None:
@@ -118,7 +137,7 @@ class Router:
                     continue
                 try:
                     await self.settle_secret(job_id, rev)
-                except bus.UNAVAILABLE_ERRORS as exc:
+                except failures.UNAVAILABLE_ERRORS as exc:
                     log.debug("cannot settle the secrets of job %s yet (%r)", job_id, exc)
                     break
                 del self.unsure_secrets[job_id]
@@ -127,44 +146,56 @@ class Router:
         """Delete the secrets stored at revision ``rev`` for ``job_id`` unless its job is
         stored, or a later submit stored them again (a retry with the same idempotency
         key, which stores the job too); True if deleted."""
-        if await bus.last_event(self.js, job_id, "queued") is not None:
+        if await jobstream.last_event(self.js, job_id, "queued") is not None:
             return False
         try:
             await self.secrets.delete(job_id, last=rev)
         except nats.js.errors.APIError as exc:
-            if not bus.is_wrong_last_sequence(exc):
+            if not failures.is_wrong_last_sequence(exc):
                 raise
             return False
         log.info("deleted the secret parameters of job %s, which was never stored", job_id)
         return True
 
-    async def _claim_idempotency_key(self, key: str, job_id: str) -> tuple[str, bool]:
-        """The job id that owns ``key``: ours if we claimed it first, else the first claimer's.
+    async def _claim_idempotency_key(
+        self, key: str, job_id: str, fingerprint: str
+    ) -> tuple[str, bool]:
+        """The job id that owns ``key``: ours if we claimed it first, else the first claimer's;
+        ``idempotency_conflict`` if the first claimer's request was another one.
 
         Both racers then publish the same ``<job_id>.queued.0`` event, so the job is
         stored once even if the first claimer died before publishing.
         """
         slot = core.idempotency_slot(key)
         try:
-            await self.idempotency.create(slot, job_id.encode())
+            await self.idempotency.create(slot, f"{job_id} {fingerprint}".encode())
             return job_id, False
         except nats.js.errors.KeyWrongLastSequenceError:
             entry = await self.idempotency.get(slot)
             assert entry.value is not None
-            return entry.value.decode(), True
+            owner, _, claimed = entry.value.decode().partition(" ")
+            if claimed and claimed != fingerprint:
+                raise DomedError(
+                    ErrorCode.IDEMPOTENCY_CONFLICT,
+                    f"idempotency_key was used for another request (job {owner}): a different "
+                    "tool, params, timeout_s or labels",
+                    {"job_id": owner},
+                ) from None
+            return owner, True
 
     async def cancel(self, req: CancelRequest) -> CancelReply:
+        core.check_reason(req.reason, self.caps)
         if not subjects.is_job_id(req.job_id):
             raise DomedError(ErrorCode.UNKNOWN_JOB, f"no job has id {req.job_id!r}")
         try:
             return await self._cancel(req)
-        except bus.UNAVAILABLE_ERRORS as exc:
-            raise bus.unavailable(exc) from None
+        except failures.UNAVAILABLE_ERRORS as exc:
+            raise failures.unavailable(exc) from None
 
     async def _cancel(self, req: CancelRequest) -> CancelReply:
         deadline = time.monotonic() + self.settings.request_timeout_s * 2
         while True:
-            last = await bus.last_event(self.js, req.job_id)
+            last = await jobstream.last_event(self.js, req.job_id)
             if last is None:
                 raise DomedError(ErrorCode.UNKNOWN_JOB, f"no job has id {req.job_id!r}")
             last_seq, event = last
@@ -174,32 +205,43 @@ class Router:
                     f"job {req.job_id} already ended {event.state}",
                     {"state": event.state},
                 )
+            # Canceled already: a second cancel would store nothing new. Looked up after the
+            # job's newest event, so a cancel stored since is newer than last_seq and the
+            # compare-and-set below refuses ours.
+            if isinstance(event, Cancel) or await jobstream.last_event(
+                self.js, req.job_id, "cancel"
+            ):
+                cancel_seq = last_seq
+                break
             cancel = Cancel(job_id=req.job_id, requested_at=now_iso(), reason=req.reason)
             try:
-                ack = await bus.publish_event(
-                    self.js, cancel, last_seq, headers=bus.cas_headers(req.job_id, last_seq)
+                ack = await jobstream.publish_event(
+                    self.js, cancel, last_seq, headers=jobstream.cas_headers(req.job_id, last_seq)
                 )
             except nats.js.errors.APIError as exc:
                 # Another event landed since we read; read again (bounded by the deadline).
-                if bus.is_wrong_last_sequence(exc) and time.monotonic() < deadline:
+                if failures.is_wrong_last_sequence(exc) and time.monotonic() < deadline:
                     continue
                 raise
+            cancel_seq = ack.seq
             break
-        started = await bus.last_event(self.js, req.job_id, "started")
+        started = await jobstream.last_event(self.js, req.job_id, "started")
         if started is not None:
             return CancelReply(job_id=req.job_id, state="running")
         terminal = never_ran(job_id=req.job_id, state="canceled", finished_at=now_iso(), attempt=0)
         try:
-            await bus.publish_event(self.js, terminal, headers=bus.cas_headers(req.job_id, ack.seq))
+            await jobstream.publish_event(
+                self.js, terminal, headers=jobstream.cas_headers(req.job_id, cancel_seq)
+            )
             # No executor will run it, so none will delete its secret parameters.
-            with contextlib.suppress(*bus.UNAVAILABLE_ERRORS, nats.js.errors.APIError):
+            with contextlib.suppress(*failures.UNAVAILABLE_ERRORS, nats.js.errors.APIError):
                 await self.secrets.purge(req.job_id)
             return CancelReply(job_id=req.job_id, state="canceled")
         except nats.js.errors.APIError as exc:
-            if not bus.is_wrong_last_sequence(exc):
+            if not failures.is_wrong_last_sequence(exc):
                 raise
         # An executor started the job (or ended it) between our reads: it acts on the cancel.
-        now = await bus.last_event(self.js, req.job_id)
+        now = await jobstream.last_event(self.js, req.job_id)
         if now is not None and isinstance(now[1], Terminal):
             return CancelReply(job_id=req.job_id, state=now[1].state)
         if now is not None and isinstance(now[1], Started):
@@ -218,10 +260,10 @@ class Router:
         return {**tool.manifest.model_dump(mode="json"), "manifest_sha256": tool.sha256}
 
     async def tools_explain(self, req: ExplainRequest) -> ExplainReply:
-        return core.explain(core.find_tool(self.tools, req.tool), req.params)
+        return core.explain(core.find_tool(self.tools, req.tool), req.params, self.caps)
 
     def endpoints(self) -> list[Endpoint]:
-        return [
+        endpoints = [
             Endpoint("submit", subjects.SUBMIT, SubmitRequest, self.submit, concurrent=True),
             Endpoint("cancel", subjects.CANCEL, CancelRequest, self.cancel, concurrent=True),
             Endpoint("tools-list", subjects.TOOLS_LIST, ToolsListRequest, self.tools_list),
@@ -229,18 +271,41 @@ class Router:
             Endpoint("tools-explain", subjects.TOOLS_EXPLAIN, ExplainRequest, self.tools_explain),
         ]
 
+        def check_body(size: int) -> None:
+            core.check_body(size, self.caps)
+
+        return [dataclasses.replace(ep, check_body=check_body) for ep in endpoints]
+
+
+async def ensure_secrets_bucket(js: JetStreamContext, settings: Settings) -> KeyValue:
+    """The ``domed-secrets`` bucket, with the router's TTL: secrets no executor ever
+    deleted (a job lost with its executor) expire instead of staying in NATS forever. An
+    executor may have created the bucket first, without one: the TTL is set then, if this
+    user may (else a provisioning run must)."""
+    ttl_s = settings.secrets_ttl_s
+    bucket = await provisioning.ensure_kv(js, subjects.KV_SECRETS, settings.stream, ttl_s=ttl_s)
+    info = await js.stream_info(f"KV_{subjects.KV_SECRETS}")
+    if ttl_s and info.config.max_age != ttl_s:
+        try:
+            await js.update_stream(dataclasses.replace(info.config, max_age=ttl_s))
+        except nats.js.errors.APIError as exc:
+            log.warning("cannot set the TTL of bucket %s (%s)", subjects.KV_SECRETS, exc)
+    return bucket
+
 
 async def run_router(
     settings: Settings, stop: asyncio.Event, ready: asyncio.Event | None = None
 ) -> None:
     """Serve until ``stop`` is set. Refuses to start on a catalogue with any problem."""
     tools = load_catalogue(settings.ssot)
-    nc: Client = await bus.connect(settings, settings.name or "domed-router", service="router")
+    nc: Client = await connection.connect(
+        settings, settings.name or "domed-router", service="router"
+    )
     try:
         js = nc.jetstream(timeout=settings.request_timeout_s)
-        await bus.ensure_stream(js, settings.stream)
-        secrets = await bus.ensure_kv(js, subjects.KV_SECRETS, settings.stream)
-        idem = await bus.ensure_kv(
+        await provisioning.ensure_stream(js, settings.stream)
+        secrets = await ensure_secrets_bucket(js, settings)
+        idem = await provisioning.ensure_kv(
             js, subjects.KV_IDEMPOTENCY, settings.stream, ttl_s=settings.stream.duplicate_window_s
         )
         router = Router(settings, tools, js, secrets, idem)
@@ -259,4 +324,4 @@ async def run_router(
             await stop.wait()
         await service.stop()
     finally:
-        await bus.disconnect(nc)
+        await connection.disconnect(nc)

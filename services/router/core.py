@@ -5,7 +5,10 @@ from __future__ import annotations
 import difflib
 import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from contracts.api import ExplainReply, SubmitRequest
 from contracts.errors import DomedError, ErrorCode
@@ -19,11 +22,94 @@ from services.catalogue.render import (
     with_defaults,
 )
 
+_encoder = msgspec.json.Encoder()
+_sorted_encoder = msgspec.json.Encoder(order="sorted")
+
+
+@dataclass(frozen=True)
+class Caps:
+    """What one client request may store; over a cap is ``too_large`` and nothing is stored."""
+
+    body_bytes: int = 256 * 1024
+    param_bytes: int = 64 * 1024
+    param_depth: int = 32
+    labels_bytes: int = 16 * 1024
+    reason_bytes: int = 1024
+
+
+def too_large(what: str, cap: str, size: int, limit: int, path: str | None = None) -> DomedError:
+    details: dict[str, Any] = {"cap": cap, "size": size, "limit": limit}
+    if path is not None:
+        details["path"] = path
+    return DomedError(
+        ErrorCode.TOO_LARGE, f"{what} is {size} bytes, over the cap of {limit} ({cap})", details
+    )
+
+
+def check_body(size: int, caps: Caps) -> None:
+    if size > caps.body_bytes:
+        raise too_large("the request body", "max_body_bytes", size, caps.body_bytes)
+
+
+def check_sizes(params: Mapping[str, Any], labels: Mapping[str, str], caps: Caps) -> None:
+    """Each parameter's value and the labels are within their caps, and no value is nested
+    deeper than ``caps.param_depth`` (which the schema check and every later encoding
+    could not go through without running out of stack)."""
+    for name, value in params.items():
+        if _depth_over(value, caps.param_depth):
+            reason = f"is nested deeper than {caps.param_depth} levels"
+            raise DomedError(
+                ErrorCode.INVALID_PARAMS,
+                f"parameter {name!r} {reason}",
+                [{"path": f"$.{name}", "message": reason}],
+            )
+        size = len(_encoder.encode(value))
+        if size > caps.param_bytes:
+            raise too_large(
+                f"parameter {name!r}", "max_param_bytes", size, caps.param_bytes, f"$.{name}"
+            )
+    size = len(_encoder.encode(labels))
+    if size > caps.labels_bytes:
+        raise too_large("the labels", "max_labels_bytes", size, caps.labels_bytes, "$.labels")
+
+
+def check_reason(reason: str | None, caps: Caps) -> None:
+    size = len(reason.encode("utf-8", "surrogatepass")) if reason else 0
+    if size > caps.reason_bytes:
+        raise too_large("the reason", "max_reason_bytes", size, caps.reason_bytes, "$.reason")
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def fingerprint(tool: Tool, params: Mapping[str, Any], timeout_s: float, labels: Any) -> str:
+    """What an idempotency key is bound to: the tool, params, timeout and labels. Secret
+    values are left out (masked), so the stored fingerprint is no hash of a secret to guess
+    at: a retry that differs only in a secret's value counts as the same request."""
+    canonical = {
+        "tool": tool.id,
+        "params": mask_params(tool.manifest, params),
+        "timeout_s": timeout_s,
+        "labels": labels,
+    }
+    return hashlib.sha256(_sorted_encoder.encode(canonical)).hexdigest()
+
 
 def find_tool(tools: Mapping[str, Tool], tool_id: str) -> Tool:
     tool = tools.get(tool_id)
     if tool is None:
-        close = difflib.get_close_matches(tool_id, list(tools), n=3, cutoff=0.5)
+        candidates = tool_id if len(tool_id) <= 256 else ""  # difflib is quadratic
+        close = difflib.get_close_matches(candidates, list(tools), n=3, cutoff=0.5)
+        tool_id = tool_id if len(tool_id) <= 256 else tool_id[:256] + "..."
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise DomedError(
             ErrorCode.UNKNOWN_TOOL, f"no tool has id {tool_id!r}{hint}", {"close_matches": close}
@@ -32,8 +118,9 @@ def find_tool(tools: Mapping[str, Tool], tool_id: str) -> Tool:
 
 
 def checked_params(tool: Tool, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Params with schema defaults filled, or invalid_params listing every failure by path."""
-    failures = param_errors(tool.validator, params)
+    """Params with schema defaults filled, or invalid_params listing every failure by path
+    (never repeating a secret's value)."""
+    failures = param_errors(tool.validator, params, tool.manifest.secrets)
     if failures:
         raise DomedError(
             ErrorCode.INVALID_PARAMS, f"{len(failures)} parameter error(s) for {tool.id}", failures
@@ -91,7 +178,8 @@ def idempotency_slot(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def explain(tool: Tool, params: Mapping[str, Any]) -> ExplainReply:
+def explain(tool: Tool, params: Mapping[str, Any], caps: Caps) -> ExplainReply:
+    check_sizes(params, {}, caps)
     checked = checked_params(tool, params)
     argv = render_argv(
         tool.manifest,

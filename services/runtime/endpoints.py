@@ -20,7 +20,7 @@ from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER, Request
 from nats.micro.service import Service
 
 from contracts.errors import DomedError, ErrorCode
-from services.runtime import bus
+from services.runtime import connection
 
 log = logging.getLogger("domed.endpoints")
 
@@ -36,6 +36,8 @@ class Endpoint:
     # nats.micro runs one request per endpoint at a time; a handler that
     # awaits the bus is run as its own task instead, so requests overlap.
     concurrent: bool = False
+    # raises a DomedError (too_large) for a body of this many bytes, before it is decoded
+    check_body: Callable[[int], None] | None = None
 
 
 MAX_IN_FLIGHT = 512
@@ -54,6 +56,8 @@ def decode_request(data: bytes, request_type: type[msgspec.Struct]) -> Any:
         raise DomedError(
             ErrorCode.INVALID_REQUEST, f"request body is not valid JSON: {exc}"
         ) from None
+    except RecursionError:
+        raise DomedError(ErrorCode.INVALID_REQUEST, "request body is nested too deeply") from None
 
 
 def error_reply(err: DomedError) -> tuple[bytes, dict[str, str]]:
@@ -82,6 +86,8 @@ def _wrap(endpoint: Endpoint, stats: list[_Counters]) -> Callable[[Request], Awa
 
     async def answer(request: Request) -> None:
         try:
+            if endpoint.check_body is not None:
+                endpoint.check_body(len(request.data))
             reply = await endpoint.handler(decode_request(request.data, endpoint.request_type))
             await request.respond(_encoder.encode(reply))
         except DomedError as err:
@@ -121,5 +127,5 @@ async def serve(
         stats: list[Any] = []
         await service.add_endpoint(name=ep.name, subject=ep.subject, handler=_wrap(ep, stats))
         stats.extend(e for e in service._endpoints if e._subject == ep.subject)
-    await bus.subscriptions_sent(nc)  # before anyone is told we are ready
+    await connection.subscriptions_sent(nc)  # before anyone is told we are ready
     return service

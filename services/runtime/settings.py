@@ -64,13 +64,27 @@ class Settings:
     nats_url: str = DEFAULT_URL
     nats_creds: str | None = None
     # the service this process runs (router, executor, projector), if the CLI started one;
-    # it names the service's inbox prefix (services/runtime/bus.py, connect)
+    # it names the service's inbox prefix (services/runtime/connection.py, connect)
     service: str = ""
     ssot: Path = Path("ssot")
     data_dir: Path = Path(".domed")
     name: str = ""
     stream: StreamSettings = field(default_factory=StreamSettings)
     request_timeout_s: float = 2.0
+    # router: what one client request may store (docs/reference/api.md, too_large); the
+    # body cap stays well under the server's max payload (1 MiB by default) so a job's
+    # whole state always fits in one reply
+    max_body_bytes: int = 256 * 1024
+    max_param_bytes: int = 64 * 1024  # each parameter's value, as JSON
+    max_param_depth: int = 32  # nesting of a parameter's value
+    max_labels_bytes: int = 16 * 1024  # all labels, keys and values, as JSON
+    max_reason_bytes: int = 1024  # a cancel's reason, UTF-8
+    # router: the public key secrets are sealed with (services/runtime/sealing.py)
+    secrets_public_key: Path | None = None
+    # router: how long a job's sealed secrets may wait in domed-secrets for an executor
+    secrets_ttl_s: float = 7 * 24 * 3600.0
+    # executor: the private key that opens the secrets (services/runtime/sealing.py)
+    secrets_key: Path | None = None
     # executor
     slots: int = 8
     drain_timeout_s: float = 10.0

@@ -117,7 +117,7 @@ BAD_BODIES: list[tuple[bytes, str]] = [
     (b'{"tool": "demo.echo", "params": {"text": "x", "extra": "y"}}', "invalid_params"),
     (
         json.dumps({"tool": "demo.echo", "params": {"text": "y" * 900_000}}).encode(),
-        "invalid_params",
+        "too_large",
     ),
     (
         json.dumps({"tool": "python.script", "params": {"script": "/etc/passwd"}}).encode(),

@@ -16,6 +16,7 @@ from contracts.events import encode_event
 from services.catalogue.loader import CatalogueError
 from services.router import app as router_app
 from services.router.app import Router, run_router
+from services.runtime import sealing
 from services.runtime.natsserver import NatsServer
 from services.runtime.settings import Settings
 from tests.support import ROOT, Domed, log_lines, run_cli, terminal_of
@@ -145,9 +146,10 @@ async def test_tools_list_get_and_explain(domed: Domed) -> None:
             subjects.TOOLS_EXPLAIN, {"tool": "test.secret", "params": {"token": "abcd1234"}}
         )
     ).data
-    assert explained["argv"][-1] == "***" and "abcd1234" not in json.dumps(explained)
+    assert explained["argv"][-2:] == ["--env", "API_TOKEN"]
+    assert "abcd1234" not in json.dumps(explained)
     assert (
-        explained["env_names"] == ["DOMED_JOB_ID", "PATH"]
+        explained["env_names"] == ["API_TOKEN", "DOMED_JOB_ID", "PATH"]
         and explained["working_dir_policy"] == "temp"
     )
     assert len(explained["manifest_sha256"]) == 64
@@ -267,7 +269,9 @@ async def test_secrets_of_a_submit_that_could_not_store_its_job_are_deleted(
             )
             assert r.error is not None and r.error["code"] == "unavailable", r.data
             put = await watcher.updates(timeout=5)
-            assert put is not None and put.value and b"never-run" in put.value
+            assert put is not None and put.value and b"never-run" not in put.value  # sealed
+            key = sealing.executor_key(None, tmp_path / "d")
+            assert b"never-run" in sealing.unseal(key, put.value)
             deleted = await watcher.updates(timeout=10)
             assert deleted is not None and deleted.key == put.key
             assert deleted.operation == "DEL"

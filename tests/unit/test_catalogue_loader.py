@@ -218,7 +218,7 @@ def test_parameters_that_are_not_a_json_schema_are_refused(
     ("extra", "reason_part"),
     [
         pytest.param("", "{nope}", id="placeholder-names-no-parameter"),
-        pytest.param("secrets: [token]\n", "'token'", id="secret-not-a-parameter"),
+        pytest.param("secrets: {token: {env: T}}\n", "'token'", id="secret-not-a-parameter"),
         pytest.param("retry: {max_attempts: 2}\n", "idempotent", id="retry-without-idempotent"),
         pytest.param(
             "idempotent: false\nretry: {max_attempts: 2}\n", "idempotent", id="retry-not-idempotent"
@@ -237,10 +237,48 @@ def test_cross_field_problem_is_refused_with_its_reason(
     assert reason_part in problem.reason
 
 
+def test_a_secret_placeholder_in_the_entrypoint_is_refused_at_load(tmp_path: Path) -> None:
+    """argv is readable by every local user (/proc/<pid>/cmdline, ps): a secret never goes
+    there, whatever the manifest says."""
+    write_tree(tmp_path, {"x.yaml": VALID + "secrets: {text: {env: TEXT}}\n"})
+    problem = only_problem(tmp_path)
+    assert (problem.file, problem.field) == ("tools/x.yaml", "entrypoint.1")
+    assert "would put a secret in argv" in problem.reason and problem.line == 3
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason_part"),
+    [
+        ("secrets: {text: {env: T}}\n", "{secret_file:text} names no secret with `file: true`"),
+        ("secrets: [text]\n", "valid dictionary"),
+        ("secrets: {text: {env: T, file: true}}\n", "exactly one"),
+        ("secrets: {text: {}}\n", "exactly one"),
+        ("secrets: {text: {env: 'A B'}}\n", "pattern"),
+    ],
+)
+def test_secret_delivery_problems_are_refused(tmp_path: Path, extra: str, reason_part: str) -> None:
+    text = VALID.replace('"{text}"', '"--key={secret_file:text}"') + extra
+    write_tree(tmp_path, {"x.yaml": text})
+    reasons = " | ".join(p.reason for p in problems_of(tmp_path))
+    assert reason_part in reasons
+
+
+def test_secrets_by_env_and_by_file_load(tmp_path: Path) -> None:
+    text = (
+        VALID.replace('"{text}"', '"--key={secret_file:key}"').replace(
+            "text: {type: string}", "text: {type: string}\n    key: {type: string}"
+        )
+        + "secrets: {text: {env: TEXT}, key: {file: true}}\n"
+    )
+    write_tree(tmp_path, {"x.yaml": text})
+    tool = load_catalogue(tmp_path)["t.echo"]
+    assert tool.manifest.secrets["text"].env == "TEXT" and tool.manifest.secrets["key"].file
+
+
 @pytest.mark.parametrize(
     ("extra", "field", "line"),
     [
-        ("secrets: [token]\n", "secrets", VALID_LINES + 1),
+        ("secrets: {token: {env: T}}\n", "secrets", VALID_LINES + 1),
         ("retry: {max_attempts: 2}\n", "retry", VALID_LINES + 1),
     ],
 )
@@ -253,7 +291,10 @@ def test_cross_field_problem_names_its_field_and_line(
 
 
 def test_every_cross_field_problem_of_one_file_is_reported(tmp_path: Path) -> None:
-    text = VALID.replace('"{text}"', '"{nope}"') + "secrets: [token]\nretry: {max_attempts: 2}\n"
+    text = (
+        VALID.replace('"{text}"', '"{nope}"')
+        + "secrets: {token: {env: T}}\nretry: {max_attempts: 2}\n"
+    )
     write_tree(tmp_path, {"x.yaml": text})
     reasons = " | ".join(p.reason for p in problems_of(tmp_path))
     assert "{nope}" in reasons
@@ -282,7 +323,7 @@ def test_problems_across_files_are_all_reported_at_once(tmp_path: Path) -> None:
             "a_ok.yaml": VALID,
             "b_syntax.yaml": "id: [\n",
             "c_unknown.yaml": VALID.replace("t.echo", "t.c") + "colour: red\n",
-            "d_secret.yaml": VALID.replace("t.echo", "t.d") + "secrets: [nope]\n",
+            "d_secret.yaml": VALID.replace("t.echo", "t.d") + "secrets: {nope: {env: T}}\n",
             "e_schema.yaml": VALID.replace("t.echo", "t.e").replace("string", "strang"),
             "f_dup.yaml": VALID,
         },

@@ -14,8 +14,8 @@ from services.catalogue.render import (
     child_env,
     env_names,
     fixed_work_dir,
-    mask_line,
     mask_params,
+    mask_text,
     param_errors,
     render_argv,
     secret_values,
@@ -204,9 +204,55 @@ def test_double_dash_from_a_param_value_does_not_unlock_later_values() -> None:
     render_error(m, {"a": "--", "b": "-x"})
 
 
-@pytest.mark.parametrize("value", [-5, -1.5, -0.0])
-def test_negative_number_in_its_own_element_is_allowed(value: float) -> None:
-    assert render(manifest(["prog", "{v}"], {"v": {}}), {"v": value}) == ["prog", str(value)]
+@pytest.mark.parametrize("value", [-5, -1, -9, -1.5, -0.0])
+def test_negative_number_in_its_own_element_is_refused(value: float) -> None:
+    render_error(manifest(["prog", "{v}"], {"v": {}}), {"v": value})
+    assert render(manifest(["prog", "--", "{v}"], {"v": {}}), {"v": value})[2] == str(value)
+    assert render(manifest(["prog", "--n={v}"], {"v": {}}), {"v": value})[1] == f"--n={value}"
+
+
+@pytest.mark.parametrize(
+    ("entrypoint", "params"),
+    [
+        (["prog", "{prefix}{value}"], {"prefix": "", "value": "--evil-option"}),
+        (["prog", "{prefix}{value}"], {"prefix": "-", "value": "x"}),
+        (["prog", "{prefix}{value}.txt"], {"prefix": "", "value": "-rf"}),
+        (["prog", "{items}"], {"items": ["ok", "--evil"]}),
+    ],
+)
+def test_a_rendered_element_that_starts_with_a_value_dash_is_refused(
+    entrypoint: list[str], params: dict[str, Any]
+) -> None:
+    m = manifest(entrypoint, {"prefix": {}, "value": {}, "items": {}})
+    render_error(m, params)
+
+
+@pytest.mark.parametrize(
+    ("entrypoint", "params", "expected"),
+    [
+        (["prog", "--text={value}"], {"value": "-x"}, "--text=-x"),
+        (["prog", "-{value}"], {"value": "-x"}, "--x"),
+        (["prog", "{prefix}{value}"], {"prefix": "a", "value": "-x"}, "a-x"),
+        (["prog", "--", "{prefix}{value}"], {"prefix": "", "value": "--x"}, "--x"),
+    ],
+)
+def test_a_dash_the_manifest_wrote_or_after_double_dash_is_allowed(
+    entrypoint: list[str], params: dict[str, Any], expected: str
+) -> None:
+    m = manifest(entrypoint, {"prefix": {}, "value": {}})
+    assert render(m, params)[-1] == expected
+
+
+def test_secret_file_placeholders_render_the_given_path() -> None:
+    m = manifest(
+        ["prog", "--key={secret_file:key}"],
+        {"key": {"type": "string"}},
+        secrets={"key": {"file": True}},
+    )
+    files = {"key": "/run/domed/s/key"}
+    assert render(m, {"key": "k"}, secret_files=files) == ["prog", "--key=/run/domed/s/key"]
+    assert render(m, {"key": "k"}) == ["prog", "--key=<secret_file:key>"]
+    render_error(m, {}, secret_files={})
 
 
 def test_partial_placeholder_at_element_start_cannot_make_an_option() -> None:
@@ -217,7 +263,6 @@ def test_masked_names_render_as_stars_whole_and_partial() -> None:
     m = manifest(
         ["prog", "{token}", "--token={token}", "{user}"],
         {"token": {"type": "string"}, "user": {"type": "string"}},
-        secrets=["token"],
     )
     params = {"token": "s3cret", "user": "bob"}
     assert render(m, params, masked=["token"]) == ["prog", MASK, f"--token={MASK}", "bob"]
@@ -225,17 +270,21 @@ def test_masked_names_render_as_stars_whole_and_partial() -> None:
 
 
 def test_masked_list_renders_one_mask_per_item() -> None:
-    m = manifest(["prog", "{keys}"], {"keys": {"type": "array"}}, secrets=["keys"])
+    m = manifest(["prog", "{keys}"], {"keys": {"type": "array"}})
     assert render(m, {"keys": ["k1", "k2"]}, masked=["keys"]) == ["prog", MASK, MASK]
 
 
 def test_masking_does_not_skip_the_leading_dash_check() -> None:
-    m = manifest(["prog", "{token}"], {"token": {"type": "string"}}, secrets=["token"])
+    m = manifest(["prog", "{token}"], {"token": {"type": "string"}})
     render_error(m, {"token": "-x"}, masked=["token"])
 
 
 def test_mask_params_hides_only_secret_values() -> None:
-    m = manifest(["prog"], {"token": {}, "user": {}, "other": {}}, secrets=["token", "other"])
+    m = manifest(
+        ["prog"],
+        {"token": {}, "user": {}, "other": {}},
+        secrets={"token": {"env": "T"}, "other": {"env": "O"}},
+    )
     assert mask_params(m, {"token": "s3cret", "user": "bob"}) == {"token": MASK, "user": "bob"}
 
 
@@ -253,7 +302,9 @@ def test_mask_params_hides_only_secret_values() -> None:
 def test_secret_values_are_the_literal_secret_strings_longest_first(
     params: dict[str, Any], expected: list[str]
 ) -> None:
-    m = manifest(["prog"], {"a": {}, "b": {}, "user": {}}, secrets=["a", "b"])
+    m = manifest(
+        ["prog"], {"a": {}, "b": {}, "user": {}}, secrets={"a": {"env": "A"}, "b": {"env": "B"}}
+    )
     assert secret_values(m, params) == expected
 
 
@@ -267,13 +318,13 @@ def test_secret_values_are_the_literal_secret_strings_longest_first(
     ],
 )
 def test_mask_line_replaces_every_occurrence(line: str, secrets: list[str], expected: str) -> None:
-    assert mask_line(line, secrets) == expected
+    assert mask_text(line, secrets) == expected
 
 
 def test_mask_line_with_secret_values_never_leaks_part_of_a_longer_secret() -> None:
-    m = manifest(["prog"], {"a": {}, "b": {}}, secrets=["a", "b"])
+    m = manifest(["prog"], {"a": {}, "b": {}}, secrets={"a": {"env": "A"}, "b": {"env": "B"}})
     secrets = secret_values(m, {"a": "abc", "b": "abcdef"})
-    assert mask_line("key abcdef", secrets) == f"key {MASK}"
+    assert mask_text("key abcdef", secrets) == f"key {MASK}"
 
 
 def test_child_env_is_allowlist_then_fixed_env_then_job_id_and_nothing_else() -> None:

@@ -13,6 +13,7 @@ from services.executor.core import (
     OutputBudget,
     ProgressParser,
     ProgressReading,
+    SecretMasker,
     StopReason,
     outcome,
     signal_name,
@@ -253,3 +254,25 @@ def test_outcome_of_a_run(returncode: int, stopped: StopReason | None, expected:
 @pytest.mark.parametrize(("signum", "name"), [(9, "KILL"), (15, "TERM"), (2, "INT"), (250, "250")])
 def test_signal_name_drops_the_sig_prefix(signum: int, name: str) -> None:
     assert signal_name(signum) == name
+
+
+@pytest.mark.parametrize("limit", [64, 65, 100])
+def test_a_secret_is_masked_before_splitting_whatever_the_chunks(limit: int) -> None:
+    """A secret longer than the split point, cut anywhere by the pipe's chunks, never
+    shows in part: masking runs on the bytes, before lines are split."""
+    secret = "S" + "".join(random.Random(1).choices("abcdefgh0123456789", k=61))
+    data = ("x" * 40 + secret + " and " + secret[:30] + "\nend " + secret).encode()
+    rng = random.Random(limit)
+    for _ in range(50):
+        masker, splitter = SecretMasker([secret, "short"]), LineSplitter(limit)
+        lines: list[str] = []
+        at = 0
+        while at < len(data):
+            step = rng.randint(1, 70)
+            lines += splitter.feed(masker.feed(data[at : at + step]))
+            at += step
+        lines += splitter.feed(masker.finish()) + splitter.finish()
+        text = "".join(lines)
+        # a mere prefix is not the secret, and stays; nothing else of it shows
+        assert text.count(secret[:30]) == 1 and text.count("***") == 2
+        assert all(secret[i : i + 8] not in text.replace(secret[:30], "") for i in range(55))

@@ -40,7 +40,10 @@ c.add_argument("--file", required=True)
 c.add_argument("--seconds", type=float, default=0)
 c.add_argument("--gate", default="")
 se = sub.add_parser("secret")
-se.add_argument("--token", required=True)
+se.add_argument("--env", default="")
+se.add_argument("--file", default="")
+se.add_argument("--pad", type=int, default=0)
+se.add_argument("--report", action="store_true")
 args = p.parse_args()
 
 if args.cmd == "argv":
@@ -149,5 +152,23 @@ elif args.cmd == "counter":
     else:
         time.sleep(args.seconds)
     print("done", flush=True)
-elif args.cmd == "secret":
-    print(f"the token is {args.token}!", flush=True)
+elif args.cmd == "secret":  # reads its token from the environment or a file, never argv
+    if args.env:
+        token = os.environ[args.env]
+    else:
+        with open(args.file) as fh:
+            token = fh.read()
+    if args.report:
+        print(
+            json.dumps(
+                {
+                    "token_in_argv": any(token in a for a in sys.argv),
+                    "mode": oct(os.stat(args.file).st_mode & 0o777) if args.file else None,
+                    "path": args.file,
+                }
+            ),
+            flush=True,
+        )
+    if args.pad:
+        print("progress using " + token, flush=True)
+    print("x" * args.pad + f"the token is {token}!", flush=True)
