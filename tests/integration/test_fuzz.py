@@ -101,6 +101,8 @@ async def test_hostile_bodies_get_typed_answers_and_store_nothing_unjustified(
     @given(bodies())
     def one(case: tuple[str, bytes]) -> None:
         subject, raw = case
+        if len(raw) >= domed.nc.max_payload:  # the server refuses it before any service sees it
+            raw = raw[: domed.nc.max_payload // 2]
         reply = ask(subject, raw)
         status = reply.headers.get("Nats-Service-Error-Code", "200")
         statuses[status] = statuses.get(status, 0) + 1
