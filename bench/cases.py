@@ -567,7 +567,7 @@ async def case_router(
             await msg.respond(msg.data)
 
         await responder.subscribe("bench.echo", cb=echo)
-        # Twice: nats-py's first PING can overtake the SUB (services/runtime/bus.py).
+        # Twice: nats-py's first PING can overtake the SUB (services/runtime/connection.py, subscriptions_sent).
         await responder.flush()
         await responder.flush()
         results: dict[str, LoopResult] = {}

@@ -123,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
                 "--slots", type=int, default=8, help="jobs run at once by this executor"
             )
             sp.add_argument(
+                "--secrets-key",
+                type=Path,
+                default=None,
+                metavar="FILE",
+                help="the private key that opens jobs' secret parameters "
+                "(default: DATA_DIR/secrets.key, created if missing; deploy/secrets.md)",
+            )
+            sp.add_argument(
                 "--job-user",
                 default="",
                 metavar="USER[:GROUP]",
@@ -134,6 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
                 type=float,
                 default=10.0,
                 help="seconds to let running jobs finish on SIGTERM before canceling them",
+            )
+        if name == "router":
+            sp.add_argument(
+                "--secrets-public-key",
+                type=Path,
+                default=None,
+                metavar="FILE",
+                help="the executors' public key that secret parameters are sealed with "
+                "(default: DATA_DIR/secrets.pub, else DATA_DIR/secrets.key; deploy/secrets.md)",
             )
         if name == "projector":
             sp.add_argument(
@@ -237,6 +254,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         slots=getattr(args, "slots", 8),
         drain_timeout_s=getattr(args, "drain_timeout", 10.0),
         rebuild=getattr(args, "rebuild", False),
+        secrets_key=getattr(args, "secrets_key", None),
+        secrets_public_key=getattr(args, "secrets_public_key", None),
     )
 
 
@@ -255,9 +274,9 @@ def run_service(args: argparse.Namespace) -> int:
     import nats.js.errors
 
     from services.catalogue.problems import CatalogueError
-    from services.runtime.bus import NotProvisionedError, ProvisioningError
     from services.runtime.heap import keep_heap
     from services.runtime.lifecycle import ConfigurationError, configure_logging, run
+    from services.runtime.provisioning import NotProvisionedError, ProvisioningError
 
     keep_heap()
     settings = settings_from(args)

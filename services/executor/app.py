@@ -31,15 +31,15 @@ from nats.js import JetStreamContext
 
 from contracts import subjects
 from services.catalogue.loader import Tool, load_catalogue
-from services.executor import cancels, records, recovery, worker
+from services.executor import cancels, records, recovery, secrets, worker
 from services.executor.backend import LocalBackend
 from services.executor.context import ExecutorContext
 from services.executor.holds import Holds
 from services.executor.jobuser import JobUser, check_can_switch
-from services.runtime import connection, provisioning
+from services.runtime import connection, provisioning, sealing
 from services.runtime.endpoints import serve
 from services.runtime.hardening import without_credentials
-from services.runtime.lifecycle import VERSION
+from services.runtime.lifecycle import VERSION, ConfigurationError
 from services.runtime.settings import Settings, redact_url
 
 log = logging.getLogger("domed.executor")
@@ -122,6 +122,11 @@ async def run_executor(
         check_can_switch(job_user)
     environ = without_credentials(os.environ if environ is None else environ)
     tools = load_catalogue(settings.ssot)
+    if any(tool.manifest.secrets for tool in tools.values()):
+        try:
+            secrets.load_key(settings)
+        except sealing.SealingError as exc:
+            raise ConfigurationError(f"the secrets key: {exc}") from None
     ctx: ExecutorContext | None = None
     watching: set[asyncio.Task[None]] = set()
 

@@ -207,16 +207,16 @@ class Attempt:
             secret_files=self.secrets.files,
         )
         env = child_env(manifest, self.ctx.environ, self.job_id) | self.secrets.env
-        return SpawnRequest(argv, self.work_dir, env, own_cwd=self.remove_dir)
+        owned = ([self.work_dir] if self.remove_dir else []) + self.secrets.paths()
+        return SpawnRequest(argv, self.work_dir, env, owned=tuple(owned))
 
     def _own_process(self, cleanup: contextlib.ExitStack, proc: JobHandle) -> None:
         """Record the process (so an executor started after our death reaps it), and see
         that it is dead and its pipes closed when the attempt is left, record last."""
         ctx = self.ctx
         ctx.leaders.add(proc.pid)
-        record = records.write(
-            ctx.records, self.job_id, proc.pid, self.work_dir if self.remove_dir else None
-        )
+        made = ([self.work_dir] if self.remove_dir else []) + self.secrets.paths()[:1]
+        record = records.write(ctx.records, self.job_id, proc.pid, made)
 
         def release() -> None:
             ctx.leaders.discard(proc.pid)

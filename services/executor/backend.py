@@ -24,7 +24,9 @@ class SpawnRequest:
     argv: list[str]
     cwd: str
     env: dict[str, str]
-    own_cwd: bool = False  # the working dir was made for this job (``temp``)
+    # what was made for this job alone (a ``temp`` working dir, its secret files' dir and
+    # files): handed to the job's user when it runs as another
+    owned: tuple[str, ...] = ()
 
 
 class JobHandle(Protocol):
@@ -65,15 +67,16 @@ class Backend(Protocol):
 
 class LocalBackend:
     """Jobs as local process groups, of the executor's own user or of ``job_user`` (with
-    only its group; a working dir made for the job is given to it)."""
+    only its group; what was made for the job is given to it)."""
 
     def __init__(self, job_user: JobUser | None = None) -> None:
         self.job_user = job_user
 
     def spawn(self, request: SpawnRequest, on_output: OutputCallback) -> JobHandle:
         user = self.job_user
-        if user is not None and request.own_cwd:
-            os.chown(request.cwd, user.uid, user.gid)
+        if user is not None:
+            for path in request.owned:
+                os.chown(path, user.uid, user.gid, follow_symlinks=False)
         return JobProcess.spawn(
             request.argv,
             cwd=request.cwd,

@@ -3,7 +3,7 @@
 A record is written when a job's process starts and removed when it is reaped. An
 executor killed with SIGKILL leaves its records behind; the next executor started
 on the same host with the same data dir reads them, kills the orphaned groups and
-removes the temp working dirs made for those jobs.
+removes the dirs made for those jobs (temp working dirs, secret files).
 Beside them (``ended``) wait the terminals an executor could not store before it
 stopped; the next one stores them.
 
@@ -72,10 +72,11 @@ def records_dir(data_dir: Path, environ: dict[str, str]) -> Path:
     return fallback
 
 
-def write(directory: Path, job_id: str, pid: int, work_dir: str | None = None) -> Path:
-    """Record a job's process group, and the working dir made for it (removed with it)."""
+def write(directory: Path, job_id: str, pid: int, dirs: list[str] | None = None) -> Path:
+    """Record a job's process group, and the dirs made for it (its temp working dir, its
+    secret files' dir), removed with it."""
     record = directory / job_id
-    data = {"job_id": job_id, "pid": pid, "executor_pid": os.getpid(), "work_dir": work_dir}
+    data = {"job_id": job_id, "pid": pid, "executor_pid": os.getpid(), "dirs": dirs or []}
     record.write_text(json.dumps(data))
     return record
 
@@ -116,22 +117,21 @@ def reap_orphans(directory: Path, wait_s: float = 5.0) -> list[str]:
     orphaned_jobs: set[str] = set()
     dying: list[int] = []
     leaders: set[int] = set()
-    work_dirs: list[tuple[str, str]] = []
+    made: list[tuple[str, str]] = []
     for record in directory.glob("*"):
         try:
             data = json.loads(record.read_text())
             owner = int(data["executor_pid"])
             pid = int(data["pid"])
             job_id = str(data["job_id"])
-            work_dir = data.get("work_dir")
-        except (OSError, ValueError, KeyError, AttributeError):
+            dirs = [d for d in data.get("dirs", []) if isinstance(d, str)]
+        except (OSError, ValueError, KeyError, AttributeError, TypeError):
             record.unlink(missing_ok=True)
             continue
         if owner != os.getpid() and _alive(owner):
             continue
         orphaned_jobs.add(job_id)
-        if isinstance(work_dir, str):
-            work_dirs.append((job_id, work_dir))
+        made += [(job_id, d) for d in dirs]
         # The pid may have been reused since: kill only a process that carries the job's mark.
         if (pidfd := _marked_pidfd(pid, job_id)) is not None:
             log.warning("killing orphaned process group %d of job %s", pid, job_id)
@@ -151,18 +151,20 @@ def reap_orphans(directory: Path, wait_s: float = 5.0) -> list[str]:
         if job_id not in reaped:
             reaped.append(job_id)
     _wait_dead(dying, wait_s)
-    for job_id, work_dir in work_dirs:
-        remove_work_dir(job_id, work_dir)
+    for job_id, path in made:
+        remove_job_dir(job_id, path)
     return reaped
 
 
-def remove_work_dir(job_id: str, path: str) -> None:
-    """Remove the temp working dir an orphaned job left, once its processes are dead; only
-    a dir that its name shows was made for that job (``domed-<job_id>-``)."""
-    if not os.path.basename(path).startswith(f"domed-{job_id}-"):
-        log.warning("not removing %s: not a working dir made for job %s", path, job_id)
+def remove_job_dir(job_id: str, path: str) -> None:
+    """Remove a dir an orphaned job left (its temp working dir, its secret files' dir),
+    once its processes are dead; only a dir whose name shows it was made for that job
+    (``domed-<job_id>-``, ``domed-secrets-<job_id>-``)."""
+    name = os.path.basename(path)
+    if not name.startswith((f"domed-{job_id}-", f"domed-secrets-{job_id}-")):
+        log.warning("not removing %s: not a dir made for job %s", path, job_id)
         return
-    log.warning("removing the working dir %s of orphaned job %s", path, job_id)
+    log.warning("removing %s, left by orphaned job %s", path, job_id)
     shutil.rmtree(path, ignore_errors=True)
 
 

@@ -35,6 +35,12 @@ def open_params(settings: Settings, sealed: bytes) -> dict[str, Any]:
     return values if isinstance(values, dict) else {}
 
 
+def load_key(settings: Settings) -> None:
+    """Load the executors' key now (raises sealing.SealingError if it is unusable), so a
+    bad key stops the executor at its start instead of failing its first secret job."""
+    _key(settings.secrets_key, settings.data_dir.resolve())
+
+
 @functools.cache
 def _key(explicit: Path | None, data_dir: Path) -> nacl.public.PrivateKey:
     return sealing.executor_key(explicit, data_dir)
@@ -48,6 +54,10 @@ class Delivery:
     env: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     dir: str | None = None
+
+    def paths(self) -> list[str]:
+        """The secret files' dir, then the files: what the job's user must be given."""
+        return [self.dir, *self.files.values()] if self.dir is not None else []
 
     def remove(self) -> None:
         if self.dir is not None:

@@ -27,7 +27,7 @@ from services.projector.projection import Projection
 from services.projector.queries import Queries
 from services.projector.rebuild import report_rebuild
 from services.projector.store import Store
-from services.runtime import bus
+from services.runtime import connection, provisioning
 from services.runtime.endpoints import serve
 from services.runtime.lifecycle import VERSION, ConfigurationError
 from services.runtime.ordered import RawClient
@@ -72,7 +72,7 @@ async def run_projector(
 
     # Only the projector reads a stream raw (services.runtime.ordered).
     nc = RawClient()
-    await bus.connect(
+    await connection.connect(
         settings,
         settings.name or "domed-projector",
         service="projector",
@@ -81,8 +81,8 @@ async def run_projector(
     )
     try:
         js = nc.jetstream(timeout=settings.request_timeout_s)
-        await bus.ensure_stream(js, settings.stream)
-        kv = await bus.ensure_kv(js, subjects.KV_JOBS, settings.stream, direct=True)
+        await provisioning.ensure_stream(js, settings.stream)
+        kv = await provisioning.ensure_kv(js, subjects.KV_JOBS, settings.stream, direct=True)
         projection = Projection(store.position()[0], store.get)
         repair = KvRepair(nc, kv, store, timeout_s=settings.request_timeout_s)
         mirror = KvMirror(kv, store, projection, repair)
@@ -113,5 +113,5 @@ async def run_projector(
             reporter.cancel()
         await service.stop()
     finally:
-        await bus.disconnect(nc)
+        await connection.disconnect(nc)
         store.close()

@@ -18,7 +18,7 @@ It keeps what an ordered consumer promises, which nats-py's keeps in the same wa
 
 Only the one subscription is diverted (``RawClient``); every other subscription of the
 connection goes through nats-py as usual. Only the projector connects with ``RawClient``
-(``bus.connect(..., client=RawClient())``); every other service uses nats-py's client.
+(``connection.connect(..., client=RawClient())``); every other service uses nats-py's client.
 
 ``RawClient`` and ``_RawParser`` override nats-py internals (``Client._ps``,
 ``Client._process_msg``, the ``Parser``'s buffer and state, ``Subscription._id``):

@@ -46,6 +46,8 @@ async def job_user_executor(
             tmp_path / "x",
             "--job-user",
             "nobody:nogroup",
+            "--secrets-key",
+            str(d.data_dir / "secrets.key"),  # the router's pair: it seals for this one
             env={"DOMED_TEST_SECRET": SECRET},
         ).start()
         try:
@@ -127,3 +129,12 @@ def test_an_executor_given_an_unknown_job_user_refuses_to_start() -> None:
         timeout=30,
     )
     assert out.returncode == 2 and "no user 'no-such-user-domed'" in out.stderr, out.stderr
+
+
+async def test_a_job_of_another_user_can_read_its_secret_file(
+    job_user_executor: tuple[Domed, ServiceProcess],
+) -> None:
+    d, _ = job_user_executor
+    _, events = await d.run("test.secret_file_sh", {"key": "k3y-for-nobody"})
+    assert terminal_of(events).state == "succeeded", (terminal_of(events), log_lines(events))
+    assert log_lines(events) == ["readable"]
