@@ -25,6 +25,11 @@ PROGRESS_GROUPS = frozenset({"current", "total", "percent", "message"})
 """The named groups a progress regex may use."""
 
 
+RESERVED_ENV_PREFIXES: tuple[str, ...] = ("DOMED_", "NATS_")
+"""Names an ``env_allowlist`` may not pass: domed's own settings and NATS credentials
+(the executor sets ``DOMED_JOB_ID`` and ``DOMED_RESULT`` itself)."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -176,6 +181,11 @@ class Manifest(_Strict):
         for name in value:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
                 raise ValueError(f"not an environment variable name: {name!r}")
+            if name.upper().startswith(RESERVED_ENV_PREFIXES):
+                raise ValueError(
+                    f"{name!r} may not be passed to a job: DOMED_* and NATS_* variables "
+                    "carry domed's own settings and NATS credentials"
+                )
         return value
 
     @model_validator(mode="after")

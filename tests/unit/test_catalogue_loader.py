@@ -139,6 +139,20 @@ def test_missing_ssot_directory_is_a_catalogue_error(tmp_path: Path) -> None:
             id="bad-env-name",
         ),
         pytest.param(
+            VALID + "env_allowlist: [PATH, NATS_URL]\n",
+            "env_allowlist",
+            VALID_LINES + 1,
+            "NATS_URL",
+            id="nats-credentials-allowlisted",
+        ),
+        pytest.param(
+            VALID + "env_allowlist: [DOMED_NATS_URL]\n",
+            "env_allowlist",
+            VALID_LINES + 1,
+            "DOMED_NATS_URL",
+            id="domed-settings-allowlisted",
+        ),
+        pytest.param(
             VALID + "progress: {regex: '(?P<speed>\\d+)'}\n",
             "progress.regex",
             VALID_LINES + 1,
