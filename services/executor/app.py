@@ -107,6 +107,20 @@ async def executor_context(
     )
 
 
+def refuse_what_cannot_run(
+    settings: Settings, tools: Mapping[str, Tool], job_user: JobUser | None
+) -> None:
+    """Stop at the start, not at the first job, when jobs could not run as configured: the
+    job user cannot be switched to, or the secrets key is unusable."""
+    if job_user is not None:
+        check_can_switch(job_user)
+    if any(tool.manifest.secrets for tool in tools.values()):
+        try:
+            secrets.load_key(settings)
+        except sealing.SealingError as exc:
+            raise ConfigurationError(f"the secrets key: {exc}") from None
+
+
 async def run_executor(
     settings: Settings,
     stop: asyncio.Event,
@@ -118,15 +132,9 @@ async def run_executor(
     passes through (default: this process's environment at the call), never a NATS
     credential (``hardening.CREDENTIAL_VARS``). With ``job_user`` every job runs as that
     user; ``jobuser.JobUserError`` if this process cannot switch to it."""
-    if job_user is not None:
-        check_can_switch(job_user)
-    environ = without_credentials(os.environ if environ is None else environ)
     tools = load_catalogue(settings.ssot)
-    if any(tool.manifest.secrets for tool in tools.values()):
-        try:
-            secrets.load_key(settings)
-        except sealing.SealingError as exc:
-            raise ConfigurationError(f"the secrets key: {exc}") from None
+    refuse_what_cannot_run(settings, tools, job_user)
+    environ = without_credentials(os.environ if environ is None else environ)
     ctx: ExecutorContext | None = None
     watching: set[asyncio.Task[None]] = set()
 
