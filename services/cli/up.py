@@ -107,8 +107,9 @@ def child_env(settings: Settings) -> dict[str, str]:
 
 
 def stop_with_parent() -> None:
-    """In the child, before exec: SIGTERM when ``up`` dies, even by SIGKILL, so no service
-    outlives it (they run in sessions of their own, out of reach of the terminal)."""
+    """In the child, before exec: SIGTERM when ``up`` dies, even by SIGKILL, so neither a
+    service nor the embedded nats-server outlives it (they run in sessions of their own,
+    out of reach of the terminal)."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -256,7 +257,7 @@ async def supervise(args: argparse.Namespace, settings: Settings, nats_store: Pa
     if external:
         say(f"using NATS at {redact_url(settings.nats_url)}")
     else:
-        server = NatsServer(store_dir=nats_store, port=args.nats_port)
+        server = NatsServer(store_dir=nats_store, port=args.nats_port, before_exec=stop_with_parent)
         starting = asyncio.ensure_future(asyncio.to_thread(server.start))
         await asyncio.wait(
             {starting, asyncio.ensure_future(sup.stop.wait())},

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,9 @@ class NatsServer:
     sync_always: bool = True
     extra_config: str = ""
     log_file: Path | None = None
+    # Called in the child before exec (``domed up``: die with it, even when it is
+    # SIGKILLed); one server start, so the fork path it forces costs nothing that matters.
+    before_exec: Callable[[], None] | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -80,6 +84,7 @@ class NatsServer:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=self.before_exec,  # noqa: PLW1509
             )
         self.wait_ready(ready_timeout_s)
         return self
