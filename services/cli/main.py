@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                 default="",
                 metavar="USER[:GROUP]",
                 help="run every job as this user, with only this group (or the user's own); "
-                "needs root or CAP_SETUID, CAP_SETGID and CAP_KILL",
+                "needs root or CAP_SETUID, CAP_SETGID, CAP_KILL, CAP_CHOWN and CAP_SYS_PTRACE",
             )
             sp.add_argument(
                 "--drain-timeout",

@@ -2,8 +2,10 @@
 
 The switch happens in the spawn itself (``subprocess`` ``user``/``group``/
 ``extra_groups``, no ``preexec_fn``). The executor needs CAP_SETUID and CAP_SETGID for
-it, and CAP_KILL to stop, reap and reconcile processes of another user; it refuses to
-start without them rather than run jobs as itself.
+it, CAP_CHOWN to hand the job the dirs made for it, CAP_KILL to stop processes of
+another user, and CAP_SYS_PTRACE to read their ``DOMED_JOB_ID`` when it reconciles after
+a restart (``/proc/<pid>/environ`` of another user). Root has them all; an executor
+without them refuses to start rather than run jobs as itself or lose track of them.
 """
 
 from __future__ import annotations
@@ -13,10 +15,18 @@ import pwd
 from dataclasses import dataclass
 from pathlib import Path
 
+CAP_CHOWN = 0
 CAP_KILL = 5
 CAP_SETGID = 6
 CAP_SETUID = 7
-NEEDED_CAPS = (CAP_KILL, CAP_SETGID, CAP_SETUID)
+CAP_SYS_PTRACE = 19
+CAP_NAMES = {
+    CAP_CHOWN: "CAP_CHOWN",
+    CAP_KILL: "CAP_KILL",
+    CAP_SETGID: "CAP_SETGID",
+    CAP_SETUID: "CAP_SETUID",
+    CAP_SYS_PTRACE: "CAP_SYS_PTRACE",
+}
 
 
 @dataclass(frozen=True)
@@ -59,11 +69,10 @@ def effective_caps(status: Path = Path("/proc/self/status")) -> int:
 def check_can_switch(job_user: JobUser, caps: int | None = None) -> None:
     """Raise ``JobUserError`` unless this process may run, stop and reap jobs as ``job_user``."""
     caps = effective_caps() if caps is None else caps
-    missing = [c for c in NEEDED_CAPS if not caps & (1 << c)]
+    missing = [name for cap, name in sorted(CAP_NAMES.items()) if not caps & (1 << cap)]
     if missing:
-        names = {CAP_KILL: "CAP_KILL", CAP_SETGID: "CAP_SETGID", CAP_SETUID: "CAP_SETUID"}
         raise JobUserError(
             f"--job-user {job_user.name}: this executor cannot switch users (it lacks "
-            f"{', '.join(names[c] for c in missing)}); run it as root or grant those "
-            "capabilities, or drop --job-user"
+            f"{', '.join(missing)}); run it as root or grant those capabilities, or drop "
+            "--job-user"
         )
