@@ -207,16 +207,20 @@ class Attempt:
             secret_files=self.secrets.files,
         )
         env = child_env(manifest, self.ctx.environ, self.job_id) | self.secrets.env
-        owned = ([self.work_dir] if self.remove_dir else []) + self.secrets.paths()
+        owned = [*self._made_dirs(), *self.secrets.files.values()]
         return SpawnRequest(argv, self.work_dir, env, owned=tuple(owned))
+
+    def _made_dirs(self) -> list[str]:
+        """The dirs made for this job alone: its ``temp`` working dir, its secret files'."""
+        made = [self.work_dir] if self.remove_dir else []
+        return made + ([self.secrets.dir] if self.secrets.dir is not None else [])
 
     def _own_process(self, cleanup: contextlib.ExitStack, proc: JobHandle) -> None:
         """Record the process (so an executor started after our death reaps it), and see
         that it is dead and its pipes closed when the attempt is left, record last."""
         ctx = self.ctx
         ctx.leaders.add(proc.pid)
-        made = ([self.work_dir] if self.remove_dir else []) + self.secrets.paths()[:1]
-        record = records.write(ctx.records, self.job_id, proc.pid, made)
+        record = records.write(ctx.records, self.job_id, proc.pid, self._made_dirs())
 
         def release() -> None:
             ctx.leaders.discard(proc.pid)

@@ -56,10 +56,13 @@ class ExecutorContext:
     running: dict[str, RunningJob] = field(default_factory=dict)
     leaders: set[int] = field(default_factory=set)  # the running jobs' own processes
     subreaper: bool = False
-    accepting: bool = True
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)  # set with accepting = False
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_watch: core.CancelWatch = field(default_factory=core.CancelWatch)
 
+    @property
+    def accepting(self) -> bool:
+        """Whether this executor still takes work: until it is told to stop."""
+        return not self.stopping.is_set()
+
     def stop_accepting(self) -> None:
-        self.accepting = False
         self.stopping.set()

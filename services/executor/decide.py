@@ -39,7 +39,7 @@ class Attempted:
 @dataclass(frozen=True)
 class Facts:
     """What is known about a delivered job. ``None`` on an optional fact means not looked
-    up yet; looked-up absences have their own values (``started=NOT_STARTED``)."""
+    up yet; ``started`` is known once ``started_known`` is set (then ``None``: none)."""
 
     job_id: str
     queued_seq: int

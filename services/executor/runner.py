@@ -32,9 +32,9 @@ READ_CHUNK = 256 * 1024
 # starting no tool code before its `started` is stored. Exit 125 when the gate is shut.
 # The shell exports PWD, which the job's environment does not have unless allowed.
 GATE_SHELL = "/bin/sh"
-GATE_SCRIPT = 'read _ || exit 125; unset PWD; exec "$@" </dev/null'
-GATE_SCRIPT_WITH_PWD = 'read _ || exit 125; exec "$@" </dev/null'
 GATE_SHUT = 125
+GATE_SCRIPT = f'read _ || exit {GATE_SHUT}; unset PWD; exec "$@" </dev/null'
+GATE_SCRIPT_WITH_PWD = f'read _ || exit {GATE_SHUT}; exec "$@" </dev/null'
 
 
 def check_executable(command: str, env: dict[str, str]) -> None:

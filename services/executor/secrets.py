@@ -55,10 +55,6 @@ class Delivery:
     files: dict[str, str] = field(default_factory=dict)
     dir: str | None = None
 
-    def paths(self) -> list[str]:
-        """The secret files' dir, then the files: what the job's user must be given."""
-        return [self.dir, *self.files.values()] if self.dir is not None else []
-
     def remove(self) -> None:
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)

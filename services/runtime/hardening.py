@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 
 PR_SET_DUMPABLE = 4
 PR_GET_DUMPABLE = 3
@@ -37,7 +37,7 @@ CREDENTIAL_VARS = frozenset(
 the ``nats`` CLI: never passed on to a job."""
 
 
-def without_credentials(environ: MutableMapping[str, str] | dict[str, str]) -> dict[str, str]:
+def without_credentials(environ: Mapping[str, str]) -> dict[str, str]:
     """A copy of ``environ`` without the credential variables."""
     return {k: v for k, v in environ.items() if k not in CREDENTIAL_VARS}
 
