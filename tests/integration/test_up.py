@@ -77,6 +77,13 @@ class Up:
             self.proc.kill()
 
 
+async def up_with_embedded_nats(ssot: Path, data: Path) -> Up:
+    """``domed up`` with its own nats-server on a free port, started."""
+    return await Up(
+        "--ssot", str(ssot), "--data-dir", str(data), "--nats-port", str(free_port())
+    ).start()
+
+
 def processes_mentioning(text: str) -> list[int]:
     """Live pids whose command line contains ``text`` (our data dir: our children)."""
     found = []
@@ -144,9 +151,7 @@ async def test_up_stops_within_seconds_at_any_moment(
     tmp_path: Path, good_ssot: Path, moment: str, sig: int
 ) -> None:
     data = tmp_path / "data"
-    up = await Up(
-        "--ssot", str(good_ssot), "--data-dir", str(data), "--nats-port", str(free_port())
-    ).start()
+    up = await up_with_embedded_nats(good_ssot, data)
     try:
         await up.saw(moment, timeout=60)
         asked = time.monotonic()
@@ -167,9 +172,7 @@ async def test_up_stops_when_a_service_refuses_its_configuration(
     data = tmp_path / "data"
     data.mkdir()
     (data / "projector").write_text("not a directory")  # where the projector keeps its store
-    up = await Up(
-        "--ssot", str(good_ssot), "--data-dir", str(data), "--nats-port", str(free_port())
-    ).start()
+    up = await up_with_embedded_nats(good_ssot, data)
     try:
         code = await up.exit_code(timeout=60)
         assert code == 2, up.text
@@ -220,9 +223,7 @@ async def test_services_and_the_server_stop_when_up_is_killed(
 ) -> None:
     """SIGKILL cannot be handled, but nothing it started may outlive ``up``."""
     data = tmp_path / "data"
-    up = await Up(
-        "--ssot", str(good_ssot), "--data-dir", str(data), "--nats-port", str(free_port())
-    ).start()
+    up = await up_with_embedded_nats(good_ssot, data)
     try:
         await up.saw("are ready", timeout=60)
         up.signal(signal.SIGKILL)
