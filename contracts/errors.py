@@ -70,6 +70,7 @@ class TerminalErrorCode(enum.StrEnum):
     SPAWN_FAILED = "spawn_failed"
     EXECUTOR_SHUTDOWN = "executor_shutdown"
     EXECUTOR_LOST = "executor_lost"
+    LIMIT_EXCEEDED = "limit_exceeded"
 
 
 TERMINAL_MEANING: dict[TerminalErrorCode, str] = {
@@ -78,6 +79,8 @@ TERMINAL_MEANING: dict[TerminalErrorCode, str] = {
     "its drain time was over (state `canceled`)",
     TerminalErrorCode.EXECUTOR_LOST: "the executor running it vanished and the tool is not "
     "`idempotent` (state `lost`)",
+    TerminalErrorCode.LIMIT_EXCEEDED: "the job went past one of its manifest's resource "
+    "limits and was stopped; `error.limit` names it (state `failed`)",
 }
 """What each terminal error code means, for the reference."""
 

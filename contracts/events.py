@@ -100,13 +100,25 @@ class Progress(_Event, frozen=True, tag="progress"):
     message: Annotated[str | None, Meta(description="The `message` group, if matched.")] = None
 
 
+ResourceLimit = Literal["memory", "cpu", "pids", "file_size", "open_files"]
+"""The manifest limits (``limits.memory_mb``, ``cpu_s``, ``pids``, ``file_size_mb``,
+``open_files``) a job can be stopped for."""
+
+
 class TerminalError(msgspec.Struct, frozen=True, omit_defaults=True):
     """Why a job ended without a normal exit."""
 
     code: Annotated[
-        str, Meta(description="`spawn_failed`, `executor_shutdown` or `executor_lost`.")
+        str,
+        Meta(
+            description="`spawn_failed`, `executor_shutdown`, `executor_lost` or `limit_exceeded`."
+        ),
     ]
     message: Annotated[str, Meta(description="A sentence for people.")]
+    limit: Annotated[
+        ResourceLimit | None,
+        Meta(description="With `limit_exceeded`: the manifest limit the job went past."),
+    ] = None
 
 
 class LineCounts(msgspec.Struct, frozen=True, gc=False):
@@ -116,12 +128,18 @@ class LineCounts(msgspec.Struct, frozen=True, gc=False):
     stderr: Annotated[int, Meta(description="Lines on standard error.")] = 0
 
 
-class Rusage(msgspec.Struct, frozen=True):
-    """Resources the job's process tree used."""
+class Rusage(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Resources the job used. Where the executor confines jobs in a cgroup, the CPU times
+    and ``memory_peak_kb`` cover the whole process tree; otherwise the process and the
+    descendants it waited for."""
 
-    max_rss_kb: Annotated[int, Meta(description="Peak resident memory, KiB.")]
+    max_rss_kb: Annotated[int, Meta(description="Peak resident memory of one process, KiB.")]
     user_s: Annotated[float, Meta(description="CPU seconds in user mode.")]
     sys_s: Annotated[float, Meta(description="CPU seconds in the kernel.")]
+    memory_peak_kb: Annotated[
+        int | None,
+        Meta(description="Peak memory of the whole process tree (its cgroup's), KiB."),
+    ] = None
 
 
 class Terminal(_Event, frozen=True, tag="terminal"):

@@ -80,7 +80,7 @@ class SecretDelivery(_Strict):
 
 
 class Limits(_Strict):
-    """Bounds on a job's output, and on how many jobs of the tool run at once."""
+    """Bounds on a job's output and resources, and on how many jobs of the tool run at once."""
 
     max_line_bytes: int = Field(
         65536, ge=64, le=1_048_576, description="Longer output lines are split, never dropped."
@@ -92,6 +92,33 @@ class Limits(_Strict):
     )
     concurrency: int | None = Field(
         None, ge=1, description="At most this many jobs of this tool at once, across all executors."
+    )
+    memory_mb: int | None = Field(
+        2048,
+        ge=1,
+        description="Memory of the job's whole process tree, MiB; `null`: no limit. Past it "
+        "the job is stopped with `limit_exceeded` (`memory`). Without a cgroup it bounds "
+        "each process's address space instead (docs/executor.md).",
+    )
+    cpu_s: float | None = Field(
+        None,
+        gt=0,
+        description="CPU seconds the job's process tree may use in all; `null`: bounded only "
+        "by `timeout_s`. Past it: `limit_exceeded` (`cpu`).",
+    )
+    pids: int | None = Field(
+        1024,
+        ge=1,
+        description="Processes and threads of the job at once; `null`: no limit. Reaching it "
+        "stops the job with `limit_exceeded` (`pids`).",
+    )
+    open_files: int | None = Field(
+        4096, ge=16, description="Open file descriptors per process; `null`: the executor's own."
+    )
+    file_size_mb: int | None = Field(
+        None,
+        ge=1,
+        description="Largest file a process of the job may write, MiB; `null`: no limit.",
     )
 
 
@@ -135,7 +162,7 @@ class Manifest(_Strict):
         5, ge=0, description="Seconds between SIGTERM and SIGKILL on cancel and timeout."
     )
     progress: ProgressRule | None = Field(None, description="Output lines that report progress.")
-    limits: Limits = Field(Limits(), description="Output and concurrency limits.")
+    limits: Limits = Field(Limits(), description="Output, resource and concurrency limits.")
     secrets: dict[str, SecretDelivery] = Field(
         {},
         description="Parameters whose values are secret, each with how it reaches the job: "

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from services.runtime.settings import (
+    LIMIT_MODES,
     Settings,
     StreamSettings,
     redact_url,
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="USER[:GROUP]",
         help="the executor runs every job as this user (see `domed executor --help`)",
     )
+    _limits_arg(up)
 
     for name, text in (
         ("router", "validate and queue jobs"),
@@ -135,8 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
                 default="",
                 metavar="USER[:GROUP]",
                 help="run every job as this user, with only this group (or the user's own); "
-                "needs root or CAP_SETUID, CAP_SETGID, CAP_KILL, CAP_CHOWN and CAP_SYS_PTRACE",
+                "needs root or CAP_SETUID, CAP_SETGID, CAP_KILL, CAP_CHOWN, CAP_SYS_PTRACE "
+                "and CAP_SYS_RESOURCE",
             )
+            _limits_arg(sp)
             sp.add_argument(
                 "--drain-timeout",
                 type=float,
@@ -236,6 +240,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _limits_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--limits",
+        choices=LIMIT_MODES,
+        default="auto",
+        help="how jobs' resource limits are enforced: a cgroup of the executor's "
+        "(cgroup2 where delegated, else cgroup1), or per-process rlimits only; auto picks "
+        "the best this host allows (docs/executor.md)",
+    )
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     stream = StreamSettings(
         replicas=getattr(args, "replicas", 1),
@@ -256,6 +271,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         rebuild=getattr(args, "rebuild", False),
         secrets_key=getattr(args, "secrets_key", None),
         secrets_public_key=getattr(args, "secrets_public_key", None),
+        limits=getattr(args, "limits", "auto"),
     )
 
 

@@ -93,7 +93,7 @@ def child_argv(name: str, settings: Settings, job_user: str = "") -> list[str]:
     if settings.nats_creds:
         argv += ["--nats-creds", settings.nats_creds]
     if name == "executor":
-        argv += ["--slots", str(settings.slots)]
+        argv += ["--slots", str(settings.slots), "--limits", settings.limits]
         if job_user:
             argv += ["--job-user", job_user]
     return argv

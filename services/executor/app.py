@@ -31,8 +31,9 @@ from nats.js import JetStreamContext
 
 from contracts import subjects
 from services.catalogue.loader import Tool, load_catalogue
-from services.executor import cancels, records, recovery, secrets, worker
+from services.executor import cancels, cgroups, records, recovery, secrets, worker
 from services.executor.backend import LocalBackend
+from services.executor.cgroups import Hierarchy
 from services.executor.context import ExecutorContext
 from services.executor.holds import Holds
 from services.executor.jobuser import JobUser, check_can_switch
@@ -80,6 +81,7 @@ async def executor_context(
     js: JetStreamContext,
     environ: dict[str, str],
     job_user: JobUser | None = None,
+    cgroups: Hierarchy | None = None,
 ) -> ExecutorContext:
     """The executor's shared parts, with its buckets opened (created if missing)."""
     ack_wait_s = settings.stream.ack_wait_s
@@ -99,7 +101,7 @@ async def executor_context(
         secrets=secrets,
         slots_kv=slots_kv,
         holds=Holds(holds_kv, lease_s),
-        backend=LocalBackend(job_user),
+        backend=LocalBackend(job_user, cgroups),
         name=settings.name or f"{socket.gethostname()}-{os.getpid()}",
         records=records.records_dir(settings.data_dir, environ),
         environ=environ,
@@ -109,9 +111,10 @@ async def executor_context(
 
 def refuse_what_cannot_run(
     settings: Settings, tools: Mapping[str, Tool], job_user: JobUser | None
-) -> None:
+) -> Hierarchy | None:
     """Stop at the start, not at the first job, when jobs could not run as configured: the
-    job user cannot be switched to, or the secrets key is unusable."""
+    job user cannot be switched to, the secrets key is unusable, or the limits mode asked
+    for is not available. Returns where jobs' cgroups go (None: rlimits only)."""
     if job_user is not None:
         check_can_switch(job_user)
     if any(tool.manifest.secrets for tool in tools.values()):
@@ -119,6 +122,17 @@ def refuse_what_cannot_run(
             secrets.load_key(settings)
         except sealing.SealingError as exc:
             raise ConfigurationError(f"the secrets key: {exc}") from None
+    try:
+        hierarchy, passed_over = cgroups.find(settings.limits)
+    except cgroups.CgroupError as exc:
+        raise ConfigurationError(str(exc)) from None
+    if hierarchy is None and settings.limits == "auto":
+        log.warning(
+            "no usable cgroup (%s): jobs' limits are per-process rlimits, and a job stopped "
+            "by its memory or pids limit cannot be told from one that failed",
+            "; ".join(passed_over),
+        )
+    return hierarchy
 
 
 async def run_executor(
@@ -133,7 +147,7 @@ async def run_executor(
     credential (``hardening.CREDENTIAL_VARS``). With ``job_user`` every job runs as that
     user; ``jobuser.JobUserError`` if this process cannot switch to it."""
     tools = load_catalogue(settings.ssot)
-    refuse_what_cannot_run(settings, tools, job_user)
+    hierarchy = refuse_what_cannot_run(settings, tools, job_user)
     environ = without_credentials(os.environ if environ is None else environ)
     ctx: ExecutorContext | None = None
     watching: set[asyncio.Task[None]] = set()
@@ -166,16 +180,17 @@ async def run_executor(
         # ack_wait, not this executor's --ack-wait.
         ack_wait_s = await shared_consumer_ack_wait(js, settings)
         settings = replace(settings, stream=replace(settings.stream, ack_wait_s=ack_wait_s))
-        ctx = await executor_context(settings, tools, nc, js, environ, job_user)
+        ctx = await executor_context(settings, tools, nc, js, environ, job_user, hierarchy)
         await recovery.prepare(ctx)
         service = await serve(
             nc, subjects.SERVICE_EXECUTOR, VERSION, "runs queued jobs as local processes", []
         )
         log.info(
-            "executor %s ready: %d slots, ack_wait %gs, NATS %s",
+            "executor %s ready: %d slots, ack_wait %gs, limits by %s, NATS %s",
             ctx.name,
             settings.slots,
             ack_wait_s,
+            hierarchy.mode if hierarchy else "rlimit",
             redact_url(settings.nats_url),
         )
         if ready is not None:

@@ -23,10 +23,11 @@ from typing import Any
 import nats.js.errors
 from nats.aio.msg import Msg
 
+from contracts.errors import TerminalErrorCode
 from contracts.events import LineCounts, Queued, Rusage, Started, Terminal, TerminalError, now_iso
 from services.catalogue.loader import Tool
 from services.catalogue.render import child_env, fixed_work_dir, render_argv, secret_values
-from services.executor import adopted, core, records, secrets, slots
+from services.executor import adopted, core, limits, records, secrets, slots
 from services.executor.backend import JobHandle, SpawnRequest
 from services.executor.context import ExecutorContext, RunningJob
 from services.executor.heartbeat import SUPERSEDED, heartbeat
@@ -41,6 +42,9 @@ from services.runtime.sealing import SealingError
 log = logging.getLogger("domed.executor")
 
 DRAIN_PIPES_S = 2.0
+# How often a running job's cgroup counters are read: CPU time may overrun `cpu_s` by
+# up to this much per core. Jobs shorter than it are never polled.
+LIMIT_POLL_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,7 @@ class Attempt:
             output.attach(pipeline)
             proc.resume_reading()
             self._heartbeat_later(cleanup, pipeline, ownership)
+            self._watch_limits_later(cleanup, proc)
             result = await self._until_ended(proc)
             await self._remove_work_dir_async()  # before the terminal: a reader sees it gone
             output.finish()
@@ -208,7 +213,14 @@ class Attempt:
         )
         env = child_env(manifest, self.ctx.environ, self.job_id) | self.secrets.env
         owned = [*self._made_dirs(), *self.secrets.files.values()]
-        return SpawnRequest(argv, self.work_dir, env, owned=tuple(owned))
+        return SpawnRequest(
+            argv,
+            self.work_dir,
+            env,
+            owned=tuple(owned),
+            limits=limits.JobLimits.of(manifest.limits),
+            name=f"{self.job_id}-{self.job.attempt}",
+        )
 
     def _made_dirs(self) -> list[str]:
         """The dirs made for this job alone: its ``temp`` working dir, its secret files'."""
@@ -220,7 +232,9 @@ class Attempt:
         that it is dead and its pipes closed when the attempt is left, record last."""
         ctx = self.ctx
         ctx.leaders.add(proc.pid)
-        record = records.write(ctx.records, self.job_id, proc.pid, self._made_dirs())
+        record = records.write(
+            ctx.records, self.job_id, proc.pid, self._made_dirs(), proc.confined_in
+        )
 
         def release() -> None:
             ctx.leaders.discard(proc.pid)
@@ -267,6 +281,34 @@ class Attempt:
 
         cleanup.callback(stop)
 
+    def _watch_limits_later(self, cleanup: contextlib.ExitStack, proc: JobHandle) -> None:
+        """Read the job's cgroup counters every ``LIMIT_POLL_S`` from then on, and stop
+        the job once it went past a limit (memory and pids are enforced by the kernel;
+        this tells the job's end apart from a failure and ends the rest of its tree)."""
+        if not proc.confined_in:
+            return
+        job = self.job
+        lim = limits.JobLimits.of(self.tool.manifest.limits)
+
+        async def watch() -> None:
+            while job.stop_reason is None:
+                if (hit := proc.breach()) is not None:
+                    job.request_stop(limit_stop(hit, lim))
+                    return
+                await asyncio.sleep(LIMIT_POLL_S)
+
+        tasks: list[asyncio.Task[None]] = []
+        timer = asyncio.get_running_loop().call_later(
+            LIMIT_POLL_S, lambda: tasks.append(asyncio.create_task(watch()))
+        )
+
+        def stop() -> None:
+            timer.cancel()
+            for task in tasks:
+                task.cancel()
+
+        cleanup.callback(stop)
+
     async def _until_ended(self, proc: JobHandle) -> Exit:
         """Wait until the process exits, or stop it (timeout, cancel, shutdown); then see
         that nothing of the job is left running and its pipes are read to the end."""
@@ -280,7 +322,8 @@ class Attempt:
             reason = f"timed out after {self.queued.timeout_s}s"
             job.request_stop(core.StopReason("timed_out", None, reason))
         if not exited.done():
-            await proc.stop(manifest.cancel_grace_s)
+            over_limit = job.stop_reason is not None and job.stop_reason.limit is not None
+            await proc.stop(0 if over_limit else manifest.cancel_grace_s)
         result = await proc.wait_exit()
         if not await proc.drain(DRAIN_PIPES_S):  # something else holds the pipes
             proc.kill_leftovers()
@@ -288,6 +331,9 @@ class Attempt:
             await proc.drain(DRAIN_PIPES_S)
         proc.kill_leftovers()
         await self._kill_escaped()
+        await proc.reap_tree(DRAIN_PIPES_S)
+        if job.stop_reason is None and (hit := proc.breach()) is not None:
+            job.request_stop(limit_stop(hit, limits.JobLimits.of(manifest.limits)))
         proc.close()
         return result
 
@@ -344,8 +390,12 @@ def terminal_of(
     reason = job.stop_reason
     error = None
     if reason is not None and reason.error_code:
-        error = TerminalError(reason.error_code, reason.message or reason.error_code)
-    usage = rusage_fields(result.rusage)
+        error = TerminalError(
+            reason.error_code,
+            reason.message or reason.error_code,
+            limit=reason.limit,  # type: ignore[arg-type]
+        )
+    usage = rusage_of(result, proc)
     return Terminal(
         job_id=job.job_id,
         state=verdict.state,  # type: ignore[arg-type]
@@ -359,7 +409,36 @@ def terminal_of(
         truncated=output.budget.truncated,
         signals_sent=list(proc.signals_sent),
         attempt=job.attempt,
-        rusage=Rusage(*usage) if usage else None,
+        rusage=usage,
+    )
+
+
+def rusage_of(result: Exit, proc: JobHandle) -> Rusage | None:
+    """The job's usage: its first process's from ``wait4``, with the CPU times and the
+    memory peak of its whole tree where a cgroup counted them."""
+    fields = rusage_fields(result.rusage)
+    tree = proc.tree_usage()
+    if fields is None:
+        return None
+    max_rss_kb, user_s, sys_s = fields
+    if tree is None:
+        return Rusage(max_rss_kb, user_s, sys_s)
+    peak = tree.memory_peak_bytes // 1024 if tree.memory_peak_bytes is not None else None
+    return Rusage(
+        max_rss_kb,
+        max(user_s, round(tree.user_s, 6)),
+        max(sys_s, round(tree.sys_s, 6)),
+        memory_peak_kb=peak,
+    )
+
+
+def limit_stop(hit: str, lim: limits.JobLimits) -> core.StopReason:
+    """How a job that went past resource limit ``hit`` ends."""
+    return core.StopReason(
+        "failed",
+        TerminalErrorCode.LIMIT_EXCEEDED,
+        limits.describe(hit, lim),  # type: ignore[arg-type]
+        limit=hit,
     )
 
 

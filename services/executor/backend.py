@@ -13,7 +13,10 @@ import os
 from dataclasses import dataclass
 from typing import Protocol
 
+from contracts.events import ResourceLimit
+from services.executor.cgroups import Hierarchy
 from services.executor.jobuser import JobUser
+from services.executor.limits import JobLimits, TreeUsage
 from services.executor.runner import Exit, JobProcess, OutputCallback
 
 
@@ -27,6 +30,8 @@ class SpawnRequest:
     # what was made for this job alone (a ``temp`` working dir, its secret files' dir and
     # files): handed to the job's user when it runs as another
     owned: tuple[str, ...] = ()
+    limits: JobLimits = JobLimits()
+    name: str = ""  # unique per attempt on this host: names its cgroup
 
 
 class JobHandle(Protocol):
@@ -54,6 +59,15 @@ class JobHandle(Protocol):
 
     def kill_leftovers(self) -> None: ...
 
+    def breach(self) -> ResourceLimit | None: ...
+
+    def tree_usage(self) -> TreeUsage | None: ...
+
+    async def reap_tree(self, timeout_s: float) -> None: ...
+
+    @property
+    def confined_in(self) -> list[str]: ...
+
     async def drain(self, timeout_s: float) -> bool: ...
 
     def close(self) -> None: ...
@@ -69,19 +83,36 @@ class LocalBackend:
     """Jobs as local process groups, of the executor's own user or of ``job_user`` (with
     only its group; what was made for the job is given to it)."""
 
-    def __init__(self, job_user: JobUser | None = None) -> None:
+    def __init__(self, job_user: JobUser | None = None, cgroups: Hierarchy | None = None) -> None:
         self.job_user = job_user
+        self.cgroups = cgroups
 
     def spawn(self, request: SpawnRequest, on_output: OutputCallback) -> JobHandle:
         user = self.job_user
         if user is not None:
             for path in request.owned:
                 os.chown(path, user.uid, user.gid, follow_symlinks=False)
-        return JobProcess.spawn(
-            request.argv,
-            cwd=request.cwd,
-            env=request.env,
-            on_output=on_output,
-            user=user.uid if user else None,
-            group=user.gid if user else None,
-        )
+        cgroup = None
+        if self.cgroups is not None:
+            cgroup = self.cgroups.create(request.name or f"{os.getpid()}", request.limits)
+        try:
+            proc = JobProcess.spawn(
+                request.argv,
+                cwd=request.cwd,
+                env=request.env,
+                on_output=on_output,
+                user=user.uid if user else None,
+                group=user.gid if user else None,
+            )
+        except BaseException:
+            if cgroup is not None:
+                cgroup.remove()
+            raise
+        try:
+            proc.confine(cgroup, request.limits)
+        except OSError:
+            proc.shut_gate()
+            proc.kill_leftovers()
+            proc.close()
+            raise
+        return proc

@@ -202,9 +202,10 @@ class ProgressParser:
 class StopReason:
     """Why the executor stopped a job, if it did: the terminal state it implies."""
 
-    state: str  # "canceled" | "timed_out"
+    state: str  # "canceled" | "timed_out" | "failed" (a resource limit)
     error_code: str | None = None
     message: str | None = None
+    limit: str | None = None  # with limit_exceeded: which
 
 
 def superseded(terminal: Event | None, started: Event | None, attempt: int) -> bool:

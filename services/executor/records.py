@@ -29,6 +29,7 @@ import stat
 import time
 from pathlib import Path
 
+from services.executor import cgroups
 from services.executor.runner import job_of
 
 log = logging.getLogger("domed.executor.records")
@@ -72,11 +73,19 @@ def records_dir(data_dir: Path, environ: dict[str, str]) -> Path:
     return fallback
 
 
-def write(directory: Path, job_id: str, pid: int, dirs: list[str] | None = None) -> Path:
-    """Record a job's process group, and the dirs made for it (its temp working dir, its
-    secret files' dir), removed with it."""
+def write(
+    directory: Path,
+    job_id: str,
+    pid: int,
+    dirs: list[str] | None = None,
+    cgroups: list[str] | None = None,
+) -> Path:
+    """Record a job's process group, the dirs made for it (its temp working dir, its
+    secret files' dir) and its cgroup's dirs, all removed with it."""
     record = directory / job_id
     data = {"job_id": job_id, "pid": pid, "executor_pid": os.getpid(), "dirs": dirs or []}
+    if cgroups:
+        data["cgroups"] = cgroups
     record.write_text(json.dumps(data))
     return record
 
@@ -118,6 +127,7 @@ def reap_orphans(directory: Path, wait_s: float = 5.0) -> list[str]:
     dying: list[int] = []
     leaders: set[int] = set()
     made: list[tuple[str, str]] = []
+    left_cgroups: list[str] = []
     for record in directory.glob("*"):
         try:
             data = json.loads(record.read_text())
@@ -125,6 +135,7 @@ def reap_orphans(directory: Path, wait_s: float = 5.0) -> list[str]:
             pid = int(data["pid"])
             job_id = str(data["job_id"])
             dirs = [d for d in data.get("dirs", []) if isinstance(d, str)]
+            left_cgroups += [c for c in data.get("cgroups", []) if isinstance(c, str)]
         except (OSError, ValueError, KeyError, AttributeError, TypeError):
             record.unlink(missing_ok=True)
             continue
@@ -151,6 +162,7 @@ def reap_orphans(directory: Path, wait_s: float = 5.0) -> list[str]:
         if job_id not in reaped:
             reaped.append(job_id)
     _wait_dead(dying, wait_s)
+    cgroups.remove_left(left_cgroups, wait_s)
     for job_id, path in made:
         remove_job_dir(job_id, path)
     return reaped

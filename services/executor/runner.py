@@ -24,6 +24,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from contracts.events import ResourceLimit
+from services.executor import limits as resource_limits
+from services.executor.cgroups import JobCgroup
+from services.executor.limits import JobLimits, TreeUsage
+
 OutputCallback = Callable[[str, bytes], None]
 
 
@@ -110,6 +115,8 @@ class JobProcess:
     signals_sent: list[str] = field(default_factory=list)
     started_mono: float = field(default_factory=time.monotonic)
     gate: int | None = None  # the write end of the gate's pipe, until opened or shut
+    limits: JobLimits = field(default_factory=JobLimits)
+    cgroup: JobCgroup | None = None  # where the job's whole tree is bounded and counted
 
     @property
     def pid(self) -> int:
@@ -235,9 +242,57 @@ class JobProcess:
         self.kill_leftovers()
 
     def kill_leftovers(self) -> None:
-        """A job's whole group dies with it: KILL whatever is left once the leader is gone."""
+        """A job's whole group dies with it: KILL whatever is left once the leader is gone
+        (and whatever else is in its cgroup)."""
         if self.signal_group(signal.SIGKILL) and "KILL" not in self.signals_sent:
             self.signals_sent.append("KILL")
+        if self.cgroup is not None:
+            self.cgroup.kill()
+
+    def confine(self, cgroup: JobCgroup | None, limits: JobLimits) -> None:
+        """Bound the gated process (and so the tool and all it starts): into ``cgroup``,
+        then its rlimits, never above the executor's own hard limits. OSError if the
+        kernel refuses."""
+        self.limits = limits
+        if cgroup is not None:
+            self.cgroup = cgroup
+            cgroup.add(self.pid)
+        for which, soft, hard in resource_limits.rlimits(limits, cgroup is not None):
+            _, own_hard = resource.getrlimit(which)
+            if own_hard != resource.RLIM_INFINITY:
+                soft, hard = min(soft, own_hard), min(hard, own_hard)
+            resource.prlimit(self.pid, which, (soft, hard))
+
+    @property
+    def confined_in(self) -> list[str]:
+        """The dirs of the job's cgroup, if it has one."""
+        return self.cgroup.paths if self.cgroup is not None else []
+
+    def tree_usage(self) -> TreeUsage | None:
+        """What the job's cgroup counted, if it has one."""
+        if self.cgroup is None:
+            return None
+        try:
+            return self.cgroup.usage()
+        except (OSError, ValueError):
+            return None
+
+    def breach(self) -> ResourceLimit | None:
+        """The resource limit the job went past, if any (so far, or how it ended)."""
+        return resource_limits.breach(self.limits, self.tree_usage(), self.popen.returncode)
+
+    async def reap_tree(self, timeout_s: float) -> None:
+        """Kill everything left in the job's cgroup and remove it, keeping its last counts;
+        bounded: a process in uninterruptible sleep dies when it wakes."""
+        cgroup = self.cgroup
+        if cgroup is None:
+            return
+        deadline = time.monotonic() + timeout_s
+        while True:
+            cgroup.kill()
+            if cgroup.remove() or time.monotonic() > deadline:
+                return
+            await asyncio.sleep(0.005)
 
     async def wait_exit(self) -> Exit:
         assert self.exited is not None
@@ -254,8 +309,11 @@ class JobProcess:
             return False
 
     def close(self) -> None:
-        """Stop reading and close both pipes and the gate (idempotent)."""
+        """Stop reading and close both pipes and the gate, and remove the job's cgroup
+        if nothing is left in it (idempotent)."""
         self.shut_gate()
+        if self.cgroup is not None:
+            self.cgroup.remove()
         for reader in self.readers:
             reader.close()
         for pipe in (self.popen.stdout, self.popen.stderr):

@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
+LIMIT_MODES = ("auto", "cgroup2", "cgroup1", "rlimit")
+"""What ``--limits`` accepts (services/executor/limits.py); ``auto`` picks the best mode
+this host allows."""
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?(.*)$", re.S)
 _USERINFO_IN_TEXT = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^\s/,'\"]+@")
@@ -91,5 +94,8 @@ class Settings:
     # adopt the orphans of jobs' processes (executor/adopted.py); off only when the
     # executor is embedded in a process that has children of its own (the tests)
     adopt_orphans: bool = True
+    # how jobs' resource limits are enforced: auto | cgroup2 | cgroup1 | rlimit
+    # (services/executor/limits.py)
+    limits: str = "auto"
     # projector
     rebuild: bool = False

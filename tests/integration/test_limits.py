@@ -1,0 +1,236 @@
+"""Per-job resource limits (manifest ``limits``): a job that goes past one is stopped and
+ends ``failed`` with ``limit_exceeded`` naming it, its peak usage in ``rusage``, while the
+executor and the other jobs go on; the limits hold while no executor runs; and where no
+cgroup can be had, rlimits still bound each process.
+
+``test.limits`` has memory_mb 64, pids 16, cpu_s 1 and open_files 32; ``test.bigfile``
+file_size_mb 2 (tests/ssot/tools/test).
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from contracts.events import Terminal
+from services.executor import cgroups
+from services.runtime.natsserver import NatsServer
+from tests.support import (
+    Domed,
+    ServiceProcess,
+    log_lines,
+    pid_alive,
+    processes_with_env,
+    terminal_of,
+)
+
+MIB = 1024 * 1024
+
+
+def cgroup_mode() -> str:
+    """The cgroup mode this machine offers the executor, or skip saying why."""
+    try:
+        hierarchy, reasons = cgroups.find("auto")
+    except cgroups.CgroupError as exc:  # pragma: no cover - auto never raises
+        pytest.skip(str(exc))
+    if hierarchy is None:
+        pytest.skip(f"no usable cgroup on this machine ({'; '.join(reasons)})")
+    return hierarchy.mode
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def confined(tmp_path_factory: pytest.TempPathFactory, ssot: Path) -> AsyncIterator[Domed]:
+    """domed whose executor puts every job in a cgroup (v2 where delegated, else v1)."""
+    mode = cgroup_mode()
+    tmp = tmp_path_factory.mktemp("limits-cgroup")
+    server = NatsServer(store_dir=tmp / "nats").start()
+    try:
+        async with Domed.running(server.url, ssot, tmp / "data", services=()) as d:
+            for name in ("router", "projector"):
+                await d.start_service(name)
+            await d.start_service("executor", limits=mode)
+            yield d
+    finally:
+        server.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def rlimited(tmp_path_factory: pytest.TempPathFactory, ssot: Path) -> AsyncIterator[Domed]:
+    """domed whose executor has no cgroup: per-process rlimits only."""
+    tmp = tmp_path_factory.mktemp("limits-rlimit")
+    server = NatsServer(store_dir=tmp / "nats").start()
+    try:
+        async with Domed.running(server.url, ssot, tmp / "data", services=()) as d:
+            for name in ("router", "projector"):
+                await d.start_service(name)
+            await d.start_service("executor", limits="rlimit")
+            yield d
+    finally:
+        server.stop()
+
+
+def stopped_for(term: Terminal, limit: str) -> None:
+    assert term.state == "failed", term
+    assert term.error is not None and term.error.code == "limit_exceeded", term
+    assert term.error.limit == limit, term
+
+
+async def test_a_memory_hog_is_stopped_at_its_limit_and_others_run_on(confined: Domed) -> None:
+    beside = await confined.submit("test.sleep", {"seconds": 1})
+    _, events = await confined.run("test.limits", {"mode": "memory", "amount": 400})
+    term = terminal_of(events)
+    stopped_for(term, "memory")
+    assert "64 MiB" in term.error.message  # type: ignore[union-attr]
+    assert term.rusage is not None and term.rusage.memory_peak_kb is not None
+    assert 32 * 1024 < term.rusage.memory_peak_kb <= 64 * 1024, term.rusage
+    held = [int(line.split()[1]) for line in log_lines(events)]
+    assert held and max(held) < 64, held  # it never held what it asked for
+    assert terminal_of(await confined.events(beside)).state == "succeeded"
+
+
+async def test_a_job_under_its_memory_limit_runs_to_its_end(confined: Domed) -> None:
+    _, events = await confined.run("test.limits", {"mode": "memory", "amount": 16})
+    term = terminal_of(events)
+    assert term.state == "succeeded" and term.error is None, term
+    assert log_lines(events)[-1] == "holding 16 MiB"
+    assert term.rusage is not None and term.rusage.memory_peak_kb is not None
+    assert term.rusage.memory_peak_kb >= 16 * 1024
+
+
+async def test_a_fork_bomb_is_stopped_at_its_pids_limit(confined: Domed) -> None:
+    beside = await confined.submit("test.sleep", {"seconds": 1})
+    job_id, events = await confined.run(
+        "test.limits", {"mode": "pids", "amount": 400, "hold_s": 30}
+    )
+    term = terminal_of(events)
+    stopped_for(term, "pids")
+    assert "16 processes" in term.error.message  # type: ignore[union-attr]
+    assert processes_with_env(f"DOMED_JOB_ID={job_id}") == []  # the whole tree is gone
+    assert terminal_of(await confined.events(beside)).state == "succeeded"
+
+
+async def test_a_cpu_spinner_is_stopped_once_its_tree_used_its_cpu_seconds(
+    confined: Domed,
+) -> None:
+    # two spinning processes: neither alone reaches cpu_s before the tree does
+    beside = await confined.submit("test.sleep", {"seconds": 1})
+    _, events = await confined.run("test.limits", {"mode": "cpu", "amount": 2, "hold_s": 30})
+    term = terminal_of(events)
+    stopped_for(term, "cpu")
+    assert term.rusage is not None and term.rusage.user_s + term.rusage.sys_s >= 1.0
+    assert term.signals_sent == ["TERM", "KILL"] or term.signal == "XCPU", term
+    assert terminal_of(await confined.events(beside)).state == "succeeded"
+
+
+async def test_open_files_are_bounded_per_process(confined: Domed) -> None:
+    _, events = await confined.run("test.limits", {"mode": "files", "amount": 100})
+    term = terminal_of(events)
+    assert term.state == "failed" and term.exit_code == 3, term
+    [line] = log_lines(events)
+    opened = int(line.split()[2].rstrip(":"))
+    assert 20 <= opened < 32, line  # 32 descriptors, a few already open
+    assert "Too many open files" in line
+
+
+async def test_a_file_past_its_size_limit_stops_the_job(confined: Domed) -> None:
+    _, events = await confined.run("test.bigfile", {"mb": 8})
+    term = terminal_of(events)
+    stopped_for(term, "file_size")
+    assert term.signal == "XFSZ", term
+
+
+async def test_the_executor_is_healthy_after_every_limit(confined: Domed) -> None:
+    for tool, params in (
+        ("test.limits", {"mode": "memory", "amount": 400}),
+        ("test.limits", {"mode": "pids", "amount": 400, "hold_s": 30}),
+    ):
+        await confined.submit(tool, params)
+    _, events = await confined.run("demo.echo", {"text": "still here"})
+    assert terminal_of(events).state == "succeeded"
+    assert log_lines(events) == ["still here"]
+
+
+async def test_each_job_cgroup_is_removed_with_its_job(confined: Domed) -> None:
+    job_id, events = await confined.run(
+        "test.limits", {"mode": "pids", "amount": 400, "hold_s": 30}
+    )
+    stopped_for(terminal_of(events), "pids")
+    hierarchy, _ = cgroups.find("auto")
+    assert hierarchy is not None
+    for parent in hierarchy.parents.values():
+        assert not list(parent.glob(f"{cgroups.PREFIX}{job_id}-*"))
+
+
+# Without a cgroup: rlimits bound each process; only limits that end a process by a
+# signal (CPU, file size) are told apart from a failure.
+
+
+async def test_without_a_cgroup_a_cpu_spinner_ends_by_its_rlimit(rlimited: Domed) -> None:
+    _, events = await rlimited.run("test.limits", {"mode": "cpu", "amount": 1, "hold_s": 30})
+    term = terminal_of(events)
+    stopped_for(term, "cpu")
+    assert term.signal in ("XCPU", "KILL"), term
+
+
+async def test_without_a_cgroup_memory_is_bounded_per_process(rlimited: Domed) -> None:
+    _, events = await rlimited.run("test.limits", {"mode": "memory", "amount": 400})
+    term = terminal_of(events)
+    assert term.state == "failed", term
+    assert any("MemoryError" in line for line in log_lines(events, "stderr"))
+    held = [int(line.split()[1]) for line in log_lines(events, "stdout")]
+    assert max(held, default=0) < 64, held
+
+
+async def test_without_a_cgroup_the_file_size_limit_holds(rlimited: Domed) -> None:
+    _, events = await rlimited.run("test.bigfile", {"mb": 8})
+    stopped_for(terminal_of(events), "file_size")
+
+
+async def test_a_limited_job_stays_bounded_while_its_executor_is_down(
+    fresh_server: NatsServer, ssot: Path, tmp_path: Path
+) -> None:
+    mode = cgroup_mode()
+    async with Domed.running(
+        fresh_server.url, ssot, tmp_path / "data", services=("router", "projector")
+    ) as d:
+        executor = ServiceProcess(
+            "executor", d.url, d.ssot, tmp_path / "x", "--limits", mode
+        ).start()
+        try:
+            await executor.wait_ready()
+            job_id = await d.submit("test.limits", {"mode": "memory", "amount": 16, "hold_s": 60})
+            await d.events(job_id, stop_at="log")
+            [pid] = processes_with_env(f"DOMED_JOB_ID={job_id}")
+            executor.kill()
+            # the kernel, not the executor, holds the limit
+            assert pid_alive(pid)
+            assert limit_of(pid) == 64 * MIB
+        finally:
+            executor.kill()
+        again = ServiceProcess("executor", d.url, d.ssot, tmp_path / "x", "--limits", mode)
+        again.start()
+        try:
+            await again.wait_ready()
+            assert not pid_alive(pid)  # reaped at start, with its cgroup
+            hierarchy, _ = cgroups.find(mode)
+            assert hierarchy is not None
+            for parent in hierarchy.parents.values():
+                assert not list(parent.glob(f"{cgroups.PREFIX}{job_id}-*"))
+        finally:
+            again.signal(signal.SIGTERM)
+            again.wait()
+
+
+def limit_of(pid: int) -> int:
+    """The memory limit of the cgroup ``pid`` is in (v1 or v2)."""
+    mount2, mounts1 = cgroups.parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+    path2, paths1 = cgroups.parse_proc_cgroup(Path(f"/proc/{pid}/cgroup").read_text())
+    if "memory" in mounts1:
+        cg = Path(mounts1["memory"]) / paths1["memory"].lstrip("/")
+        return int((cg / "memory.limit_in_bytes").read_text())
+    assert mount2 is not None and path2 is not None
+    return int((Path(mount2) / path2.lstrip("/") / "memory.max").read_text())
