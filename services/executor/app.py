@@ -36,7 +36,7 @@ from services.executor.backend import LocalBackend
 from services.executor.cgroups import Hierarchy
 from services.executor.context import ExecutorContext
 from services.executor.holds import Holds
-from services.executor.jobuser import JobUser, check_can_switch
+from services.executor.jobuser import JobUser, check_can_switch, clear_ambient_caps
 from services.runtime import connection, provisioning, sealing
 from services.runtime.endpoints import serve
 from services.runtime.hardening import without_credentials
@@ -117,6 +117,11 @@ def refuse_what_cannot_run(
     for is not available. Returns where jobs' cgroups go (None: rlimits only)."""
     if job_user is not None:
         check_can_switch(job_user)
+        if not clear_ambient_caps():
+            raise ConfigurationError(
+                "--job-user: cannot clear this executor's ambient capabilities, which "
+                "every job would inherit"
+            )
     if any(tool.manifest.secrets for tool in tools.values()):
         try:
             secrets.load_key(settings)

@@ -251,6 +251,11 @@ def open_v2() -> Hierarchy:
             "run it with systemd Delegate=yes (deploy/systemd)"
         )
     enabled = set(_read(base / "cgroup.subtree_control").split())
+    if not set(V2_NEEDED) <= enabled and path == "/":
+        raise CgroupError(
+            "the executor runs in the root cgroup, whose controllers it does not move "
+            "processes around to enable: run it in a delegated cgroup (deploy/systemd)"
+        )
     try:
         if not set(V2_NEEDED) <= enabled:
             leaf = base / V2_SERVICES_LEAF

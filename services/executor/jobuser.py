@@ -11,6 +11,7 @@ without them refuses to start rather than run jobs as itself or lose track of th
 
 from __future__ import annotations
 
+import ctypes
 import grp
 import pwd
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ CAP_SETGID = 6
 CAP_SETUID = 7
 CAP_SYS_PTRACE = 19
 CAP_SYS_RESOURCE = 24
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
 CAP_NAMES = {
     CAP_CHOWN: "CAP_CHOWN",
     CAP_KILL: "CAP_KILL",
@@ -79,3 +82,17 @@ def check_can_switch(job_user: JobUser, caps: int | None = None) -> None:
             f"{', '.join(missing)}); run it as root or grant those capabilities, or drop "
             "--job-user"
         )
+
+
+def clear_ambient_caps() -> bool:
+    """Empty this process's ambient capability set, keeping its own capabilities.
+
+    An executor given its capabilities as ambient ones (systemd ``AmbientCapabilities=``
+    with a non-root ``User=``) would pass them to every job: a switch between two
+    non-root users keeps capabilities, and ``execve`` of a plain file keeps the ambient
+    set. With it empty, a job starts with none. False where the kernel refuses."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False

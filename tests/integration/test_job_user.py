@@ -67,6 +67,17 @@ async def test_jobs_run_as_the_job_user_with_only_its_group_in_a_dir_of_their_ow
     assert log_lines(events) == [str(uid), str(gid), str(gid), f"{uid} 700"]
 
 
+async def test_a_job_of_the_job_user_has_no_capabilities(
+    job_user_executor: tuple[Domed, ServiceProcess],
+) -> None:
+    d, _ = job_user_executor
+    _, events = await d.run("test.cat", {"path": "/proc/self/status"})
+    assert terminal_of(events).state == "succeeded"
+    caps = dict(line.split(":\t") for line in log_lines(events) if line.startswith("Cap"))
+    for kind in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+        assert int(caps[kind], 16) == 0, caps
+
+
 async def test_a_job_of_the_job_user_cannot_read_the_executors_environment(
     job_user_executor: tuple[Domed, ServiceProcess],
 ) -> None:
