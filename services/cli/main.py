@@ -137,8 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                 default="",
                 metavar="USER[:GROUP]",
                 help="run every job as this user, with only this group (or the user's own); "
-                "needs root or CAP_SETUID, CAP_SETGID, CAP_KILL, CAP_CHOWN, CAP_SYS_PTRACE "
-                "and CAP_SYS_RESOURCE",
+                "needs root or CAP_SETUID, CAP_SETGID, CAP_KILL, CAP_CHOWN and CAP_SYS_PTRACE",
             )
             _limits_arg(sp)
             sp.add_argument(

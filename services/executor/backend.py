@@ -17,7 +17,7 @@ from contracts.events import ResourceLimit
 from services.executor.cgroups import Hierarchy
 from services.executor.jobuser import JobUser
 from services.executor.limits import JobLimits, TreeUsage
-from services.executor.runner import Exit, JobProcess, OutputCallback
+from services.executor.runner import Exit, JobProcess, OutputCallback, gate_script
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,7 @@ class LocalBackend:
                 on_output=on_output,
                 user=user.uid if user else None,
                 group=user.gid if user else None,
+                script=gate_script(request.env, request.limits, cgroup is not None),
             )
         except BaseException:
             if cgroup is not None:

@@ -4,8 +4,7 @@ The switch happens in the spawn itself (``subprocess`` ``user``/``group``/
 ``extra_groups``, no ``preexec_fn``). The executor needs CAP_SETUID and CAP_SETGID for
 it, CAP_CHOWN to hand the job the dirs made for it, CAP_KILL to stop processes of
 another user, and CAP_SYS_PTRACE to read their ``DOMED_JOB_ID`` when it reconciles after
-a restart (``/proc/<pid>/environ`` of another user), and CAP_SYS_RESOURCE to set the
-resource limits of a process of another user. Root has them all; an executor
+a restart (``/proc/<pid>/environ`` of another user). Root has them all; an executor
 without them refuses to start rather than run jobs as itself or lose track of them.
 """
 
@@ -22,7 +21,6 @@ CAP_KILL = 5
 CAP_SETGID = 6
 CAP_SETUID = 7
 CAP_SYS_PTRACE = 19
-CAP_SYS_RESOURCE = 24
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 CAP_NAMES = {
@@ -31,7 +29,6 @@ CAP_NAMES = {
     CAP_SETGID: "CAP_SETGID",
     CAP_SETUID: "CAP_SETUID",
     CAP_SYS_PTRACE: "CAP_SYS_PTRACE",
-    CAP_SYS_RESOURCE: "CAP_SYS_RESOURCE",
 }
 
 

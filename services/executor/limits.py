@@ -66,6 +66,14 @@ class TreeUsage:
         return self.user_s + self.sys_s
 
 
+RLIMIT_UNITS = {
+    resource.RLIMIT_CPU: ("t", 1),  # seconds
+    resource.RLIMIT_NOFILE: ("n", 1),
+    resource.RLIMIT_FSIZE: ("f", 512),  # 512-byte blocks (dash, and bash as sh)
+    resource.RLIMIT_AS: ("v", 1024),  # KiB
+}
+
+
 def rlimits(limits: JobLimits, cgroup: bool) -> list[tuple[int, int, int]]:
     """``(resource, soft, hard)`` for the job's first process; its children inherit them.
 
@@ -89,6 +97,25 @@ def rlimits(limits: JobLimits, cgroup: bool) -> list[tuple[int, int, int]]:
         if limits.pids is not None:
             out.append((resource.RLIMIT_NPROC, limits.pids, limits.pids))
     return out
+
+
+def ulimit_commands(
+    wanted: list[tuple[int, int, int]], own_hard: dict[int, int], nproc_flag: str
+) -> str:
+    """The gate shell's ``ulimit`` commands that set ``wanted`` on itself, and so on the
+    tool it then execs, joined with ``&&`` (a refused one runs nothing). Set by the job's
+    own process, after the switch to the job user: lowering one's own limits needs no
+    privilege, unlike setting another user's. Never above the executor's own hard limits
+    (``own_hard``, in bytes or counts; absent: unlimited); soft first, so it never
+    exceeds the hard limit in between."""
+    commands = []
+    for which, soft, hard in wanted:
+        flag, unit = RLIMIT_UNITS.get(which, (nproc_flag, 1))
+        if (ceiling := own_hard.get(which)) is not None:
+            soft, hard = min(soft, ceiling), min(hard, ceiling)
+        soft, hard = -(-soft // unit), -(-hard // unit)
+        commands += [f"ulimit -S -{flag} {soft}", f"ulimit -H -{flag} {hard}"]
+    return " && ".join(commands)
 
 
 def breach(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import os
 import resource
 import shutil
@@ -25,9 +26,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from contracts.events import ResourceLimit
-from services.executor import limits as resource_limits
 from services.executor.cgroups import JobCgroup
-from services.executor.limits import JobLimits, TreeUsage
+from services.executor.limits import (
+    RLIMIT_UNITS,
+    JobLimits,
+    TreeUsage,
+    breach,
+    rlimits,
+    ulimit_commands,
+)
 
 OutputCallback = Callable[[str, bytes], None]
 
@@ -38,8 +45,37 @@ READ_CHUNK = 256 * 1024
 # The shell exports PWD, which the job's environment does not have unless allowed.
 GATE_SHELL = "/bin/sh"
 GATE_SHUT = 125
+GATE_LIMITS_REFUSED = 126  # a `ulimit` of the job's failed: the tool never runs
 GATE_SCRIPT = f'read _ || exit {GATE_SHUT}; unset PWD; exec "$@" </dev/null'
 GATE_SCRIPT_WITH_PWD = f'read _ || exit {GATE_SHUT}; exec "$@" </dev/null'
+
+
+@functools.cache
+def nproc_flag() -> str:
+    """The gate shell's ``ulimit`` flag for RLIMIT_NPROC: ``-u`` in bash, ``-p`` in dash."""
+    probe = subprocess.run([GATE_SHELL, "-c", "ulimit -u"], capture_output=True, check=False)
+    return "u" if probe.returncode == 0 else "p"
+
+
+def own_hard_limits() -> dict[int, int]:
+    """This process's finite hard rlimits (its jobs can be given no more)."""
+    found = {}
+    for which in (*RLIMIT_UNITS, resource.RLIMIT_NPROC):
+        hard = resource.getrlimit(which)[1]
+        if hard != resource.RLIM_INFINITY:
+            found[which] = hard
+    return found
+
+
+def gate_script(env: dict[str, str], job_limits: JobLimits, cgroup: bool) -> str:
+    """The gate's script: the job's rlimits set on itself, then wait to be let through."""
+    script = GATE_SCRIPT_WITH_PWD if "PWD" in env else GATE_SCRIPT
+    wanted = rlimits(job_limits, cgroup)
+    if not wanted:
+        return script
+    needs_nproc = any(which == resource.RLIMIT_NPROC for which, _, _ in wanted)
+    commands = ulimit_commands(wanted, own_hard_limits(), nproc_flag() if needs_nproc else "u")
+    return f"{commands} || exit {GATE_LIMITS_REFUSED}; {script}"
 
 
 def check_executable(command: str, env: dict[str, str]) -> None:
@@ -132,18 +168,19 @@ class JobProcess:
         on_output: OutputCallback,
         user: int | None = None,
         group: int | None = None,
+        script: str = GATE_SCRIPT,
     ) -> JobProcess:
         """Start ``argv`` in a new process group, held at its gate (``open_gate`` runs the
         tool, ``shut_gate`` ends it unrun) and its output paused (``resume_reading``
-        starts it); raises OSError if it cannot start."""
+        starts it); ``script`` is the gate's (``gate_script``). OSError if it cannot
+        start."""
         check_executable(argv[0], env)
         gate_out, gate_in = os.pipe()
         try:
             # A direct Popen (vfork/posix_spawn fast path, ~0.4 ms) rather than asyncio's
             # subprocess transport: we reap through a pidfd with wait4 to get rusage.
             popen = subprocess.Popen(  # noqa: ASYNC220
-                [GATE_SHELL, "-c", GATE_SCRIPT_WITH_PWD if "PWD" in env else GATE_SCRIPT]
-                + [argv[0], *argv],
+                [GATE_SHELL, "-c", script, argv[0], *argv],
                 stdin=gate_out,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -249,19 +286,13 @@ class JobProcess:
         if self.cgroup is not None:
             self.cgroup.kill()
 
-    def confine(self, cgroup: JobCgroup | None, limits: JobLimits) -> None:
-        """Bound the gated process (and so the tool and all it starts): into ``cgroup``,
-        then its rlimits, never above the executor's own hard limits. OSError if the
-        kernel refuses."""
-        self.limits = limits
+    def confine(self, cgroup: JobCgroup | None, job_limits: JobLimits) -> None:
+        """Move the gated process (and so the tool and all it starts) into ``cgroup``;
+        its rlimits it sets itself (``gate_script``). OSError if the kernel refuses."""
+        self.limits = job_limits
         if cgroup is not None:
             self.cgroup = cgroup
             cgroup.add(self.pid)
-        for which, soft, hard in resource_limits.rlimits(limits, cgroup is not None):
-            _, own_hard = resource.getrlimit(which)
-            if own_hard != resource.RLIM_INFINITY:
-                soft, hard = min(soft, own_hard), min(hard, own_hard)
-            resource.prlimit(self.pid, which, (soft, hard))
 
     @property
     def confined_in(self) -> list[str]:
@@ -279,7 +310,7 @@ class JobProcess:
 
     def breach(self) -> ResourceLimit | None:
         """The resource limit the job went past, if any (so far, or how it ended)."""
-        return resource_limits.breach(self.limits, self.tree_usage(), self.popen.returncode)
+        return breach(self.limits, self.tree_usage(), self.popen.returncode)
 
     async def reap_tree(self, timeout_s: float) -> None:
         """Kill everything left in the job's cgroup and remove it, keeping its last counts;

@@ -10,7 +10,6 @@ from services.executor.jobuser import (
     CAP_SETGID,
     CAP_SETUID,
     CAP_SYS_PTRACE,
-    CAP_SYS_RESOURCE,
     JobUser,
     JobUserError,
     check_can_switch,
@@ -18,9 +17,7 @@ from services.executor.jobuser import (
 )
 
 NOBODY = JobUser("nobody", 65534, 65534)
-ALL = sum(
-    1 << c for c in (CAP_CHOWN, CAP_KILL, CAP_SETGID, CAP_SETUID, CAP_SYS_PTRACE, CAP_SYS_RESOURCE)
-)
+ALL = sum(1 << c for c in (CAP_CHOWN, CAP_KILL, CAP_SETGID, CAP_SETUID, CAP_SYS_PTRACE))
 
 
 def test_an_executor_with_every_needed_capability_may_switch() -> None:
@@ -35,7 +32,6 @@ def test_an_executor_with_every_needed_capability_may_switch() -> None:
         (CAP_KILL, "CAP_KILL"),
         (CAP_CHOWN, "CAP_CHOWN"),  # to hand the job the dirs made for it
         (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),  # to recognise its processes after a restart
-        (CAP_SYS_RESOURCE, "CAP_SYS_RESOURCE"),  # to set the limits of its processes
     ],
 )
 def test_an_executor_lacking_a_capability_is_told_which(cap: int, name: str) -> None:

@@ -10,7 +10,15 @@ import pytest
 
 from contracts.manifest import Limits
 from services.executor.cgroups import parse_counter, parse_mountinfo, parse_proc_cgroup
-from services.executor.limits import MIB, JobLimits, TreeUsage, breach, describe, rlimits
+from services.executor.limits import (
+    MIB,
+    JobLimits,
+    TreeUsage,
+    breach,
+    describe,
+    rlimits,
+    ulimit_commands,
+)
 
 LIMITS = JobLimits.of(Limits(memory_mb=64, cpu_s=1.5, pids=16, open_files=32, file_size_mb=2))
 
@@ -39,6 +47,30 @@ def test_without_a_cgroup_memory_and_pids_become_rlimits() -> None:
     assert got[resource.RLIMIT_NPROC] == (16, 16)
     assert got[resource.RLIMIT_CPU] == (2, 3)  # whole seconds, rounded up, then SIGKILL
     assert got[resource.RLIMIT_FSIZE] == (2 * MIB, 2 * MIB)
+
+
+def test_the_gate_sets_each_rlimit_soft_first_in_the_shells_units() -> None:
+    wanted = rlimits(LIMITS, cgroup=False)
+    commands = ulimit_commands(wanted, {}, "p").split(" && ")
+    assert commands == [
+        "ulimit -S -t 2",
+        "ulimit -H -t 3",
+        "ulimit -S -n 32",
+        "ulimit -H -n 32",
+        "ulimit -S -f 4096",  # 512-byte blocks
+        "ulimit -H -f 4096",
+        "ulimit -S -v 65536",  # KiB
+        "ulimit -H -v 65536",
+        "ulimit -S -p 16",
+        "ulimit -H -p 16",
+    ]
+
+
+def test_the_gate_never_asks_for_more_than_the_executor_has() -> None:
+    wanted = [(resource.RLIMIT_NOFILE, 4096, 4096)]
+    assert ulimit_commands(wanted, {resource.RLIMIT_NOFILE: 1024}, "u") == (
+        "ulimit -S -n 1024 && ulimit -H -n 1024"
+    )
 
 
 @pytest.mark.parametrize(
