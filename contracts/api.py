@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from contracts.events import JobStateName, LineCounts, Rusage, TerminalError
+from contracts.events import Artifact, JobStateName, LineCounts, Rusage, TerminalError
 
 
 class _Request(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -165,6 +165,8 @@ class JobState(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     truncated: Annotated[bool, Meta(description="As in `terminal`.")] = False
     signals_sent: Annotated[list[str], Meta(description="As in `terminal`.")] = []
     rusage: Annotated[Rusage | None, Meta(description="As in `terminal`.")] = None
+    result: Annotated[Any, Meta(description="As in `terminal`.")] = None
+    artifacts: Annotated[list[Artifact] | None, Meta(description="As in `terminal`.")] = None
     cancel_requested: Annotated[
         bool, Meta(description="True once a `cancel` event was stored.")
     ] = False

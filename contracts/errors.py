@@ -71,6 +71,8 @@ class TerminalErrorCode(enum.StrEnum):
     EXECUTOR_SHUTDOWN = "executor_shutdown"
     EXECUTOR_LOST = "executor_lost"
     LIMIT_EXCEEDED = "limit_exceeded"
+    INVALID_RESULT = "invalid_result"
+    ARTIFACT_FAILED = "artifact_failed"
 
 
 TERMINAL_MEANING: dict[TerminalErrorCode, str] = {
@@ -81,6 +83,12 @@ TERMINAL_MEANING: dict[TerminalErrorCode, str] = {
     "`idempotent` (state `lost`)",
     TerminalErrorCode.LIMIT_EXCEEDED: "the job went past one of its manifest's resource "
     "limits and was stopped; `error.limit` names it (state `failed`)",
+    TerminalErrorCode.INVALID_RESULT: "what the job wrote to `$DOMED_RESULT` is not JSON, is "
+    "larger than `limits.max_result_bytes` or fails the manifest's `result_schema` (state "
+    "`failed`)",
+    TerminalErrorCode.ARTIFACT_FAILED: "the job's artifacts could not all be stored: past "
+    "`limits.max_artifact_bytes`, not a regular file of the job's, or the upload failed "
+    "(state `failed`)",
 }
 """What each terminal error code means, for the reference."""
 

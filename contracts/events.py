@@ -142,6 +142,16 @@ class Rusage(msgspec.Struct, frozen=True, omit_defaults=True):
     ] = None
 
 
+class Artifact(msgspec.Struct, frozen=True):
+    """A file of the job's stored in the Object Store: ``nats obj get BUCKET OBJECT``."""
+
+    name: Annotated[str, Meta(description="Its path relative to the job's working dir.")]
+    size: Annotated[int, Meta(description="Bytes.")]
+    sha256: Annotated[str, Meta(description="SHA-256 of its content, hex.")]
+    bucket: Annotated[str, Meta(description="The Object Store bucket: `domed-artifacts`.")]
+    object: Annotated[str, Meta(description="The object's name: `<job_id>/<name>`.")]
+
+
 class Terminal(_Event, frozen=True, tag="terminal"):
     """The job's one and last event. ``attempt`` is 0 for a job that never started."""
 
@@ -169,6 +179,14 @@ class Terminal(_Event, frozen=True, tag="terminal"):
     rusage: Annotated[Rusage | None, Meta(description="Resources used, when the process ran.")] = (
         None
     )
+    result: Annotated[
+        Any,
+        Meta(description="The JSON value the job wrote to `$DOMED_RESULT`, if it wrote one."),
+    ] = None
+    artifacts: Annotated[
+        list[Artifact] | None,
+        Meta(description="The files stored for the job, when its manifest names `artifacts`."),
+    ] = None
 
 
 def never_ran(

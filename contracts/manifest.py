@@ -120,6 +120,17 @@ class Limits(_Strict):
         ge=1,
         description="Largest file a process of the job may write, MiB; `null`: no limit.",
     )
+    max_result_bytes: int = Field(
+        1024 * 1024,
+        ge=2,
+        le=8 * 1024 * 1024,
+        description="Largest result (`$DOMED_RESULT`) a job may write; past it: `invalid_result`.",
+    )
+    max_artifact_bytes: int = Field(
+        1024**3,
+        ge=0,
+        description="All artifacts of one job together; past it: `artifact_failed`.",
+    )
 
 
 class Retry(_Strict):
@@ -170,6 +181,17 @@ class Manifest(_Strict):
         "refused). Masked as `***` in events, explain replies and output lines; the values "
         "travel sealed for the executors in the `domed-secrets` bucket, deleted when the job ends.",
     )
+    result_schema: dict[str, Any] | None = Field(
+        None,
+        description="JSON Schema (2020-12) of the result the job writes to `$DOMED_RESULT`; "
+        "a result that fails it ends the job `failed` with `invalid_result`.",
+    )
+    artifacts: list[str] = Field(
+        [],
+        description="Globs, relative to the working dir, of the files stored in the Object "
+        "Store bucket `domed-artifacts` as `<job_id>/<path>` before the terminal (`**` "
+        "matches any depth). A glob that could leave the working dir is refused.",
+    )
     idempotent: bool = Field(
         False,
         description="True: a job whose executor vanished is run again instead of ending `lost`.",
@@ -186,6 +208,18 @@ class Manifest(_Strict):
                 raise ValueError("an entrypoint element contains NUL")
         if not value[0]:
             raise ValueError("the command (first element) is empty")
+        return value
+
+    @field_validator("artifacts")
+    @classmethod
+    def _artifact_globs(cls, value: list[str]) -> list[str]:
+        for glob in value:
+            parts = glob.split("/")
+            if not glob or glob.startswith("/") or "\x00" in glob or ".." in parts:
+                raise ValueError(
+                    f"artifact glob {glob!r} could leave the working dir: use a relative "
+                    "pattern without '..'"
+                )
         return value
 
     @field_validator("working_dir_policy")
@@ -264,6 +298,13 @@ def cross_field_problems(doc: Mapping[str, Any]) -> list[tuple[tuple[str | int, 
                 problem = _placeholder_problem(prefix, name, props, secrets)
                 if problem:
                     problems.append((("entrypoint", i), problem))
+    if doc.get("artifacts") and doc.get("working_dir_policy", "temp") != "temp":
+        problems.append(
+            (
+                ("artifacts",),
+                "needs working_dir_policy: temp (a shared working dir holds other jobs' files)",
+            )
+        )
     if doc.get("retry") is not None and doc.get("idempotent") is not True:
         problems.append((("retry",), "only allowed with idempotent: true"))
     return problems

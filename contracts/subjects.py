@@ -29,6 +29,8 @@ KV_SLOTS: Final = "domed-slots"
 """KV bucket: the concurrency slots of tools with ``limits.concurrency``, across executors."""
 KV_HOLDS: Final = "domed-holds"
 """KV bucket: a hold per running attempt, renewed every heartbeat, lapsing one lease after the last."""
+OBJ_ARTIFACTS: Final = "domed-artifacts"
+"""The Object Store bucket of jobs' artifacts: objects ``<job_id>/<path>``."""
 EXECUTORS_CONSUMER: Final = "executors"
 """The durable work consumer on the stream that every executor pulls jobs from."""
 

@@ -107,22 +107,27 @@ def load_file(path: Path, root: Path) -> tuple[Tool | None, list[Problem]]:
             for loc, msg in found.items()
         ]
         return None, problems
-    try:
-        validator_cls = jsonschema.validators.validator_for(
-            manifest.parameters, default=jsonschema.Draft202012Validator
-        )
-        validator_cls.check_schema(manifest.parameters)
-    except jsonschema.SchemaError as exc:
-        path_str = ".".join(str(p) for p in exc.absolute_path)
-        field_name = "parameters" + (f".{path_str}" if path_str else "")
-        return None, [
-            Problem(
-                rel,
-                field_name,
-                f"not a valid JSON Schema: {exc.message}",
-                _line_of(doc, ("parameters",)),
-            )
-        ]
+    schemas = {"parameters": manifest.parameters, "result_schema": manifest.result_schema}
+    for name, schema in schemas.items():
+        if schema is None:
+            continue
+        try:
+            jsonschema.validators.validator_for(
+                schema, default=jsonschema.Draft202012Validator
+            ).check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            path_str = ".".join(str(p) for p in exc.absolute_path)
+            return None, [
+                Problem(
+                    rel,
+                    name + (f".{path_str}" if path_str else ""),
+                    f"not a valid JSON Schema: {exc.message}",
+                    _line_of(doc, (name,)),
+                )
+            ]
+    validator_cls = jsonschema.validators.validator_for(
+        manifest.parameters, default=jsonschema.Draft202012Validator
+    )
     validator = validator_cls(manifest.parameters, format_checker=validator_cls.FORMAT_CHECKER)
     tool = Tool(manifest, path.resolve(), hashlib.sha256(raw).hexdigest(), validator)
     return tool, []

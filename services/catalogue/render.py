@@ -208,7 +208,9 @@ def secret_env(manifest: Manifest, params: Mapping[str, Any]) -> dict[str, str]:
 
 def env_names(manifest: Manifest) -> list[str]:
     secret_vars = (d.env for d in manifest.secrets.values() if d.env is not None)
-    return sorted({*manifest.env_allowlist, *manifest.env, *secret_vars, "DOMED_JOB_ID"})
+    return sorted(
+        {*manifest.env_allowlist, *manifest.env, *secret_vars, "DOMED_JOB_ID", "DOMED_RESULT"}
+    )
 
 
 def fixed_work_dir(manifest: Manifest) -> str | None:

@@ -93,6 +93,11 @@ async def executor_context(
         js, subjects.KV_HOLDS, settings.stream, ttl_s=ack_wait_s
     )
     lease_s = (await holds_kv.status()).ttl or ack_wait_s  # an existing bucket's own
+    artifacts = None
+    if any(tool.manifest.artifacts for tool in tools.values()):
+        artifacts = await provisioning.ensure_object_store(
+            js, subjects.OBJ_ARTIFACTS, settings.stream
+        )
     return ExecutorContext(
         settings=settings,
         tools=tools,
@@ -106,6 +111,8 @@ async def executor_context(
         records=records.records_dir(settings.data_dir, environ),
         environ=environ,
         heartbeat_s=max(0.2, min(ack_wait_s, lease_s) / 3),
+        job_user=job_user,
+        artifacts=artifacts,
     )
 
 

@@ -24,16 +24,26 @@ import nats.js.errors
 from nats.aio.msg import Msg
 
 from contracts.errors import TerminalErrorCode
-from contracts.events import LineCounts, Queued, Rusage, Started, Terminal, TerminalError, now_iso
+from contracts.events import (
+    Artifact,
+    LineCounts,
+    Queued,
+    Rusage,
+    Started,
+    Terminal,
+    TerminalError,
+    now_iso,
+)
 from services.catalogue.loader import Tool
 from services.catalogue.render import child_env, fixed_work_dir, render_argv, secret_values
-from services.executor import adopted, core, limits, records, secrets, slots
+from services.executor import adopted, artifacts, core, limits, records, secrets, slots
 from services.executor.backend import JobHandle, SpawnRequest
 from services.executor.context import ExecutorContext, RunningJob
 from services.executor.heartbeat import SUPERSEDED, heartbeat
 from services.executor.output import JobOutput
 from services.executor.ownership import Ownership
 from services.executor.publisher import EventPipeline, Superseded
+from services.executor.results import InvalidResult, read_result, result_name
 from services.executor.runner import Exit, rusage_fields
 from services.executor.terminals import store_terminal
 from services.runtime import failures, jobstream
@@ -159,12 +169,15 @@ class Attempt:
             self._heartbeat_later(cleanup, pipeline, ownership)
             self._watch_limits_later(cleanup, proc)
             result = await self._until_ended(proc)
+            left = await self._left_behind()
             await self._remove_work_dir_async()  # before the terminal: a reader sees it gone
             output.finish()
             if not await self._output_stored(pipeline):
                 return Replaced()
             duration = round(time.monotonic() - started_mono, 6)
-            terminal = terminal_of(self.job, result, proc, output, started.started_at, duration)
+            terminal = terminal_of(
+                self.job, result, proc, output, started.started_at, duration, left
+            )
             return Finished(await store_terminal(ctx, terminal))
 
     async def _output_stored(self, pipeline: EventPipeline) -> bool:
@@ -212,6 +225,7 @@ class Attempt:
             secret_files=self.secrets.files,
         )
         env = child_env(manifest, self.ctx.environ, self.job_id) | self.secrets.env
+        env["DOMED_RESULT"] = os.path.join(self.work_dir, result_name(self.job_id))
         owned = [*self._made_dirs(), *self.secrets.files.values()]
         return SpawnRequest(
             argv,
@@ -280,6 +294,40 @@ class Attempt:
                 task.cancel()
 
         cleanup.callback(stop)
+
+    async def _left_behind(self) -> LeftBehind:
+        """The job's result and artifacts, read from its working dir once it has ended by
+        itself (a job the executor stopped has neither); stops the job's ``failed`` with
+        why when either is not what it may give."""
+        job, manifest = self.job, self.tool.manifest
+        if job.stop_reason is not None:
+            return LeftBehind()
+        owner = self.ctx.job_user.uid if self.ctx.job_user else None
+        # the terminal, and the job's state in the KV and in replies, must fit in a message
+        cap = min(manifest.limits.max_result_bytes, self.ctx.nc.max_payload // 2)
+        try:
+            written, value = read_result(
+                self.work_dir, self.job_id, cap, manifest.result_schema, owner
+            )
+        except InvalidResult as exc:
+            job.request_stop(core.StopReason("failed", TerminalErrorCode.INVALID_RESULT, str(exc)))
+            return LeftBehind()
+        stored = None
+        if manifest.artifacts and self.ctx.artifacts is not None:
+            try:
+                files = await asyncio.to_thread(
+                    artifacts.collect,
+                    self.work_dir,
+                    manifest.artifacts,
+                    manifest.limits.max_artifact_bytes,
+                    owner,
+                )
+                stored = await artifacts.store(self.ctx.artifacts, self.job_id, files)
+            except artifacts.ArtifactFailed as exc:
+                job.request_stop(
+                    core.StopReason("failed", TerminalErrorCode.ARTIFACT_FAILED, str(exc))
+                )
+        return LeftBehind(written, value, stored)
 
     def _watch_limits_later(self, cleanup: contextlib.ExitStack, proc: JobHandle) -> None:
         """Read the job's cgroup counters every ``LIMIT_POLL_S`` from then on, and stop
@@ -355,6 +403,16 @@ class Attempt:
             self.remove_dir = False
 
 
+@dataclass(frozen=True)
+class LeftBehind:
+    """What a job that ended by itself gives back: its result (if it wrote one) and the
+    artifacts stored for it."""
+
+    has_result: bool = False
+    result: Any = None
+    artifacts: list[Artifact] | None = None
+
+
 def first_hold_window(heartbeat_s: float) -> float:
     """How long after its `started` an attempt's hold may still be unwritten: another
     executor that finds the hold absent watches this long for it before it declares
@@ -384,8 +442,11 @@ def terminal_of(
     output: JobOutput,
     started_at: str,
     duration_s: float,
+    left: LeftBehind | None = None,
 ) -> Terminal:
-    """The terminal of a run that got to its end: how it ended, and what it printed."""
+    """The terminal of a run that got to its end: how it ended, what it printed, and
+    what it left (a failed result or artifact upload ends it ``failed``)."""
+    left = left or LeftBehind()
     verdict = core.outcome(result.returncode, job.stop_reason)
     reason = job.stop_reason
     error = None
@@ -410,6 +471,8 @@ def terminal_of(
         signals_sent=list(proc.signals_sent),
         attempt=job.attempt,
         rusage=usage,
+        result=left.result if left.has_result else None,
+        artifacts=left.artifacts,
     )
 
 

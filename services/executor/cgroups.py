@@ -133,14 +133,13 @@ class JobCgroup:
             if limits.pids is not None:
                 _write(cg / "pids.max", str(limits.pids))
             return
-        if limits.memory_bytes is not None:
-            memory = self.dirs["memory"]
+        if (memory := self.dirs.get("memory")) and limits.memory_bytes is not None:
             _write(memory / "memory.limit_in_bytes", str(limits.memory_bytes))
             memsw = memory / "memory.memsw.limit_in_bytes"
             if memsw.exists():
                 _write(memsw, str(limits.memory_bytes))
-        if limits.pids is not None:
-            _write(self.dirs["pids"] / "pids.max", str(limits.pids))
+        if (pids := self.dirs.get("pids")) and limits.pids is not None:
+            _write(pids / "pids.max", str(limits.pids))
 
     def add(self, pid: int) -> None:
         """Move ``pid`` (the job's gated first process) in; its descendants follow."""
@@ -162,16 +161,15 @@ class JobCgroup:
                 oom_kills=parse_counter(_read(cg / "memory.events"), "oom_kill"),
                 pids_refused=parse_counter(_read(cg / "pids.events"), "max"),
             )
-        memory, pids = self.dirs["memory"], self.dirs["pids"]
-        cpu = self.dirs.get("cpuacct")
-        user = int(_read(cpu / "cpuacct.usage_user")) if cpu else 0
-        system = int(_read(cpu / "cpuacct.usage_sys")) if cpu else 0
+        memory, pids, cpu = (self.dirs.get(c) for c in V1_CONTROLLERS)
         return TreeUsage(
-            memory_peak_bytes=int(_read(memory / "memory.max_usage_in_bytes")),
-            user_s=user / 1e9,
-            sys_s=system / 1e9,
-            oom_kills=parse_counter(_read(memory / "memory.oom_control"), "oom_kill"),
-            pids_refused=parse_counter(_read(pids / "pids.events"), "max"),
+            memory_peak_bytes=int(_read(memory / "memory.max_usage_in_bytes")) if memory else None,
+            user_s=int(_read(cpu / "cpuacct.usage_user")) / 1e9 if cpu else 0.0,
+            sys_s=int(_read(cpu / "cpuacct.usage_sys")) / 1e9 if cpu else 0.0,
+            oom_kills=parse_counter(_read(memory / "memory.oom_control"), "oom_kill")
+            if memory
+            else 0,
+            pids_refused=parse_counter(_read(pids / "pids.events"), "max") if pids else 0,
         )
 
     def members(self) -> list[int]:
@@ -223,9 +221,22 @@ class Hierarchy:
     def mode(self) -> str:
         return f"cgroup{self.version}"
 
-    def create(self, name: str, limits: JobLimits) -> JobCgroup:
-        """Make the job's cgroup with its limits; OSError if the kernel refuses."""
-        dirs = {key: parent / f"{PREFIX}{name}" for key, parent in self.parents.items()}
+    def create(self, name: str, limits: JobLimits) -> JobCgroup | None:
+        """Make the job's cgroup with its limits (None for a job with no memory, pids or
+        CPU limit); OSError if the kernel refuses."""
+        wanted = {
+            "memory": limits.memory_bytes is not None,
+            "pids": limits.pids is not None,
+            # each v1 hierarchy costs about a quarter of a millisecond to make and remove
+            "cpuacct": limits.cpu_s is not None,
+        }
+        if not any(wanted.values()):
+            return None
+        dirs = {
+            key: parent / f"{PREFIX}{name}"
+            for key, parent in self.parents.items()
+            if key == "unified" or wanted[key]
+        }
         cgroup = JobCgroup(self.version, dirs)
         try:
             for cg in dirs.values():

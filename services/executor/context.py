@@ -12,11 +12,13 @@ from pathlib import Path
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from services.catalogue.loader import Tool
 from services.executor import core
 from services.executor.backend import Backend
 from services.executor.holds import Holds
+from services.executor.jobuser import JobUser
 from services.runtime.settings import Settings
 
 
@@ -53,6 +55,8 @@ class ExecutorContext:
     records: Path  # the private dir of job records and kept terminals (records.py)
     environ: dict[str, str]  # what env_allowlist passes through
     heartbeat_s: float
+    job_user: JobUser | None = None  # whom jobs run as, if not this process's user
+    artifacts: ObjectStore | None = None  # opened when a tool names artifacts
     running: dict[str, RunningJob] = field(default_factory=dict)
     leaders: set[int] = field(default_factory=set)  # the running jobs' own processes
     subreaper: bool = False

@@ -202,7 +202,7 @@ class ProgressParser:
 class StopReason:
     """Why the executor stopped a job, if it did: the terminal state it implies."""
 
-    state: str  # "canceled" | "timed_out" | "failed" (a resource limit)
+    state: str  # "canceled" | "timed_out" | "failed" (a resource limit, an invalid result)
     error_code: str | None = None
     message: str | None = None
     limit: str | None = None  # with limit_exceeded: which

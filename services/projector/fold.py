@@ -95,6 +95,8 @@ def apply(state: JobState | None, seq: int, event: Event) -> JobState | None:
             truncated=event.truncated,
             signals_sent=list(event.signals_sent),
             rusage=event.rusage,
+            result=event.result,
+            artifacts=event.artifacts,
             attempt=max(state.attempt, event.attempt),
             started_at=event.started_at or state.started_at,
             last_seq=seq,

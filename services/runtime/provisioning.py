@@ -19,6 +19,7 @@ from nats.js.api import (
     DeliverPolicy,
     DiscardPolicy,
     KeyValueConfig,
+    ObjectStoreConfig,
     RePublish,
     RetentionPolicy,
     StorageType,
@@ -27,6 +28,7 @@ from nats.js.api import (
 )
 from nats.js.client import KV_PRE_TEMPLATE, KV_STREAM_TEMPLATE
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from contracts import subjects
 from services.runtime.settings import StreamSettings
@@ -186,6 +188,33 @@ async def ensure_kv(
         ) from None
     except nats.js.errors.BadRequestError:
         return await js.key_value(bucket)
+
+
+async def ensure_object_store(js: JetStreamContext, bucket: str, ss: StreamSettings) -> ObjectStore:
+    """Open Object Store ``bucket``, creating it if missing (its objects live as long as the
+    stream's events, ``max_age``); :class:`NotProvisionedError` if it is missing and this
+    user may not create it."""
+    try:
+        return await js.object_store(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        pass
+    try:
+        return await js.create_object_store(
+            bucket,
+            ObjectStoreConfig(
+                bucket=bucket,
+                ttl=ss.max_age_s or None,
+                replicas=ss.replicas,
+                storage=StorageType.FILE,
+            ),
+        )
+    except _REFUSED:
+        raise NotProvisionedError(
+            f"Object Store bucket {bucket} is missing and this user may not create it; "
+            f"{PROVISION_HINT}"
+        ) from None
+    except nats.js.errors.BadRequestError:
+        return await js.object_store(bucket)
 
 
 async def _allow_direct(js: JetStreamContext, bucket: str) -> None:

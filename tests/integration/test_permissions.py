@@ -470,6 +470,16 @@ async def test_each_service_works_with_only_its_own_user(
     entry = await kv.get(echo)
     assert entry.value is not None and json.loads(entry.value)["state"] == "succeeded"
 
+    # A result and an artifact (domed-artifacts), read back by the admin.
+    leaves = await pipeline.submit(
+        "test.leaves", {"result": '{"ok": true}', "files": '{"out/a.bin": 3000}'}
+    )
+    term = await watch.terminal(leaves)
+    assert term["state"] == "succeeded" and term["result"] == {"ok": True}, term
+    [artifact] = term["artifacts"]
+    bucket = await admin.jetstream().object_store(subjects.OBJ_ARTIFACTS)
+    assert len((await bucket.get(artifact["object"])).data or b"") == 3000
+
     # Progress events; an idempotency key (domed-idempotency); a per-tool slot (domed-slots)
     # and a cancel heard by the executor on job.*.cancel.
     for _ in range(2):  # a second run usually re-takes the slot key the first freed

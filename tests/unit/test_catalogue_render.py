@@ -358,7 +358,7 @@ def test_child_env_with_empty_allowlist_has_only_the_job_id() -> None:
 
 def test_env_names_lists_every_name_the_child_can_see() -> None:
     m = manifest(["prog"], {}, env_allowlist=["PATH", "LANG"], env={"A": "1", "PATH": "x"})
-    assert env_names(m) == ["A", "DOMED_JOB_ID", "LANG", "PATH"]
+    assert env_names(m) == ["A", "DOMED_JOB_ID", "DOMED_RESULT", "LANG", "PATH"]
 
 
 @pytest.mark.parametrize(
