@@ -79,6 +79,34 @@ class SecretDelivery(_Strict):
         return self
 
 
+class PathRule(_Strict):
+    """Where a parameter that names a file may point. The value must be an absolute path
+    that, with ``..`` and every symlink resolved, lies inside one of ``roots`` (resolved
+    too); the router checks it, and the executor again just before the spawn, giving the
+    job the resolved path."""
+
+    roots: list[str] = Field(
+        min_length=1,
+        description="Absolute directories, or `{tool_dir}` and paths under it; the value "
+        "may be a root itself or anything inside one.",
+    )
+    must_exist: bool = Field(
+        True,
+        description="True: the path must exist. False (a file the job writes): its "
+        "directory must exist inside a root, and the path must not be a root itself.",
+    )
+
+    @field_validator("roots")
+    @classmethod
+    def _roots(cls, value: list[str]) -> list[str]:
+        for root in value:
+            if "\x00" in root:
+                raise ValueError("a root contains NUL")
+            if not (root.startswith("/") or re.fullmatch(r"\{tool_dir\}(/.*)?", root)):
+                raise ValueError(f"{root!r} is neither absolute nor under {{tool_dir}}")
+        return value
+
+
 class Limits(_Strict):
     """Bounds on a job's output and resources, and on how many jobs of the tool run at once."""
 
@@ -192,6 +220,12 @@ class Manifest(_Strict):
         "Store bucket `domed-artifacts` as `<job_id>/<path>` before the terminal (`**` "
         "matches any depth). A glob that could leave the working dir is refused.",
     )
+    paths: dict[str, PathRule] = Field(
+        {},
+        description="Parameters that name files, each with the roots it must lie inside "
+        "(after resolving `..` and symlinks) and whether it must exist. A path parameter "
+        "is a string parameter, not a secret; a value outside its roots is `invalid_params`.",
+    )
     idempotent: bool = Field(
         False,
         description="True: a job whose executor vanished is run again instead of ending `lost`.",
@@ -291,6 +325,11 @@ def cross_field_problems(doc: Mapping[str, Any]) -> list[tuple[tuple[str | int, 
     env_vars = [s.get("env") for s in secrets.values() if isinstance(s, Mapping)]
     for var in sorted({v for v in env_vars if isinstance(v, str) and env_vars.count(v) > 1}):
         problems.append((("secrets",), f"two secrets use the environment variable {var}"))
+    paths = doc.get("paths")
+    for name in paths if isinstance(paths, Mapping) else ():
+        problem = _path_parameter_problem(name, props, secrets)
+        if problem:
+            problems.append((("paths", name), problem))
     entrypoint = doc.get("entrypoint")
     if isinstance(entrypoint, list):
         for i, element in enumerate(entrypoint):
@@ -308,6 +347,20 @@ def cross_field_problems(doc: Mapping[str, Any]) -> list[tuple[tuple[str | int, 
     if doc.get("retry") is not None and doc.get("idempotent") is not True:
         problems.append((("retry",), "only allowed with idempotent: true"))
     return problems
+
+
+def _path_parameter_problem(
+    name: str, props: Mapping[str, Any], secrets: Mapping[str, Any]
+) -> str | None:
+    """Why ``name`` may not be confined by ``paths``, or None."""
+    if name not in props:
+        return f"{name!r} is not a parameter"
+    if name in secrets:
+        return f"{name!r} is a secret; a secret parameter cannot name a file"
+    schema = props[name]
+    if not (isinstance(schema, Mapping) and schema.get("type") == "string"):
+        return f"{name!r} must be a parameter of `type: string` to name a file"
+    return None
 
 
 def _placeholder_problem(

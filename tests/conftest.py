@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from services.runtime.natsserver import NatsServer
-from tests.support import Domed, make_ssot
+from tests.support import Domed, make_ssot, srv_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,6 +29,13 @@ def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def ssot(session_dir: Path) -> Path:
     return make_ssot(session_dir / "ssot")
+
+
+@pytest.fixture(scope="session")
+def srv(ssot: Path) -> Path:
+    """Stands in for /srv/domed: the session catalogue's real tools have their roots here
+    (``files``, ``archives``, ``suites``)."""
+    return srv_of(ssot)
 
 
 @pytest.fixture(scope="session")

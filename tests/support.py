@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -32,13 +33,35 @@ from services.runtime.settings import Settings, StreamSettings
 ROOT = Path(__file__).resolve().parents[1]
 
 
+SHIPPED_SRV = "/srv/domed"
+"""Where the shipped tools' path roots lie (``paths`` in ssot/tools)."""
+SRV_ROOTS = ("files", "archives", "suites")
+
+
+def srv_of(ssot: Path) -> Path:
+    """The directory that stands in for /srv/domed in the catalogue ``make_ssot`` made."""
+    return ssot.parent / f"{ssot.name}-srv"
+
+
 def make_ssot(dst: Path) -> Path:
-    """The repo's real tools plus the test tools, in one catalogue."""
+    """The repo's real tools plus the test tools, in one catalogue; the real tools' roots
+    under /srv/domed are moved to ``srv_of(dst)``, whose root directories are made."""
     if dst.exists():
         shutil.rmtree(dst)
     shutil.copytree(ROOT / "ssot" / "tools", dst / "tools" / "real")
     shutil.copytree(ROOT / "tests" / "ssot" / "tools", dst / "tools" / "test")
+    srv = srv_of(dst)
+    for manifest in (dst / "tools" / "real").rglob("*.yaml"):
+        text = manifest.read_text()
+        manifest.write_text(text.replace(f"{SHIPPED_SRV}/", f"{srv}/"))
+    for name in SRV_ROOTS:
+        (srv / name).mkdir(parents=True, exist_ok=True)
     return dst
+
+
+def fresh_dir(parent: Path) -> Path:
+    """A new, empty directory of the test's own inside ``parent`` (a root shared by tests)."""
+    return Path(tempfile.mkdtemp(dir=parent))
 
 
 @dataclass

@@ -35,6 +35,7 @@ from contracts.events import (
     now_iso,
 )
 from services.catalogue.loader import Tool
+from services.catalogue.paths import confined_params
 from services.catalogue.render import child_env, fixed_work_dir, render_argv, secret_values
 from services.executor import adopted, artifacts, core, limits, records, secrets, slots
 from services.executor.backend import JobHandle, SpawnRequest
@@ -212,21 +213,25 @@ class Attempt:
         return params
 
     def _request(self, params: dict[str, Any]) -> SpawnRequest:
-        """The working dir (made now for ``temp``), argv and environment of the job."""
+        """The working dir (made now for ``temp``), argv and environment of the job.
+
+        Path parameters are checked last, right before the caller spawns: the less time
+        between the look and the spawn, the less a swapped symlink can do. The job is given
+        the resolved paths."""
         self.work_dir, self.remove_dir = work_dir_for(self.tool, self.job_id)
         manifest = self.tool.manifest
         self.secrets = secrets.deliver(manifest, params, self.job_id)
+        env = child_env(manifest, self.ctx.environ, self.job_id) | self.secrets.env
+        env["DOMED_RESULT"] = os.path.join(self.work_dir, result_name(self.job_id))
+        owned = [*self._made_dirs(), *self.secrets.files.values()]
         argv = render_argv(
             manifest,
-            params,
+            confined_params(manifest, params, self.tool.tool_dir),
             tool_dir=self.tool.tool_dir,
             job_id=self.job_id,
             work_dir=self.work_dir,
             secret_files=self.secrets.files,
         )
-        env = child_env(manifest, self.ctx.environ, self.job_id) | self.secrets.env
-        env["DOMED_RESULT"] = os.path.join(self.work_dir, result_name(self.job_id))
-        owned = [*self._made_dirs(), *self.secrets.files.values()]
         return SpawnRequest(
             argv,
             self.work_dir,

@@ -14,6 +14,7 @@ from contracts.api import ExplainReply, SubmitRequest
 from contracts.errors import DomedError, ErrorCode
 from contracts.events import Queued, now_iso
 from services.catalogue.loader import Tool
+from services.catalogue.paths import confined_params
 from services.catalogue.render import (
     env_names,
     mask_params,
@@ -119,13 +120,16 @@ def find_tool(tools: Mapping[str, Tool], tool_id: str) -> Tool:
 
 def checked_params(tool: Tool, params: Mapping[str, Any]) -> dict[str, Any]:
     """Params with schema defaults filled, or invalid_params listing every failure by path
-    (never repeating a secret's value)."""
+    (never repeating a secret's value), or naming a path parameter that points outside its
+    roots. The params are returned as given: the executor resolves the paths again."""
     failures = param_errors(tool.validator, params, tool.manifest.secrets)
     if failures:
         raise DomedError(
             ErrorCode.INVALID_PARAMS, f"{len(failures)} parameter error(s) for {tool.id}", failures
         )
-    return with_defaults(tool.manifest, params)
+    checked = with_defaults(tool.manifest, params)
+    confined_params(tool.manifest, checked, tool.tool_dir)
+    return checked
 
 
 def effective_timeout(tool: Tool, requested: float | None) -> float:

@@ -8,7 +8,7 @@ import tarfile
 from pathlib import Path
 
 from contracts.events import Progress
-from tests.support import Domed, log_lines, terminal_of
+from tests.support import Domed, fresh_dir, log_lines, terminal_of
 
 
 async def test_python_script_gets_its_arguments_verbatim(domed: Domed) -> None:
@@ -39,9 +39,10 @@ def _tree(root: Path) -> dict[str, bytes]:
     return files
 
 
-async def test_checksum_lists_every_file_with_progress(domed: Domed, tmp_path: Path) -> None:
-    files = _tree(tmp_path / "data")
-    _, events = await domed.run("files.checksum", {"root": str(tmp_path / "data")})
+async def test_checksum_lists_every_file_with_progress(domed: Domed, srv: Path) -> None:
+    data = fresh_dir(srv / "files")
+    files = _tree(data)
+    _, events = await domed.run("files.checksum", {"root": str(data)})
     assert terminal_of(events).state == "succeeded"
     digests = [line for line in log_lines(events) if not line.startswith("#")]
     assert digests == [f"{hashlib.sha256(files[r]).hexdigest()}  {r}" for r in sorted(files)]
@@ -49,25 +50,24 @@ async def test_checksum_lists_every_file_with_progress(domed: Domed, tmp_path: P
     assert progress[-1].current == 3 and progress[-1].total == 3
 
 
-async def test_archive_writes_a_tarball_of_the_directory(domed: Domed, tmp_path: Path) -> None:
-    files = _tree(tmp_path / "data")
-    out = tmp_path / "out.tar.gz"
-    _, events = await domed.run(
-        "files.archive", {"source": str(tmp_path / "data"), "output": str(out)}
-    )
+async def test_archive_writes_a_tarball_of_the_directory(domed: Domed, srv: Path) -> None:
+    data = fresh_dir(srv / "files")
+    files = _tree(data)
+    out = fresh_dir(srv / "archives") / "out.tar.gz"
+    _, events = await domed.run("files.archive", {"source": str(data), "output": str(out)})
     assert terminal_of(events).state == "succeeded"
     with tarfile.open(out) as tar:
         names = sorted(m.name for m in tar.getmembers())
-        assert names == sorted(f"data/{r}" for r in files)
-        assert tar.extractfile("data/sub/b.bin").read() == files["sub/b.bin"]  # type: ignore[union-attr]
+        assert names == sorted(f"{data.name}/{r}" for r in files)
+        member = tar.extractfile(f"{data.name}/sub/b.bin")
+        assert member is not None and member.read() == files["sub/b.bin"]
     assert log_lines(events)[-1] == f"archived 3 files to {out}"
 
 
 async def test_pytest_tool_reports_progress_per_test_and_fails_on_a_failure(
-    domed: Domed, tmp_path: Path
+    domed: Domed, srv: Path
 ) -> None:
-    suite = tmp_path / "suite"
-    suite.mkdir()
+    suite = fresh_dir(srv / "suites")
     (suite / "test_sample.py").write_text(
         "def test_one():\n    assert 1\n\ndef test_two():\n    assert 2\n\ndef test_three():\n    assert 0, 'boom'\n"
     )

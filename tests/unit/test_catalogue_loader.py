@@ -290,6 +290,51 @@ def test_secrets_by_env_and_by_file_load(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("extra", "field", "reason_part"),
+    [
+        ("paths: {nope: {roots: [/srv]}}\n", "paths.nope", "'nope' is not a parameter"),
+        ("paths: {n: {roots: [/srv]}}\n", "paths.n", "`type: string`"),
+        ("paths: {text: {roots: []}}\n", "paths.text.roots", "at least 1 item"),
+        ("paths: {text: {roots: [srv/data]}}\n", "paths.text.roots", "neither absolute"),
+        ("paths: {text: {roots: ['{tool_dir}x']}}\n", "paths.text.roots", "neither absolute"),
+        ('paths: {text: {roots: ["/srv\\0"]}}\n', "paths.text.roots", "NUL"),
+        ("paths: {text: {roots: [/srv], extra: 1}}\n", "paths.text.extra", "not permitted"),
+        ("paths: {text: {roots: /srv}}\n", "paths.text.roots", "valid list"),
+    ],
+)
+def test_path_rules_are_refused_at_load(
+    tmp_path: Path, extra: str, field: str, reason_part: str
+) -> None:
+    text = VALID.replace("text: {type: string}", "text: {type: string}\n    n: {type: integer}")
+    write_tree(tmp_path, {"x.yaml": text + extra})
+    problem = only_problem(tmp_path)
+    assert problem.field == field and reason_part in problem.reason, problem
+
+
+def test_a_secret_cannot_name_a_file(tmp_path: Path) -> None:
+    text = VALID.replace('"{text}"', '"hi"') + (
+        "secrets: {text: {env: TEXT}}\npaths: {text: {roots: [/srv]}}\n"
+    )
+    write_tree(tmp_path, {"x.yaml": text})
+    problem = only_problem(tmp_path)
+    assert problem.field == "paths.text" and "is a secret" in problem.reason
+
+
+def test_every_path_rule_problem_is_reported_with_the_field_problems(tmp_path: Path) -> None:
+    text = VALID + "timeout_s: -1\npaths: {nope: {roots: [rel]}, text: {roots: ['{tool_dir}']}}\n"
+    write_tree(tmp_path, {"x.yaml": text})
+    fields = {p.field for p in problems_of(tmp_path)}
+    assert fields == {"timeout_s", "paths.nope.roots", "paths.nope"}, fields
+
+
+def test_path_rules_load_with_their_defaults(tmp_path: Path) -> None:
+    extra = "paths: {text: {roots: [/srv/data, '{tool_dir}/samples', '{tool_dir}']}}\n"
+    write_tree(tmp_path, {"x.yaml": VALID + extra})
+    rule = load_catalogue(tmp_path)["t.echo"].manifest.paths["text"]
+    assert rule.roots == ["/srv/data", "{tool_dir}/samples", "{tool_dir}"] and rule.must_exist
+
+
+@pytest.mark.parametrize(
     ("extra", "field", "line"),
     [
         ("secrets: {token: {env: T}}\n", "secrets", VALID_LINES + 1),

@@ -1,6 +1,7 @@
 """Write SOURCE as a .tar.gz at OUTPUT (written to a temp name, then renamed), listing members."""
 
 import argparse
+import contextlib
 import os
 import tarfile
 
@@ -12,8 +13,13 @@ source = os.path.realpath(args.source)
 if not os.path.isdir(source):
     parser.error(f"not a directory: {source}")
 partial = args.output + ".partial"
+# Never through a symlink someone left at the partial name: it could point outside the
+# output directory. A partial left by an earlier run is ours to replace.
+with contextlib.suppress(FileNotFoundError):
+    os.unlink(partial)
+fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
 count = 0
-with tarfile.open(partial, "w:gz") as tar:
+with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
     for dirpath, dirnames, filenames in os.walk(source):
         dirnames.sort()
         for name in sorted(filenames):
