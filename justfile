@@ -30,6 +30,7 @@ fmt:
 schemas:
     {{python}} -m services.cli.generate
 
-# the benchmarks (not part of the tests); QUICK=1 for a short run
+# the benchmarks (not part of the tests); QUICK=1 for a short run. Case 7 (Celery + Redis
+# beside domed) needs `pip install -e '.[bench]'` and redis-server; it is skipped without them
 bench *ARGS:
     {{python}} -m bench {{ARGS}}

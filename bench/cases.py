@@ -13,7 +13,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import median
 from typing import Any
 
 import msgspec
@@ -25,6 +24,13 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from ulid import ULID
 
 from bench.harness import ROOT, RssSampler, ServiceProcess, Stack, percentile, read_status_kb
+from bench.limits import (
+    REFERENCE_READ_RATE,
+    finite_median,
+    limit_s,
+    rebuild_limits,
+    rounded,
+)
 from bench.profile import profiled
 from bench.report import Row, at_least, at_most
 from contracts import subjects
@@ -62,6 +68,8 @@ class Sizes:
     # This machine's speed drifts by 10-15% within minutes: a rebuild's rate is the
     # median of this many runs, each shown.
     rebuild_runs: int = 3
+    # Case 7 takes every system once per turn; its figures are medians over the turns.
+    peer_turns: int = 3
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -73,6 +81,7 @@ class Sizes:
             router_conc_total=1280,
             warmup_jobs=16,
             rebuild_runs=1,
+            peer_turns=1,
         )
 
 
@@ -774,9 +783,15 @@ async def read_stream_discarding(nc: Client, messages: int, deadline: float) -> 
 
 
 async def case_rebuild(
-    stack: Stack, sizes: Sizes, budget_s: float, profile_out: Path | None = None
+    stack: Stack,
+    sizes: Sizes,
+    budget_s: float,
+    profile_out: Path | None = None,
+    slow: float = 1.0,
 ) -> tuple[list[Row], dict[str, Any]]:
-    deadline = time.monotonic() + budget_s
+    """``slow`` is the run's measured slowdown (bench.limits): the limits of the steps
+    before the stream's own baseline read is taken follow it; the rebuilds' limits
+    follow that baseline read."""
     sync_always = stack.server.sync_always
     # Preparing the stream is not what is measured: write it with nats-server's default
     # sync (fsync every two minutes), then restart the server as configured to measure.
@@ -790,7 +805,9 @@ async def case_rebuild(
         t_gen = time.perf_counter()
         events = synthetic_stream(need) if need else []
         gen_s = time.perf_counter() - t_gen
-        published = await publish_synthetic(nc, events, deadline - budget_s / 2)
+        # ~77k/s windowed in a quick spell; a quarter of that, times the run's slowdown.
+        publish_limit = limit_s(need, 20_000 / slow, margin=4.0, floor_s=min(20.0, budget_s))
+        published = await publish_synthetic(nc, events, time.monotonic() + publish_limit)
         published["generate_s"] = round(gen_s, 3)
         del events
     finally:
@@ -799,9 +816,7 @@ async def case_rebuild(
         await asyncio.to_thread(stack.restart_server, True)
     nc = await nats.connect(stack.url, name="bench-rebuild")
     try:
-        return await _rebuild(
-            stack, nc, before, published, deadline, profile_out, sizes.rebuild_runs
-        )
+        return await _rebuild(stack, nc, before, published, slow, profile_out, sizes.rebuild_runs)
     finally:
         await nc.close()
 
@@ -811,7 +826,7 @@ async def _rebuild(
     nc: Client,
     before: Any,
     published: dict[str, Any],
-    deadline: float,
+    slow: float,
     profile_out: Path | None,
     runs: int = 1,
 ) -> tuple[list[Row], dict[str, Any]]:
@@ -820,8 +835,14 @@ async def _rebuild(
     last_seq = int(info.last_seq)
     total = int(info.messages)
 
-    base_count, base_s = await read_stream_discarding(nc, total, deadline)
-    base_rate = base_count / base_s
+    async def baseline() -> tuple[int, float, float]:
+        """A discarding read of the whole stream: (events, s, events/s)."""
+        read_limit = limit_s(total, REFERENCE_READ_RATE / slow, margin=4.0, floor_s=15.0)
+        count, took = await read_stream_discarding(nc, total, time.monotonic() + read_limit)
+        return count, took, count / took if took > 0 else float("nan")
+
+    base_count, base_s, base_rate = await baseline()
+    store_limit, kv_limit = rebuild_limits(total, base_rate)
 
     proj = ServiceProcess(
         "projector", stack.url, stack.ssot, stack.data_dir, ("--rebuild",), stack.src
@@ -831,9 +852,9 @@ async def _rebuild(
     sampler = RssSampler({"projector": proj.pid, "nats-server": stack.server_pid})
     with sampler, profiled(proj.pid if profile_out else None, profile_out or Path()):
         try:
-            await wait_for_report(proj, "store", deadline)
+            await wait_for_report(proj, "store", store_limit)
             # Done when the KV mirror has caught up too (each job is put into it once more).
-            await wait_for_report(proj, "kv", deadline)
+            await wait_for_report(proj, "kv", kv_limit)
             t_done = time.monotonic()
         except (TimeoutError, RuntimeError) as exc:
             problems.append(str(exc)[:300])
@@ -852,22 +873,25 @@ async def _rebuild(
     bases = [base_rate]
     intact: tuple[RebuildReport, float] | None = None  # and its peak RSS, MB
     for i in range(1, runs):  # the store only, but the last one repairs the KV as well
-        count, took = await read_stream_discarding(nc, total, deadline)
-        bases.append(count / took)
-        again = await _rebuild_again(stack, deadline, with_kv=i == runs - 1)
-        if again is None:
-            problems.append("a repeated rebuild did not report")
+        _, _, again_base = await baseline()
+        bases.append(again_base)
+        again = await _rebuild_again(
+            stack, *rebuild_limits(total, again_base), with_kv=i == runs - 1
+        )
+        if isinstance(again, str):
+            problems.append(f"rebuild {i + 1} of {runs}: {again}")
             break
         rates.append(again[0].events_per_s)
         cpus.append(again[0].cpu_us_per_event)
         if i == runs - 1:
             intact = again
-    rate, cpu_us, base_rate = median(rates), median(cpus), median(bases)
+    rate, cpu_us = finite_median(rates), finite_median(cpus)
+    base_rate = finite_median(bases)
     runs_note = (
         f"median of {len(rates)} rebuilds: "
-        + " / ".join(f"{r:,.0f}" for r in rates)
+        + " / ".join(f"{r:,.0f}" if r == r else "—" for r in rates)
         + " events/s at "
-        + " / ".join(f"{c:.2f}" for c in cpus)
+        + " / ".join(f"{c:.2f}" if c == c else "—" for c in cpus)
         + " µs of CPU per event; "
         if len(rates) > 1
         else ""
@@ -876,15 +900,15 @@ async def _rebuild(
         Row(
             "4 rebuild",
             f"events/s, `projector --rebuild` of {total:,} events (as it reports)",
-            rate if not problems else float("nan"),
+            rate,
             "events/s",
             base_rate,
             "≥ 200,000 events/s",
             at_least(rate, 200_000) if not problems else False,
-            "; ".join(problems)
-            or runs_note
+            "".join(f"{p}; " for p in problems)
+            + runs_note
             + f"{published['events']:,} synthetic + {int(before.messages):,} real events"
-            + (f"; the projector's CPU: {cpu_us:.2f} µs per event" if cpu_us else ""),
+            + (f"; the projector's CPU: {cpu_us:.2f} µs per event" if cpu_us == cpu_us else ""),
         ),
         Row(
             "4 rebuild",
@@ -946,12 +970,13 @@ async def _rebuild(
         "synthetic": published,
         "reported_events": first.events if first else None,
         "reported_s": first.store_s if first else None,
-        "projector_cpu_us_per_event": cpu_us,
-        "rebuild_rates": [round(r) for r in rates],
+        "projector_cpu_us_per_event": rounded(cpu_us, 3),
+        "rebuild_rates": [rounded(r) for r in rates],
         "intact_kv_peak_rss_mb": round(intact[1], 1) if intact else None,
         "intact_kv_repair": kv_repair_of(intact[0]) if intact else None,
         "rebuild_cpu_us_per_event": cpus,
-        "baseline_rates": [round(b) for b in bases],
+        "baseline_rates": [rounded(b) for b in bases],
+        "limits_s": {"store": round(store_limit, 1), "kv": round(kv_limit, 1)},
         "launch_to_done_s": round(wall, 3) if wall == wall else None,
         "projected_seq": projected,
         "baseline_events": base_count,
@@ -984,8 +1009,9 @@ def kv_repair_of(report: RebuildReport | None) -> tuple[float, int, int] | None:
     return report.kv_s, report.kv_jobs_put or 0, report.kv_jobs_right or 0
 
 
-async def wait_for_report(proj: ServiceProcess, stage: str, deadline: float) -> None:
-    """Until the rebuilding projector has reported ``stage`` (``store``, then ``kv``)."""
+async def wait_for_report(proj: ServiceProcess, stage: str, timeout_s: float) -> None:
+    """Until the rebuilding projector has reported ``stage`` (``store``, then ``kv``);
+    TimeoutError after ``timeout_s``."""
     reached = ("store", "kv") if stage == "store" else ("kv",)  # the kv line comes last
 
     def reported(text: str) -> bool:
@@ -996,31 +1022,33 @@ async def wait_for_report(proj: ServiceProcess, stage: str, deadline: float) -> 
         proj.wait_for_log,
         reported,
         f"the rebuild's {stage} report",
-        max(1.0, deadline - time.monotonic()),
+        round(timeout_s, 1),
     )
 
 
 async def _rebuild_again(
-    stack: Stack, deadline: float, *, with_kv: bool = False
-) -> tuple[RebuildReport, float] | None:
-    """One more ``projector --rebuild`` and its peak RSS in MB. It is stopped once the
-    store is rebuilt, or, with ``with_kv``, once it has also repaired the KV, which the
-    first rebuild left intact: the repair then reads the whole bucket back and puts what
-    differs."""
+    stack: Stack, store_limit_s: float, kv_limit_s: float, *, with_kv: bool = False
+) -> tuple[RebuildReport, float] | str:
+    """One more ``projector --rebuild`` and its peak RSS in MB, or why it gave none. It
+    is stopped once the store is rebuilt, or, with ``with_kv``, once it has also
+    repaired the KV, which the first rebuild left intact: the repair then reads the
+    whole bucket back and puts what differs."""
     proj = ServiceProcess(
         "projector", stack.url, stack.ssot, stack.data_dir, ("--rebuild",), stack.src
     ).start()
     sampler = RssSampler({"projector": proj.pid})
     try:
         with sampler:
-            await wait_for_report(proj, "kv" if with_kv else "store", deadline)
-    except (TimeoutError, RuntimeError):
-        return None
+            await wait_for_report(proj, "store", store_limit_s)
+            if with_kv:
+                await wait_for_report(proj, "kv", kv_limit_s)
+    except (TimeoutError, RuntimeError) as exc:
+        return str(exc)[:300]
     finally:
         await asyncio.to_thread(proj.stop)
     report = rebuild_report(proj.log_text())
     if report is None or report.store_s <= 0:
-        return None
+        return "no report with a positive store time"
     return report, sampler.peak_kb["projector"] / 1024
 
 

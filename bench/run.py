@@ -1,7 +1,8 @@
 """Run every case in order against one nats-server and print one table.
 
-Order: services up → case 1 and 3 under the RSS sampler (case 2 between them) →
-executor and projector stopped → case 5 (router alone, so executions do not
+Order: services up → a short bare-runner run that measures the machine's pace (every
+case's time limit is scaled by it) → case 1 and 3 under the RSS sampler (case 2
+between them) → case 7 (Celery + Redis and domed by turns) → executor and projector stopped → case 5 (router alone, so executions do not
 compete for the two cores) → router stopped → case 4 (synthetic events, then a
 ``projector --rebuild``) → case 6 rows from the samples taken during 1 and 3.
 """
@@ -23,7 +24,7 @@ from typing import Any, TypeVar
 
 import nats
 
-from bench import cases
+from bench import cases, peers
 from bench.harness import (
     ROOT,
     RssSampler,
@@ -34,13 +35,16 @@ from bench.harness import (
     read_status_kb,
     stack,
 )
+from bench.limits import REFERENCE_SPAWN_RATE, slowdown
 from bench.profile import profiled, py_spy, summarize
 from bench.report import Row, table, write_json
 
 DEFAULT_JSON = ROOT / "bench" / "results" / "latest.json"
 
-# Seconds each case may take before it is cut short (full run; --quick uses a third).
+# Seconds each case may take before it is cut short, on this machine in a quick spell
+# (full run; --quick uses a third). Each is multiplied by the run's measured slowdown.
 BUDGET_S = {"1": 60.0, "2": 45.0, "3": 40.0, "5": 45.0, "4": 75.0}
+ALL_CASES = "1,2,3,4,5,6,7"
 
 T = TypeVar("T")
 
@@ -63,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--only",
-        default="1,2,3,4,5,6",
+        default=ALL_CASES,
         help="comma-separated cases to run (default all; 6 needs 1 or 3)",
     )
     p.add_argument(
@@ -100,8 +104,10 @@ class Run:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.sizes = cases.Sizes.quick() if args.quick else cases.Sizes()
-        scale = 1 / 3 if args.quick else 1.0
-        self.budget = {k: v * scale for k, v in BUDGET_S.items()}
+        self.scale = 1 / 3 if args.quick else 1.0
+        self.budget = {k: v * self.scale for k, v in BUDGET_S.items()}
+        self.pace_rate = float("nan")  # the bare runner at the start of the run, jobs/s
+        self.slowdown = 1.0
         self.only = set(args.only.split(","))
         self.rows: list[Row] = []
         self.details: dict[str, Any] = {}
@@ -123,13 +129,29 @@ class Run:
         print(f"  case {name} done at {time.monotonic() - self.started:5.1f}s", file=sys.stderr)
 
     async def guarded(self, case: str, coro: Awaitable[T]) -> T | None:
-        """Run one case; an exception is recorded (traceback on stderr), never raised."""
+        """Run one case; an exception is recorded (traceback on stderr) and shown as the
+        case's row in the table, never raised."""
         try:
             return await coro
         except Exception as exc:
             traceback.print_exc()
-            self.failures.append(f"case {case}: {exc!r}"[:500])
+            reason = f"{type(exc).__name__}: {exc}"[:500]
+            self.failures.append(f"case {case}: {reason}")
+            self.rows.append(
+                Row(case, "no figures: the case failed", float("nan"), "", ok=False, note=reason)
+            )
             return None
+
+    async def measure_pace(self) -> None:
+        """The bare runner for a moment: how slow the machine is now against a quick
+        spell; every case's budget is scaled by it, so a slow spell is measured too."""
+        sizes = self.sizes
+        limit = time.monotonic() + 60
+        await cases.bare_true(sizes.warmup_jobs, sizes.concurrency, limit)
+        pace = await cases.bare_true(max(200, sizes.jobs // 5), sizes.concurrency, limit)
+        self.pace_rate = pace.rate
+        self.slowdown = slowdown(pace.rate, REFERENCE_SPAWN_RATE)
+        self.budget = {k: v * self.scale * self.slowdown for k, v in BUDGET_S.items()}
 
     @contextlib.contextmanager
     def profiling(self, st: Stack, case: str) -> Iterator[None]:
@@ -162,6 +184,9 @@ class Run:
             "nats_sync": args.nats_sync,
             "loadavg_start": loadavg(),
         }
+        await self.measure_pace()
+        meta["pace_bare_jobs_per_s"] = round(self.pace_rate, 1)
+        meta["slowdown"] = round(self.slowdown, 2)
         with stack(keep=args.keep, sync_always=args.nats_sync == "always", ref=args.ref) as st:
             print(
                 f"bench: nats-server {st.url}, temp dir {st.root}, services from {meta['source']}",
@@ -183,6 +208,7 @@ class Run:
             f"domed bench — {meta['date']} — commit {meta['commit']} — "
             f"{'quick' if args.quick else 'full'} run, {meta['wall_s']}s — "
             f"nats sync {args.nats_sync} — "
+            f"pace: bare runner {self.pace_rate:,.0f} jobs/s, limits × {self.slowdown:.2f} — "
             f"load avg {meta['loadavg_start'][0]} → {meta['loadavg_end'][0]} on {meta['cpus']} CPUs"
         )
         print()
@@ -210,7 +236,11 @@ class Run:
             out4 = await self.guarded(
                 "4",
                 cases.case_rebuild(
-                    st, self.sizes, self.budget["4"], self.profile_path("projector", "4")
+                    st,
+                    self.sizes,
+                    self.budget["4"],
+                    self.profile_path("projector", "4"),
+                    self.slowdown,
                 ),
             )
             if out4:
@@ -271,6 +301,24 @@ class Run:
                 self.record("3_log_stream", *out3)
             merge_peaks(peaks, s3.peak_kb)
         self.hwm = {name: read_status_kb(pid, "VmHWM") for name, pid in st.pids().items()}
+        if "7" in only:
+            self.details["settle_s_before_7"] = await cases.settle(nc)
+            args = self.args
+            out7 = await self.guarded(
+                "7",
+                peers.case_peers(
+                    peers.DomedTarget(st, nc, watch),
+                    args.nats_sync,
+                    lambda: stack(
+                        keep=args.keep, sync_always=args.nats_sync != "always", ref=args.ref
+                    ),
+                    sizes,
+                    self.pace_rate,
+                    args.keep,
+                ),
+            )
+            if out7:
+                self.record("7_peers", *out7)
         await watch.stop()
         self.details["terminal_states_seen"] = dict(watch.states)
 
