@@ -7,6 +7,7 @@ import json
 import tarfile
 from pathlib import Path
 
+from contracts import subjects
 from contracts.events import Progress
 from tests.support import Domed, fresh_dir, log_lines, terminal_of
 
@@ -48,6 +49,16 @@ async def test_checksum_lists_every_file_with_progress(domed: Domed, srv: Path) 
     assert digests == [f"{hashlib.sha256(files[r]).hexdigest()}  {r}" for r in sorted(files)]
     progress = [e.event for e in events if isinstance(e.event, Progress)]
     assert progress[-1].current == 3 and progress[-1].total == 3
+    term = terminal_of(events)
+    sums = "".join(f"{line}\n" for line in digests).encode()
+    assert term.result == {
+        "root": str(data.resolve()),
+        "count": 3,
+        "sha256sums": hashlib.sha256(sums).hexdigest(),
+        "files": {r: hashlib.sha256(files[r]).hexdigest() for r in files},
+    }
+    [artifact] = term.artifacts or []
+    assert (artifact.name, artifact.sha256) == ("SHA256SUMS", hashlib.sha256(sums).hexdigest())
 
 
 async def test_archive_writes_a_tarball_of_the_directory(domed: Domed, srv: Path) -> None:
@@ -62,6 +73,13 @@ async def test_archive_writes_a_tarball_of_the_directory(domed: Domed, srv: Path
         member = tar.extractfile(f"{data.name}/sub/b.bin")
         assert member is not None and member.read() == files["sub/b.bin"]
     assert log_lines(events)[-1] == f"archived 3 files to {out}"
+    tarball = out.read_bytes()
+    assert terminal_of(events).result == {
+        "output": str(out),
+        "size": len(tarball),
+        "sha256": hashlib.sha256(tarball).hexdigest(),
+        "files": 3,
+    }
 
 
 async def test_pytest_tool_reports_progress_per_test_and_fails_on_a_failure(
@@ -78,3 +96,16 @@ async def test_pytest_tool_reports_progress_per_test_and_fails_on_a_failure(
     assert progress[-1].current == 3 and progress[-1].total == 3
     assert "test_three failed" in (progress[-1].message or "")
     assert any("1 failed, 2 passed" in line for line in log_lines(events))
+    assert term.result == {
+        "passed": 2,
+        "failed": 1,
+        "errors": 0,
+        "skipped": 0,
+        "exit_code": 1,
+        "failing": ["test_sample.py::test_three"],
+    }
+    [junit] = term.artifacts or []
+    bucket = await domed.nc.jetstream().object_store(subjects.OBJ_ARTIFACTS)
+    report = (await bucket.get(junit.object)).data or b""
+    assert junit.name == "junit.xml" and b'failures="1"' in report
+    assert hashlib.sha256(report).hexdigest() == junit.sha256

@@ -1,7 +1,10 @@
-"""Write SOURCE as a .tar.gz at OUTPUT (written to a temp name, then renamed), listing members."""
+"""Write SOURCE as a .tar.gz at OUTPUT (written to a temp name, then renamed), listing
+members; the result is the archive's path, size, SHA-256 and member count."""
 
 import argparse
 import contextlib
+import hashlib
+import json
 import os
 import tarfile
 
@@ -28,5 +31,14 @@ with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
             tar.add(path, arcname=arcname, recursive=False)
             print(arcname)
             count += 1
+digest = hashlib.sha256()
+with open(partial, "rb") as done:
+    for block in iter(lambda: done.read(1 << 20), b""):
+        digest.update(block)
+size = os.path.getsize(partial)
 os.replace(partial, args.output)
 print(f"archived {count} files to {args.output}")
+if "DOMED_RESULT" in os.environ:
+    result = {"output": args.output, "size": size, "sha256": digest.hexdigest(), "files": count}
+    with open(os.environ["DOMED_RESULT"], "w") as fh:
+        json.dump(result, fh)
