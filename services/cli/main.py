@@ -17,6 +17,7 @@ from services.runtime.settings import (
     LIMIT_MODES,
     Settings,
     StreamSettings,
+    parse_addr,
     redact_url,
     redact_urls_in,
     resolve_nats_creds,
@@ -107,6 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="the executor runs every job as this user (see `domed executor --help`)",
     )
     _limits_arg(up)
+    up.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        metavar="P",
+        help="serve Prometheus metrics on 127.0.0.1: the router on P, the executor on P+1, "
+        "the projector on P+2 (default: none)",
+    )
+    _retain_arg(up)
 
     for name, text in (
         ("router", "validate and queue jobs"),
@@ -120,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
         )
         _common(sp)
         _service_args(sp)
+        sp.add_argument(
+            "--metrics-addr",
+            type=_metrics_addr,
+            default=None,
+            metavar="HOST:PORT",
+            help="serve Prometheus metrics at http://HOST:PORT/metrics (default: none)",
+        )
         if name == "executor":
             sp.add_argument(
                 "--slots", type=int, default=8, help="jobs run at once by this executor"
@@ -159,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument(
                 "--rebuild", action="store_true", help="discard the store and replay from seq 1"
             )
+            _retain_arg(sp)
 
     submit = sub.add_parser(
         "submit", help="submit a job", epilog="example: domed submit demo.countdown -p n=5 --follow"
@@ -239,6 +257,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _metrics_addr(text: str) -> str:
+    try:
+        parse_addr(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _retain_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--retain-s",
+        type=float,
+        default=None,
+        metavar="N",
+        help="seconds a finished job stays in the projector's store and the domed-jobs "
+        "bucket after it ended; queued and running jobs always stay (default: the stream's "
+        "--max-age; 0 keeps every job)",
+    )
+
+
 def _limits_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--limits",
@@ -268,6 +306,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         slots=getattr(args, "slots", 8),
         drain_timeout_s=getattr(args, "drain_timeout", 10.0),
         rebuild=getattr(args, "rebuild", False),
+        retain_s=getattr(args, "retain_s", None),
+        metrics_addr=getattr(args, "metrics_addr", None) or "",
+        metrics_port=getattr(args, "metrics_port", 0),
         secrets_key=getattr(args, "secrets_key", None),
         secrets_public_key=getattr(args, "secrets_public_key", None),
         limits=getattr(args, "limits", "auto"),

@@ -38,6 +38,8 @@ from services.runtime.settings import Settings, redact_url
 ORDER = ("projector", "executor", "router")
 STOP_ORDER = ("router", "executor", "projector")
 SERVICES = {subjects.SERVICE_ROUTER, subjects.SERVICE_EXECUTOR, subjects.SERVICE_PROJECTOR}
+# `--metrics-port P`: where each service serves its metrics, from P
+METRICS_PORT_OFFSET = {"router": 0, "executor": 1, "projector": 2}
 
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
@@ -92,6 +94,11 @@ def child_argv(name: str, settings: Settings, job_user: str = "") -> list[str]:
     ]
     if settings.nats_creds:
         argv += ["--nats-creds", settings.nats_creds]
+    if settings.metrics_port:
+        port = settings.metrics_port + METRICS_PORT_OFFSET[name]
+        argv += ["--metrics-addr", f"127.0.0.1:{port}"]
+    if name == "projector" and settings.retain_s is not None:
+        argv += ["--retain-s", str(settings.retain_s)]
     if name == "executor":
         argv += ["--slots", str(settings.slots), "--limits", settings.limits]
         if job_user:

@@ -37,7 +37,8 @@ from services.executor.cgroups import Hierarchy
 from services.executor.context import ExecutorContext
 from services.executor.holds import Holds
 from services.executor.jobuser import JobUser, check_can_switch, clear_ambient_caps
-from services.runtime import connection, provisioning, sealing
+from services.executor.metrics import ExecutorMetrics
+from services.runtime import connection, metrics, provisioning, sealing
 from services.runtime.endpoints import serve
 from services.runtime.hardening import without_credentials
 from services.runtime.lifecycle import VERSION, ConfigurationError
@@ -197,17 +198,18 @@ async def run_executor(
         service = await serve(
             nc, subjects.SERVICE_EXECUTOR, VERSION, "runs queued jobs as local processes", []
         )
-        log.info(
-            "executor %s ready: %d slots, ack_wait %gs, limits by %s, NATS %s",
-            ctx.name,
-            settings.slots,
-            ack_wait_s,
-            hierarchy.mode if hierarchy else "rlimit",
-            redact_url(settings.nats_url),
-        )
-        if ready is not None:
-            ready.set()
-        await worker.run(ctx, stop)
+        async with metrics.serving(settings.metrics_addr, ExecutorMetrics(ctx).registry):
+            log.info(
+                "executor %s ready: %d slots, ack_wait %gs, limits by %s, NATS %s",
+                ctx.name,
+                settings.slots,
+                ack_wait_s,
+                hierarchy.mode if hierarchy else "rlimit",
+                redact_url(settings.nats_url),
+            )
+            if ready is not None:
+                ready.set()
+            await worker.run(ctx, stop)
         for task in watching:
             task.cancel()
         await service.stop()

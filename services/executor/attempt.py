@@ -104,7 +104,7 @@ class Attempt:
         self.msg = msg
         self.tool = tool
         self.queued = queued
-        self.job = RunningJob(queued.job_id, attempt)
+        self.job = RunningJob(queued.job_id, attempt, tool=queued.tool)
         self.last_seq = last_seq
         self.slot = slot
         self.work_dir = ""

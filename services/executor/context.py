@@ -30,6 +30,7 @@ class RunningJob:
     attempt: int = 1
     started_seq: int = 0  # where its `started` is stored, once it is
     stop_reason: core.StopReason | None = None
+    tool: str = ""  # the job's tool (the metrics count running jobs by it)
     stop_requested: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )

@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 from contracts import subjects
 from services.projector.mirror import KvMirror
 from services.projector.projection import Projection
+from services.projector.retention import Retention
 from services.projector.store import Store
 from services.runtime import failures
 from services.runtime.ordered import OrderedReader, RawClient
@@ -62,6 +63,7 @@ class Follower:
         self.committed = asyncio.Condition()
         self.indexes_deferred = False
         self.caught_up_at: float | None = None
+        self.retention = Retention()
 
     async def read_stream_bounds(self) -> None:
         """Learn where the stream ends (how far a catch-up goes) and say so when its
@@ -131,7 +133,8 @@ class Follower:
         projection = self.projection
         if projection.uncommitted:
             states, seq, skipped = projection.take_commit()
-            self.store.commit(states, seq, skipped)
+            cutoff = self.retention.cutoff(time.time())
+            self.store.commit(states, seq, skipped, cutoff)
             projection.committed(states, seq)
             if projection.caught_up:
                 if self.indexes_deferred:

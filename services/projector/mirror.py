@@ -6,21 +6,34 @@ mirror that lagged (the bucket was unreachable, the projector stopped between a 
 and its puts) is repaired from the store: on start, on the next commit, or once a
 catch-up is over. The KV is never ahead of the store, and never read by the projector's
 own queries.
+
+Retention (``services.projector.retention``): a finished job is put with a per-key TTL
+that ends when it expires, so the server itself removes it; an expired job is not put at
+all; and the keys of jobs the store removed (``Store.forgotten``) are purged by
+``purge_forgotten`` if they are still there, the purge marker itself with a TTL, so
+nothing is left behind in the bucket.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import re
 import time
+from collections.abc import Callable
+from datetime import datetime
 
 import msgspec
+import nats.errors
 from nats.aio.client import Client
-from nats.js.kv import KeyValue
+from nats.js import JetStreamContext
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from contracts import subjects
 from contracts.api import JobState
 from services.projector.projection import Projection
+from services.projector.retention import Retention, finished_ts
 from services.projector.store import Store
 from services.runtime import directget, failures, provisioning
 
@@ -34,22 +47,66 @@ REPAIR_PAGE = 500
 REPAIR_READ_FIRST = 1000
 KV_READ_PER_PUT = 8
 
+# A purge marker stays this long, so a watcher that reconnects within it learns the job
+# is gone; then it expires too.
+PURGE_MARKER_TTL_S = 3600
+
 _enc = msgspec.json.Encoder()
+_PREFIX = provisioning.kv_prefix(subjects.KV_JOBS)
+
+Put = tuple[str, bytes, int | None]
+"""``(job_id, doc, ttl)``: a job's value and its per-key TTL in seconds (None: none)."""
 
 
-async def put_all(kv: KeyValue, docs: list[tuple[str, bytes]]) -> bool:
-    """Put each ``(job_id, doc)`` into the bucket, ``KV_PUTS_IN_FLIGHT`` at a time;
+class KvWriter:
+    """Puts and purges in ``domed-jobs``, with per-key TTLs when the bucket allows them
+    (``ttl_allowed``; every bucket domed creates does)."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        retention: Retention,
+        ttl_allowed: bool,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.js = js
+        self.retention = retention
+        self.ttl_allowed = ttl_allowed
+        self.clock = clock
+
+    def puts(self, docs: list[tuple[str, bytes, float | None]]) -> list[Put]:
+        """``(job_id, doc, finished_ts)`` as puts, leaving out the expired jobs."""
+        now = self.clock()
+        out: list[Put] = []
+        for job_id, doc, finished in docs:
+            if self.retention.expired(finished, now):
+                continue
+            ttl = self.retention.kv_ttl(finished, now) if self.ttl_allowed else None
+            out.append((job_id, doc, ttl))
+        return out
+
+    async def put(self, job_id: str, doc: bytes, ttl: int | None) -> None:
+        await self.js.publish(_PREFIX + job_id, doc, msg_ttl=ttl)
+
+    async def purge(self, job_id: str) -> None:
+        headers = {KV_OP: KV_PURGE, "Nats-Rollup": "sub"}
+        ttl = PURGE_MARKER_TTL_S if self.ttl_allowed else None
+        await self.js.publish(_PREFIX + job_id, b"", headers=headers, msg_ttl=ttl)
+
+
+async def put_all(kv: KvWriter, docs: list[Put]) -> bool:
+    """Put each ``(job_id, doc, ttl)`` into the bucket, ``KV_PUTS_IN_FLIGHT`` at a time;
     False (and a warning) when the bucket could not be reached."""
     if not docs:
         return True
     sem = asyncio.Semaphore(KV_PUTS_IN_FLIGHT)
 
-    async def put(job_id: str, doc: bytes) -> None:
+    async def put(job_id: str, doc: bytes, ttl: int | None) -> None:
         async with sem:
-            await kv.put(job_id, doc)
+            await kv.put(job_id, doc, ttl)
 
     try:
-        await asyncio.gather(*(put(job_id, doc) for job_id, doc in docs))
+        await asyncio.gather(*(put(*d) for d in docs))
     except failures.UNAVAILABLE_ERRORS as exc:
         log.warning("KV mirror lags (%r); it is repaired on the next commit or restart", exc)
         return False
@@ -66,9 +123,12 @@ class KvRepair:
     repairs did.
     """
 
-    def __init__(self, nc: Client, kv: KeyValue, store: Store, *, timeout_s: float) -> None:
+    def __init__(
+        self, nc: Client, kv: KeyValue, writer: KvWriter, store: Store, *, timeout_s: float
+    ) -> None:
         self.nc = nc
         self.kv = kv
+        self.writer = writer
         self.store = store
         self.timeout_s = timeout_s
         self.readable = True  # False once the bucket refused a direct get
@@ -91,8 +151,10 @@ class KvRepair:
                 since, after_id=after, limit=REPAIR_PAGE, unmatched=matched
             ):
                 after = page[-1][0]
-                self.jobs_put += len(page)
-                if not await put_all(self.kv, page):
+                finished = self.store.finished_at_of([job_id for job_id, _ in page])
+                puts = self.writer.puts([(j, doc, finished.get(j)) for j, doc in page])
+                self.jobs_put += len(puts)
+                if not await put_all(self.writer, puts):
                     return False
         finally:
             self.store.end_kv_match()
@@ -142,7 +204,9 @@ class KvMirror:
     has reached the stream's end as it was when the projector started.
     """
 
-    def __init__(self, kv: KeyValue, store: Store, projection: Projection, repair: KvRepair):
+    def __init__(
+        self, kv: KvWriter, store: Store, projection: Projection, repair: KvRepair
+    ) -> None:
         self.kv = kv
         self.store = store
         self.projection = projection
@@ -190,7 +254,8 @@ class KvMirror:
         return True
 
     async def _put(self, states: list[JobState], seq: int) -> bool:
-        if not await put_all(self.kv, [(s.job_id, _enc.encode(s)) for s in states]):
+        docs = [(s.job_id, _enc.encode(s), finished_ts(s)) for s in states]
+        if not await put_all(self.kv, self.kv.puts(docs)):
             return False
         self._reached(seq)
         return True
@@ -201,3 +266,70 @@ class KvMirror:
             self.store.set_kv_seq(seq)
         if self.kv_seq >= self.projection.catch_up_to:
             self.caught_up.set()
+
+
+async def purge_forgotten(
+    nc: Client, writer: KvWriter, store: Store, *, timeout_s: float, page: int = REPAIR_PAGE
+) -> int:
+    """Purge from ``domed-jobs`` the keys of the jobs the store removed that would stay
+    there: a value put without a TTL (before retention was on) or with one that ends
+    later than ``TTL_SLACK_S`` from now (a longer retention then). A value whose TTL is
+    about to end is left to the server, so the usual case costs a read, no write. The
+    store forgets the ids once done; raises what NATS raised otherwise. How many were
+    purged."""
+    purged = 0
+    sem = asyncio.Semaphore(KV_PUTS_IN_FLIGHT)
+
+    async def one(job_id: str) -> bool:
+        async with sem:
+            if not await _stays(nc, job_id, writer.clock(), timeout_s):
+                return False
+            await writer.purge(job_id)
+            return True
+
+    while ids := store.forgotten(page):
+        done = await asyncio.gather(*(one(j) for j in ids))
+        purged += sum(done)
+        store.drop_forgotten(ids)
+    return purged
+
+
+# A key whose TTL ends within this is left to expire by itself.
+TTL_SLACK_S = 2.0
+_STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$")
+
+
+async def _stays(nc: Client, job_id: str, now: float, timeout_s: float) -> bool:
+    """Whether ``domed-jobs`` holds a value at ``job_id`` that its TTL does not remove
+    within ``TTL_SLACK_S`` (read by direct get, which also gives its TTL and time)."""
+    body = json.dumps({"last_by_subj": _PREFIX + job_id}).encode()
+    stream = provisioning.kv_stream(subjects.KV_JOBS)
+    try:
+        msg = await nc.request(f"$JS.API.DIRECT.GET.{stream}", body, timeout=timeout_s)
+    except nats.errors.NoRespondersError:
+        return False
+    headers = msg.headers or {}
+    if headers.get("Status") or headers.get(KV_OP) in (KV_DEL, KV_PURGE):
+        return False  # no such key (404), or only its marker
+    ttl = headers.get("Nats-TTL")
+    if ttl is None:
+        return True
+    try:
+        expires = _stamp(headers.get("Nats-Time-Stamp", "")) + _ttl_s(ttl)
+    except ValueError:
+        return True
+    return expires > now + TTL_SLACK_S
+
+
+def _stamp(text: str) -> float:
+    """A NATS message time (RFC 3339, nanoseconds) as epoch seconds."""
+    m = _STAMP.match(text)
+    if m is None:
+        raise ValueError(f"not a time: {text!r}")
+    zone = "+00:00" if m.group(3) == "Z" else m.group(3)
+    return datetime.fromisoformat(m.group(1) + (m.group(2) or "")[:7] + zone).timestamp()
+
+
+def _ttl_s(text: str) -> float:
+    """A ``Nats-TTL`` value: whole seconds, or a duration in seconds (``90s``)."""
+    return float(text[:-1] if text.endswith("s") else text)

@@ -10,7 +10,9 @@ may rely on:
 - ``hurry`` is called when a commit should not wait for the next tick: the catch-up
   reached the stream's end, or ``COMMIT_MAX_DIRTY`` jobs changed since the last commit;
 - memory stays flat: at most ``CACHE_MAX`` live jobs are kept between commits, the rest
-  are read back through ``load`` when their next event comes.
+  are read back through ``load`` when their next event comes;
+- ``observe``, when set, sees every event that changed a job, with the job's state
+  before and after (the metrics count there: ``services.projector.metrics``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Callable
 import msgspec
 
 from contracts.api import JobState
-from contracts.events import TERMINAL_STATES, Queued, decode_event
+from contracts.events import TERMINAL_STATES, Event, Queued, decode_event
 from contracts.subjects import job_of_event_subject
 from services.projector.fold import apply
 
@@ -34,6 +36,8 @@ CACHE_MAX = 2_000
 
 Load = Callable[[str], JobState | None]
 """How a job's committed state is read back (the store's ``get``)."""
+Observe = Callable[[int, Event, JobState | None, JobState], None]
+"""Told ``(seq, event, state before, state after)`` of each event that changed a job."""
 
 
 def _not_hurried() -> None:
@@ -57,6 +61,7 @@ class Projection:
         self.fresh = applied_seq == 0
         self.load = load
         self.hurry: Callable[[], None] = _not_hurried
+        self.observe: Observe | None = None
         self.cache: dict[str, JobState] = {}  # live jobs, oldest first, at most CACHE_MAX
         self.dirty: dict[str, JobState] = {}  # changed since the last commit (newer than cache)
         self.skipped = 0  # since the last commit
@@ -97,6 +102,8 @@ class Projection:
             self.skipped += 1
         elif after is not before:
             self.dirty[job_id] = after
+            if self.observe is not None:
+                self.observe(seq, event, before, after)
             if len(self.dirty) >= COMMIT_MAX_DIRTY:
                 self.hurry()
 

@@ -3,6 +3,11 @@
 ``commit(states, seq)`` writes job rows and the checkpoint together, so a crash at
 any point neither skips nor double-applies an event: after a restart the
 projector reads on from the committed ``seq``.
+
+Retention (``services.projector.retention``): a commit given a ``cutoff`` leaves out the
+jobs that finished before it, and ``sweep`` removes those that did since. Either way the
+job's id is noted in ``forgotten`` in the same transaction, until the KV mirror has made
+sure the key is gone from ``domed-jobs`` too.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 import msgspec
 
 from contracts.api import JobState
+from services.projector.retention import finished_ts
 
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder(JobState)
@@ -27,8 +33,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     state TEXT NOT NULL,
     submitted_at TEXT NOT NULL,
     last_seq INTEGER NOT NULL,
-    doc BLOB NOT NULL
+    doc BLOB NOT NULL,
+    finished_ts REAL
 );
+CREATE TABLE IF NOT EXISTS forgotten (job_id TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS labels (
     job_id TEXT NOT NULL,
     label TEXT NOT NULL,
@@ -47,6 +55,8 @@ INDEXES = {
     "jobs_state": "jobs(state, job_id)",
     "jobs_tool": "jobs(tool, job_id)",
     "jobs_last_seq": "jobs(last_seq)",
+    # the retention sweep: finished jobs, oldest first
+    "jobs_finished": "jobs(finished_ts) WHERE finished_ts IS NOT NULL",
 }
 
 
@@ -94,6 +104,7 @@ class Store:
         self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // page_size}")
         self.db.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_BYTES}")
         self.db.executescript(SCHEMA)
+        self._add_finished_ts()
         self.build_indexes()  # a store left without them (see defer_indexes) gets them back
 
     def defer_indexes(self) -> None:
@@ -110,6 +121,28 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
+    def _add_finished_ts(self) -> None:
+        """A store made before retention existed gets the ``finished_ts`` column, filled
+        from its finished jobs' documents (once)."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
+        if "finished_ts" in columns:
+            return
+        self.db.execute("BEGIN")
+        try:
+            self.db.execute("ALTER TABLE jobs ADD COLUMN finished_ts REAL")
+            rows = self.db.execute(
+                "SELECT doc FROM jobs WHERE state NOT IN ('queued', 'running')"
+            ).fetchall()
+            updates = []
+            for (doc,) in rows:
+                state = _dec.decode(doc)
+                updates.append((finished_ts(state), state.job_id))
+            self.db.executemany("UPDATE jobs SET finished_ts = ? WHERE job_id = ?", updates)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
     def position(self) -> tuple[int, int, int]:
         """(applied stream seq, seq the KV mirror has reached, events skipped for lack of a queued)."""
         row = self.db.execute("SELECT seq, kv_seq, skipped FROM position WHERE id = 1").fetchone()
@@ -119,26 +152,43 @@ class Store:
         row = self.db.execute("SELECT doc FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return _dec.decode(row[0]) if row else None
 
-    def commit(self, states: Iterable[JobState], seq: int, skipped: int = 0) -> None:
-        states = list(states)
-        rows = [
-            (s.job_id, s.tool, s.state, s.submitted_at, s.last_seq, _enc.encode(s)) for s in states
-        ]
+    def commit(
+        self,
+        states: Iterable[JobState],
+        seq: int,
+        skipped: int = 0,
+        cutoff: float | None = None,
+    ) -> None:
+        """Write ``states`` and the position ``seq`` in one transaction; a state of a job
+        that finished before ``cutoff`` (epoch seconds) is removed instead of written."""
+        rows: list[tuple[str, str, str, str, int, bytes, float | None]] = []
+        labels: list[tuple[str, str]] = []
+        gone: list[JobState] = []
+        for s in states:
+            finished = finished_ts(s) if s.finished_at is not None else None
+            if cutoff is not None and finished is not None and finished < cutoff:
+                gone.append(s)
+                continue
+            rows.append(
+                (s.job_id, s.tool, s.state, s.submitted_at, s.last_seq, _enc.encode(s), finished)
+            )
+            if s.labels:
+                labels.extend((s.job_id, f"{k}={v}") for k, v in s.labels.items())
         cur = self.db.cursor()
         cur.execute("BEGIN")
         try:
             cur.executemany(
-                "INSERT INTO jobs (job_id, tool, state, submitted_at, last_seq, doc) VALUES (?,?,?,?,?,?) "
-                "ON CONFLICT(job_id) DO UPDATE SET state=excluded.state, last_seq=excluded.last_seq, doc=excluded.doc",
+                "INSERT INTO jobs (job_id, tool, state, submitted_at, last_seq, doc, finished_ts) "
+                "VALUES (?,?,?,?,?,?,?) ON CONFLICT(job_id) DO UPDATE SET state=excluded.state, "
+                "last_seq=excluded.last_seq, doc=excluded.doc, finished_ts=excluded.finished_ts",
                 rows,
             )
-            labels = [
-                (s.job_id, f"{k}={v}") for s in states if s.labels for k, v in s.labels.items()
-            ]
             if labels:
                 cur.executemany(
                     "INSERT OR IGNORE INTO labels (job_id, label) VALUES (?, ?)", labels
                 )
+            if gone:
+                self._remove(cur, gone)
             cur.execute(
                 "UPDATE position SET seq = ?, skipped = skipped + ? WHERE id = 1", (seq, skipped)
             )
@@ -146,6 +196,64 @@ class Store:
         except BaseException:
             cur.execute("ROLLBACK")
             raise
+
+    def _remove(self, cur: sqlite3.Cursor, states: list[JobState]) -> None:
+        cur.executemany("DELETE FROM jobs WHERE job_id = ?", [(s.job_id,) for s in states])
+        cur.executemany(
+            "DELETE FROM labels WHERE label = ? AND job_id = ?",
+            [(f"{k}={v}", s.job_id) for s in states if s.labels for k, v in s.labels.items()],
+        )
+        cur.executemany(
+            "INSERT OR IGNORE INTO forgotten (job_id) VALUES (?)", [(s.job_id,) for s in states]
+        )
+
+    def sweep(self, cutoff: float, limit: int = 1000) -> int:
+        """Remove up to ``limit`` jobs that finished before ``cutoff`` (epoch seconds),
+        oldest first; how many were removed. Queued and running jobs are never touched."""
+        docs = self.db.execute(
+            "SELECT doc FROM jobs WHERE finished_ts IS NOT NULL AND finished_ts < ? "
+            "ORDER BY finished_ts LIMIT ?",
+            (cutoff, limit),
+        ).fetchall()
+        if not docs:
+            return 0
+        states = [_dec.decode(d[0]) for d in docs]
+        cur = self.db.cursor()
+        cur.execute("BEGIN")
+        try:
+            self._remove(cur, states)
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        return len(states)
+
+    def forgotten(self, limit: int = 1000) -> list[str]:
+        """Ids of removed jobs whose KV key may still exist."""
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT job_id FROM forgotten ORDER BY job_id LIMIT ?", (limit,)
+            )
+        ]
+
+    def drop_forgotten(self, job_ids: list[str]) -> None:
+        """The KV holds none of ``job_ids`` any more."""
+        self.db.executemany("DELETE FROM forgotten WHERE job_id = ?", [(j,) for j in job_ids])
+
+    def finished_at_of(self, job_ids: list[str]) -> dict[str, float]:
+        """``finished_ts`` of those of ``job_ids`` that are finished."""
+        if not job_ids:
+            return {}
+        marks = ",".join("?" * len(job_ids))
+        return {
+            r[0]: float(r[1])
+            for r in self.db.execute(
+                f"SELECT job_id, finished_ts FROM jobs WHERE job_id IN ({marks}) "
+                "AND finished_ts IS NOT NULL",
+                job_ids,
+            )
+        }
 
     def set_kv_seq(self, seq: int) -> None:
         self.db.execute("UPDATE position SET kv_seq = ? WHERE id = 1", (seq,))
@@ -227,6 +335,9 @@ class Store:
         sql += " ORDER BY j.job_id DESC LIMIT ?"
         args.append(limit)
         return [_dec.decode(r[0]) for r in self.db.execute(sql, args)]
+
+    def count_jobs(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
 
     def all_jobs(self) -> list[JobState]:
         return [_dec.decode(r[0]) for r in self.db.execute("SELECT doc FROM jobs ORDER BY job_id")]

@@ -41,7 +41,8 @@ from contracts.errors import DomedError, ErrorCode
 from contracts.events import Cancel, Started, Terminal, never_ran, now_iso
 from services.catalogue.loader import Tool, load_catalogue
 from services.router import core
-from services.runtime import connection, failures, jobstream, provisioning, sealing
+from services.router.metrics import RouterMetrics
+from services.runtime import connection, failures, jobstream, metrics, provisioning, sealing
 from services.runtime.endpoints import Endpoint, serve
 from services.runtime.lifecycle import VERSION
 from services.runtime.settings import Settings, redact_url
@@ -66,6 +67,7 @@ class Router:
         public_key: nacl.public.PublicKey | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = RouterMetrics(tools)
         self.caps = core.Caps(
             body_bytes=settings.max_body_bytes,
             param_bytes=settings.max_param_bytes,
@@ -120,6 +122,8 @@ class Router:
                 if secrets_rev is not None:  # no executor may ever delete them
                     self.unsure_secrets[queued.job_id] = (secrets_rev, time.monotonic())
                 raise
+            if not duplicate:
+                self.metrics.job_submitted(tool.id)
         except failures.UNAVAILABLE_ERRORS as exc:
             raise failures.unavailable(exc) from None
         return SubmitReply(job_id=job_id, state="queued", duplicate=duplicate)
@@ -316,12 +320,13 @@ async def run_router(
             "validates job requests against tool manifests",
             router.endpoints(),
         )
-        log.info("router ready: %d tools, NATS %s", len(tools), redact_url(settings.nats_url))
-        if ready is not None:
-            ready.set()
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(router.settle_secrets(stop))
-            await stop.wait()
+        async with metrics.serving(settings.metrics_addr, router.metrics.registry):
+            log.info("router ready: %d tools, NATS %s", len(tools), redact_url(settings.nats_url))
+            if ready is not None:
+                ready.set()
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(router.settle_secrets(stop))
+                await stop.wait()
         await service.stop()
     finally:
         await connection.disconnect(nc)

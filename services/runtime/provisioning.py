@@ -231,6 +231,26 @@ async def _allow_direct(js: JetStreamContext, bucket: str) -> None:
         )
 
 
+async def allow_msg_ttl(js: JetStreamContext, bucket: str) -> bool:
+    """Whether KV ``bucket`` takes per-key TTLs (nats-server >= 2.11; every bucket nats-py
+    2.16 creates does). One made without them gets them when this user may update it (a
+    provisioning run); otherwise a warning, and False."""
+    info = await js.stream_info(kv_stream(bucket))
+    if info.config.allow_msg_ttl:
+        return True
+    try:
+        await js.update_stream(replace(info.config, allow_msg_ttl=True))
+    except (*_REFUSED, nats.js.errors.APIError) as exc:
+        log.warning(
+            "KV bucket %s does not take per-key TTLs and this user may not allow them (%s); %s",
+            bucket,
+            exc,
+            PROVISION_HINT,
+        )
+        return False
+    return True
+
+
 def kv_stream(bucket: str) -> str:
     """The stream that holds a KV bucket."""
     return KV_STREAM_TEMPLATE.format(bucket=bucket)

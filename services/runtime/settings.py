@@ -45,6 +45,17 @@ def resolve_nats_url(explicit: str | None, environ: dict[str, str] | None = None
     return explicit or env.get("DOMED_NATS_URL") or env.get("NATS_URL") or DEFAULT_URL
 
 
+def parse_addr(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9464`` for IPv6, ``:9464`` for every interface) as
+    ``(host, port)``; ValueError saying what is wrong otherwise."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
 def resolve_nats_creds(explicit: str | None, environ: dict[str, str] | None = None) -> str | None:
     env = os.environ if environ is None else environ
     return explicit or env.get("DOMED_NATS_CREDS") or env.get("NATS_CREDS") or None
@@ -74,6 +85,9 @@ class Settings:
     name: str = ""
     stream: StreamSettings = field(default_factory=StreamSettings)
     request_timeout_s: float = 2.0
+    # HOST:PORT to serve Prometheus metrics on at /metrics; empty: none
+    # (services/runtime/metrics.py)
+    metrics_addr: str = ""
     # router: what one client request may store (docs/reference/api.md, too_large); the
     # body cap stays well under the server's max payload (1 MiB by default) so a job's
     # whole state always fits in one reply
@@ -99,3 +113,9 @@ class Settings:
     limits: str = "auto"
     # projector
     rebuild: bool = False
+    # how long a finished job stays in the store and domed-jobs after it ended; None: as
+    # long as the stream keeps events (its max age), 0: forever (services/projector/retention.py)
+    retain_s: float | None = None
+    # `domed up`: router, executor and projector serve metrics on 127.0.0.1 at this port,
+    # the next and the one after (0: none)
+    metrics_port: int = 0
