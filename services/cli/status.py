@@ -7,6 +7,10 @@
   taken) and jobs in flight (taken, not yet finished);
 - the projector's lag: the stream's last sequence minus what it has projected.
 
+The queue and the lag are the numbers the services' metrics export under the same
+definitions (``domed_queue_pending``, ``domed_projector_lag_events``; docs/operations.md,
+Metrics); ``--json`` has them under ``metrics``.
+
 Every consumer gets a ``role``: ``executors`` (the durable work queue), ``projector``
 (the projector's ordered consumer over the whole stream, recognised by its inbox
 prefix and filter), ``durable`` (another durable one, someone's own) or ``temporary``
@@ -95,12 +99,30 @@ async def gather(nc: Client) -> dict[str, Any]:
         c["role"] = consumer_role(c)
     report["consumers"] = consumers
     report["projected_seq"] = await _projected_seq(nc)
+    report["metrics"] = shared_metrics(report)
     return report
 
 
 # ---- rendering (pure) -------------------------------------------------------------------
 
 _PROJECTOR_INBOX = f"_INBOX_{subjects.SERVICE_PROJECTOR}."
+
+
+def shared_metrics(report: dict[str, Any]) -> dict[str, int | None]:
+    """The gauges ``domed status`` shares with the projector's metrics, by their names;
+    None where a part of the report is missing."""
+    executors = [
+        c for c in report.get("consumers", []) if c.get("name") == subjects.EXECUTORS_CONSUMER
+    ]
+    state = report.get("stream", {}).get("state")
+    projected = report.get("projected_seq")
+    lag = None
+    if state is not None and projected is not None:
+        lag = max(0, int(state.get("last_seq", 0)) - projected)
+    return {
+        "domed_queue_pending": int(executors[0].get("num_pending", 0)) if executors else None,
+        "domed_projector_lag_events": lag,
+    }
 
 
 def consumer_role(info: dict[str, Any]) -> str:
@@ -197,11 +219,12 @@ def render(report: dict[str, Any], now: datetime | None = None) -> list[str]:
         )
     consumers = report.get("consumers", [])
     executors = [c for c in consumers if c.get("name") == subjects.EXECUTORS_CONSUMER]
+    shared = shared_metrics(report)
     if executors:
         c = executors[0]
         waiting = c.get("num_waiting", 0)
         lines.append(
-            f"executors: {c.get('num_pending', 0)} job(s) queued, "
+            f"executors: {shared['domed_queue_pending']} job(s) queued, "
             f"{c.get('num_ack_pending', 0)} in flight, {waiting} pull request(s) waiting "
             f"(consumer {subjects.EXECUTORS_CONSUMER})"
         )
@@ -219,7 +242,7 @@ def render(report: dict[str, Any], now: datetime | None = None) -> list[str]:
     if projected is None:
         lines.append("projector: no answer")
     elif state is not None:
-        behind = max(0, int(state.get("last_seq", 0)) - projected)
+        behind = shared["domed_projector_lag_events"]
         readers = [c.get("name") for c in consumers if c.get("role") == "projector"]
         reading = f" (reading with consumer {', '.join(map(str, readers))})" if readers else ""
         lines.append(f"projector: at seq {projected}, {behind} event(s) behind{reading}")

@@ -193,11 +193,16 @@ async def ensure_kv(
 async def ensure_object_store(js: JetStreamContext, bucket: str, ss: StreamSettings) -> ObjectStore:
     """Open Object Store ``bucket``, creating it if missing (its objects live as long as the
     stream's events, ``max_age``); :class:`NotProvisionedError` if it is missing and this
-    user may not create it."""
+    user may not create it. A bucket whose TTL differs from ``max_age`` (the stream's was
+    changed since) gets it when this user may update it (a provisioning run); otherwise a
+    warning says so."""
     try:
-        return await js.object_store(bucket)
+        store = await js.object_store(bucket)
     except nats.js.errors.BucketNotFoundError:
         pass
+    else:
+        await _set_max_age(js, f"OBJ_{bucket}", ss.max_age_s)
+        return store
     try:
         return await js.create_object_store(
             bucket,
@@ -215,6 +220,24 @@ async def ensure_object_store(js: JetStreamContext, bucket: str, ss: StreamSetti
         ) from None
     except nats.js.errors.BadRequestError:
         return await js.object_store(bucket)
+
+
+async def _set_max_age(js: JetStreamContext, stream: str, max_age_s: float) -> None:
+    info = await js.stream_info(stream)
+    if abs((info.config.max_age or 0.0) - max_age_s) < 1e-3:
+        return
+    try:
+        await js.update_stream(replace(info.config, max_age=max_age_s))
+    except (*_REFUSED, nats.js.errors.APIError) as exc:
+        log.warning(
+            "stream %s keeps messages for %ss, not %ss like the event stream, and this user "
+            "may not change it (%s); %s",
+            stream,
+            info.config.max_age or 0,
+            max_age_s,
+            exc,
+            PROVISION_HINT,
+        )
 
 
 async def _allow_direct(js: JetStreamContext, bucket: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from contracts import subjects
 from services.cli.up import child_argv
 from services.runtime.natsserver import NatsServer, free_port
 from services.runtime.settings import Settings
-from tests.support import Domed, ServiceProcess, log_lines, wait_until
+from tests.support import Domed, ServiceProcess, log_lines, run_cli, wait_until
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -113,6 +114,13 @@ async def test_metrics_match_the_jobs_run(
         await d.stop_service("executor")
         waiting = [await d.submit("demo.echo", {"text": "later"}) for _ in range(2)]
         await until_value(projector, "domed_queue_pending", 2)
+        await until_value(projector, "domed_projector_lag_events", 0)
+        status = await run_cli("status", "--json", "--nats-url", d.url)
+        assert json.loads(status.stdout)["metrics"] == {
+            "domed_queue_pending": 2,
+            "domed_projector_lag_events": 0,
+        }
+        assert "2 job(s) queued" in (await run_cli("status", "--nats-url", d.url)).stdout
         await d.start_service("executor")
         for job_id in waiting:
             await d.projected(job_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import msgspec
@@ -129,3 +130,22 @@ async def test_retention_removes_old_finished_jobs_keeps_live_ones_and_a_rebuild
         assert {running, queued} <= set(after)
         assert after == {job_id: before[job_id] for job_id in after}
         assert not await kv_has(d, old) and not await kv_has(d, recent)
+
+
+async def test_nothing_in_nats_grows_without_bound(
+    fresh_server: NatsServer, ssot: Path, tmp_path: Path
+) -> None:
+    """Every bucket has a way out: secrets (and their purge markers) a TTL, artifacts the
+    stream's max age (following it when it changes), domed-jobs per-key TTLs."""
+    async with Domed.running(fresh_server.url, ssot, tmp_path / "d", max_age_s=3600) as d:
+        js = d.nc.jetstream()
+        secrets = await js.stream_info(provisioning.kv_stream(subjects.KV_SECRETS))
+        assert secrets.config.max_age == d.settings.secrets_ttl_s > 0
+        artifacts = await js.stream_info(f"OBJ_{subjects.OBJ_ARTIFACTS}")
+        assert artifacts.config.max_age == 3600
+        jobs = await js.stream_info(provisioning.kv_stream(subjects.KV_JOBS))
+        assert jobs.config.allow_msg_ttl
+        await d.stop_service("executor")
+        await d.start_service("executor", stream=replace(d.settings.stream, max_age_s=7200))
+        artifacts = await js.stream_info(f"OBJ_{subjects.OBJ_ARTIFACTS}")
+        assert artifacts.config.max_age == 7200
