@@ -18,10 +18,16 @@ out of that scrape rather than shown stale.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from contracts.api import JobState
@@ -30,6 +36,40 @@ from services.projector.projection import Projection
 from services.projector.retention import timestamp
 from services.runtime.metrics import DURATION_BUCKETS
 
+_BOUNDS = [*DURATION_BUCKETS, float("inf")]
+_LE = [str(b) if b != float("inf") else "+Inf" for b in _BOUNDS]
+
+
+class Observations:
+    """A histogram's counts per bucket (not cumulative) and sum: plain numbers, so an
+    observation is a bisect and two additions (prometheus_client's take a lock and walk
+    every bucket, which doubled the fold's cost per event)."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(_BOUNDS)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(_BOUNDS, value)] += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out, running = [], 0
+        for le, n in zip(_LE, self.counts, strict=True):
+            running += n
+            out.append((le, float(running)))
+        return out
+
+
+class Finished:
+    __slots__ = ("count", "durations")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.durations = Observations()
+
 
 class ProjectorMetrics(Collector):
     def __init__(self, projection: Projection, tools: Iterable[str] = ()) -> None:
@@ -37,41 +77,12 @@ class ProjectorMetrics(Collector):
         self.count_from = 0  # events at or below this seq are not counted
         self.stream_last_seq: int | None = None
         self.queue_pending: int | None = None
+        self.finished: dict[tuple[str, str], Finished] = {}
+        self.waits: dict[str, Observations] = {tool: Observations() for tool in tools}
+        self.lines = {"stdout": 0, "stderr": 0}
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         self.registry.register(self)
-        self.finished = Counter(
-            "domed_jobs_finished",
-            "Jobs that reached a terminal state, by tool and state.",
-            ["tool", "state"],
-            registry=self.registry,
-        )
-        self.duration = Histogram(
-            "domed_job_duration_seconds",
-            "How long finished jobs ran (the terminal's duration_s), by tool and state.",
-            ["tool", "state"],
-            buckets=DURATION_BUCKETS,
-            registry=self.registry,
-        )
-        self.queue_wait = Histogram(
-            "domed_job_queue_wait_seconds",
-            "From submitted_at to the job's first started_at, by tool.",
-            ["tool"],
-            buckets=DURATION_BUCKETS,
-            registry=self.registry,
-        )
-        lines = Counter(
-            "domed_log_lines",
-            "Output lines stored in log events, by stream (stdout, stderr).",
-            ["stream"],
-            registry=self.registry,
-        )
-        self.lines = {name: lines.labels(name) for name in ("stdout", "stderr")}
-        # label children looked up once: the observer runs for every event
-        self._finished: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
-        self._waits: dict[str, Histogram] = {}
-        for tool in tools:
-            self._wait_of(tool)
 
     def observe(self, seq: int, event: Event, before: JobState | None, after: JobState) -> None:
         """``Projection.observe``: count what the event did to the job."""
@@ -80,15 +91,18 @@ class ProjectorMetrics(Collector):
         kind = type(event)
         if kind is Log:
             assert isinstance(event, Log)
-            self.lines[event.stream].inc(len(event.lines))
+            self.lines[event.stream] += len(event.lines)
         elif kind is Terminal:
             assert isinstance(event, Terminal)
             if before is None or before.state in TERMINAL_STATES:
                 return
-            counter, histogram = self._finished_of(after.tool, after.state)
-            counter.inc()
+            key = (after.tool, after.state)
+            finished = self.finished.get(key)
+            if finished is None:
+                finished = self.finished[key] = Finished()
+            finished.count += 1
             if event.duration_s is not None:
-                histogram.observe(event.duration_s)
+                finished.durations.observe(event.duration_s)
         elif kind is Started:
             assert isinstance(event, Started)
             if before is not None and before.state == "queued":
@@ -96,25 +110,44 @@ class ProjectorMetrics(Collector):
                     wait = timestamp(event.started_at) - timestamp(before.submitted_at)
                 except ValueError:
                     return
-                self._wait_of(after.tool).observe(max(0.0, wait))
+                waits = self.waits.get(after.tool)
+                if waits is None:
+                    waits = self.waits[after.tool] = Observations()
+                waits.observe(max(0.0, wait))
 
-    def _finished_of(self, tool: str, state: str) -> tuple[Counter, Histogram]:
-        pair = self._finished.get((tool, state))
-        if pair is None:
-            pair = self._finished[(tool, state)] = (
-                self.finished.labels(tool, state),
-                self.duration.labels(tool, state),
-            )
-        return pair
-
-    def _wait_of(self, tool: str) -> Histogram:
-        histogram = self._waits.get(tool)
-        if histogram is None:
-            histogram = self._waits[tool] = self.queue_wait.labels(tool)
-        return histogram
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        """The gauges read at the scrape (see the module doc)."""
+    def collect(self) -> Iterator[Metric]:
+        finished = CounterMetricFamily(
+            "domed_jobs_finished",
+            "Jobs that reached a terminal state, by tool and state.",
+            labels=["tool", "state"],
+        )
+        durations = HistogramMetricFamily(
+            "domed_job_duration_seconds",
+            "How long finished jobs ran (the terminal's duration_s), by tool and state.",
+            labels=["tool", "state"],
+        )
+        for (tool, state), f in sorted(self.finished.items()):
+            finished.add_metric([tool, state], f.count)
+            durations.add_metric([tool, state], f.durations.buckets(), f.durations.total)
+        yield finished
+        yield durations
+        waits = HistogramMetricFamily(
+            "domed_job_queue_wait_seconds",
+            "From submitted_at to the job's first started_at, by tool.",
+            labels=["tool"],
+        )
+        for tool, w in sorted(self.waits.items()):
+            waits.add_metric([tool], w.buckets(), w.total)
+        yield waits
+        lines = CounterMetricFamily(
+            "domed_log_lines",
+            "Output lines stored in log events, by stream (stdout, stderr).",
+            labels=["stream"],
+        )
+        for stream, n in self.lines.items():
+            lines.add_metric([stream], n)
+        yield lines
+        # read at the scrape (see the module doc)
         if self.queue_pending is not None:
             yield GaugeMetricFamily(
                 "domed_queue_pending",
