@@ -30,6 +30,13 @@ class SubmitRequest(_Request, frozen=True):
         dict[str, str],
         Meta(description="Free-form labels, stored on the job; `domed.jobs.list` filters on them."),
     ] = {}
+    queue_timeout_s: Annotated[
+        float | None,
+        Meta(
+            description="Seconds the job may wait to start; default and most: the manifest's "
+            "`queue_timeout_s` (any, when the manifest has none)."
+        ),
+    ] = None
     idempotency_key: Annotated[
         str | None,
         Meta(

@@ -51,6 +51,13 @@ class Queued(_Event, frozen=True, tag="queued"):
     idempotency_key: Annotated[
         str | None, Meta(description="The caller's idempotency key, if it gave one.")
     ] = None
+    queue_timeout_s: Annotated[
+        float | None,
+        Meta(
+            description="Seconds the job may wait to start: the request's, else the "
+            "manifest's; then it ends `timed_out` (`queue_timeout`) and never starts."
+        ),
+    ] = None
 
 
 class Cancel(_Event, frozen=True, tag="cancel"):
@@ -152,6 +159,28 @@ class Artifact(msgspec.Struct, frozen=True):
     object: Annotated[str, Meta(description="The object's name: `<job_id>/<name>`.")]
 
 
+class Outcome(msgspec.Struct, frozen=True, omit_defaults=True):
+    """How an attempt that is retried ended."""
+
+    state: Annotated[
+        Literal["failed", "timed_out", "lost"], Meta(description="As a terminal would say.")
+    ]
+    exit_code: Annotated[int | None, Meta(description="The process's exit status.")] = None
+    signal: Annotated[str | None, Meta(description="The signal that ended it.")] = None
+    error: Annotated[TerminalError | None, Meta(description="As a terminal would say.")] = None
+
+
+class Retry(_Event, frozen=True, tag="retry"):
+    """An attempt ended in a state the manifest's `retry.when` names, and another will
+    start after `delay_s`. Not a terminal: the job's one terminal is its last attempt's."""
+
+    attempt: Annotated[int, Meta(description="The attempt that ended.")]
+    outcome: Annotated[Outcome, Meta(description="How it ended.")]
+    next_attempt: Annotated[int, Meta(description="The attempt that will start.")]
+    delay_s: Annotated[float, Meta(description="Seconds from `ts` until it may start.")]
+    ts: Annotated[str, Meta(description="When the retry was decided (RFC 3339).")]
+
+
 class Terminal(_Event, frozen=True, tag="terminal"):
     """The job's one and last event. ``attempt`` is 0 for a job that never started."""
 
@@ -163,7 +192,11 @@ class Terminal(_Event, frozen=True, tag="terminal"):
         bool, Meta(description="True when output past `limits.max_output_bytes` was dropped.")
     ]
     signals_sent: Annotated[
-        list[str], Meta(description='Signals sent to stop it, in order: `"TERM"`, `"KILL"`.')
+        list[str],
+        Meta(
+            description="Signals sent to stop it, in order: the manifest's `stop_signal` "
+            '(`"TERM"` unless it says otherwise), then `"KILL"`.'
+        ),
     ]
     exit_code: Annotated[int | None, Meta(description="The process's exit status.")] = None
     signal: Annotated[
@@ -212,7 +245,7 @@ def never_ran(
     )
 
 
-Event = Queued | Cancel | Started | Log | Progress | Terminal
+Event = Queued | Cancel | Started | Log | Progress | Retry | Terminal
 """Any job event; ``kind`` tells them apart on the wire (a tagged union)."""
 
 

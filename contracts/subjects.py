@@ -58,9 +58,17 @@ SERVICE_EXECUTOR: Final = "domed-executor"
 SERVICE_PROJECTOR: Final = "domed-projector"
 """The projector's name on the NATS Services API (``$SRV.*``)."""
 
-EventKind = Literal["queued", "cancel", "started", "log", "progress", "terminal"]
+EventKind = Literal["queued", "cancel", "started", "log", "progress", "retry", "terminal"]
 """The kind of an event: its subject's last token and its payload's ``kind``."""
-EVENT_KINDS: Final[tuple[str, ...]] = ("queued", "cancel", "started", "log", "progress", "terminal")
+EVENT_KINDS: Final[tuple[str, ...]] = (
+    "queued",
+    "cancel",
+    "started",
+    "log",
+    "progress",
+    "retry",
+    "terminal",
+)
 """Every event kind, in the order a job's events usually come."""
 
 _JOB_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")

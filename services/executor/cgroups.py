@@ -237,13 +237,15 @@ class Hierarchy:
             for key, parent in self.parents.items()
             if key == "unified" or wanted[key]
         }
-        cgroup = JobCgroup(self.version, dirs)
+        made: dict[str, Path] = {}
         try:
-            for cg in dirs.values():
-                cg.mkdir(exist_ok=True)
+            for key, cg in dirs.items():
+                cg.mkdir()  # never one that exists: its processes are not this job's
+                made[key] = cg
+            cgroup = JobCgroup(self.version, made)
             cgroup.apply(limits)
         except OSError:
-            cgroup.remove()
+            JobCgroup(self.version, made).remove()
             raise
         return cgroup
 

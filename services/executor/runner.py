@@ -262,15 +262,16 @@ class JobProcess:
         except (ProcessLookupError, PermissionError):
             return False
 
-    async def stop(self, grace_s: float) -> None:
-        """TERM the group, wait ``grace_s`` for the leader, then KILL the group."""
+    async def stop(self, grace_s: float, first: str = "TERM") -> None:
+        """Send ``first`` (a signal name: the manifest's ``stop_signal``) to the group, wait
+        ``grace_s`` for the leader, then KILL the group."""
         assert self.exited is not None
         if self.exited.done():
             self.kill_leftovers()
             return
         self.signal_group(signal.SIGCONT)
-        if self.signal_group(signal.SIGTERM):
-            self.signals_sent.append("TERM")
+        if self.signal_group(signal.Signals[f"SIG{first}"]):
+            self.signals_sent.append(first)
         try:
             await asyncio.wait_for(asyncio.shield(self.exited), grace_s)
         except TimeoutError:

@@ -20,6 +20,7 @@ from contracts.events import (
     Log,
     Progress,
     Queued,
+    Retry,
     Started,
     Terminal,
 )
@@ -75,6 +76,8 @@ def apply(state: JobState | None, seq: int, event: Event) -> JobState | None:
             progress=None,
             last_seq=seq,
         )
+    if isinstance(event, Retry):  # the job waits for its next attempt; still running
+        return replace(state, last_seq=seq)
     if isinstance(event, Progress):
         if event.attempt != state.attempt:
             return replace(state, last_seq=seq)

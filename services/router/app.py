@@ -37,10 +37,11 @@ from contracts.api import (
     ToolsListRequest,
     ToolSummary,
 )
-from contracts.errors import DomedError, ErrorCode
-from contracts.events import Cancel, Started, Terminal, never_ran, now_iso
+from contracts.errors import DomedError, ErrorCode, TerminalErrorCode
+from contracts.events import Cancel, Started, Terminal, TerminalError, never_ran, now_iso
 from services.catalogue.loader import Tool, load_catalogue
 from services.router import core
+from services.router.deadlines import QueueDeadlines
 from services.runtime import connection, failures, jobstream, provisioning, sealing
 from services.runtime.endpoints import Endpoint, serve
 from services.runtime.lifecycle import VERSION
@@ -83,6 +84,7 @@ class Router:
         self.idempotency = idempotency
         # job id -> (revision of its secrets, when its submit failed): see settle_secrets
         self.unsure_secrets: dict[str, tuple[int, float]] = {}
+        self.deadlines = QueueDeadlines()
 
     async def submit(self, req: SubmitRequest) -> SubmitReply:
         tool = core.find_tool(self.tools, req.tool)
@@ -110,7 +112,7 @@ class Router:
                 sealed = sealing.seal(self.public_key, jobstream.encode(secret_params))
                 secrets_rev = await self.secrets.put(job_id, sealed)
             try:
-                await failures.retry_until(
+                ack = await failures.retry_until(
                     self.settings.request_timeout_s,
                     lambda: jobstream.publish_event(
                         self.js, queued, timeout_s=self.settings.request_timeout_s / 2
@@ -120,9 +122,35 @@ class Router:
                 if secrets_rev is not None:  # no executor may ever delete them
                     self.unsure_secrets[queued.job_id] = (secrets_rev, time.monotonic())
                 raise
+            if queued.queue_timeout_s is not None and not ack.duplicate:
+                self.deadlines.add(queued.job_id, ack.seq, queued.queue_timeout_s)
         except failures.UNAVAILABLE_ERRORS as exc:
             raise failures.unavailable(exc) from None
         return SubmitReply(job_id=job_id, state="queued", duplicate=duplicate)
+
+    async def expire_queued(self, job_id: str, queued_seq: int, timeout_s: float) -> None:
+        """End a job that is still only ``queued`` at its queue deadline: ``timed_out``,
+        stored only while its ``queued`` is its newest event (a ``started`` or ``cancel``
+        stored first wins)."""
+        error = TerminalError(
+            TerminalErrorCode.QUEUE_TIMEOUT,
+            f"it waited to start longer than its queue timeout ({timeout_s:g}s)",
+        )
+        terminal = never_ran(job_id, "timed_out", now_iso(), 0, error)
+        try:
+            await failures.retry_until(
+                self.settings.request_timeout_s * 5,
+                lambda: jobstream.publish_event(
+                    self.js, terminal, headers=jobstream.cas_headers(job_id, queued_seq)
+                ),
+            )
+        except nats.js.errors.APIError as exc:
+            if failures.is_wrong_last_sequence(exc):
+                return  # it started, was canceled, or an executor ended it first
+            raise
+        log.info("job %s did not start within its queue timeout of %gs", job_id, timeout_s)
+        with contextlib.suppress(*failures.UNAVAILABLE_ERRORS, nats.js.errors.APIError):
+            await self.secrets.purge(job_id)
 
     async def settle_secrets(self, stop: asyncio.Event) -> None:
         """Delete the secret parameters of submits that failed after storing them, once
@@ -321,6 +349,7 @@ async def run_router(
             ready.set()
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(router.settle_secrets(stop))
+            tasks.create_task(router.deadlines.run(stop, router.expire_queued))
             await stop.wait()
         await service.stop()
     finally:

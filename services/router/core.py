@@ -147,6 +147,24 @@ def effective_timeout(tool: Tool, requested: float | None) -> float:
     return requested
 
 
+def effective_queue_timeout(tool: Tool, requested: float | None) -> float | None:
+    """How long the job may wait to start: the request's, at most the manifest's (any,
+    when the manifest has none), else the manifest's."""
+    limit = tool.manifest.queue_timeout_s
+    if requested is None:
+        return limit
+    if not requested > 0 or requested != requested or requested == float("inf"):
+        raise DomedError(
+            ErrorCode.INVALID_REQUEST, "queue_timeout_s must be a positive number of seconds"
+        )
+    if limit is not None and requested > limit:
+        raise DomedError(
+            ErrorCode.INVALID_REQUEST,
+            f"queue_timeout_s {requested} exceeds the tool's queue_timeout_s {limit}",
+        )
+    return requested
+
+
 def check_labels(labels: Mapping[str, str]) -> None:
     for key in labels:
         if not key or len(key) > 128 or any(c in key for c in "=,\x00"):
@@ -174,6 +192,7 @@ def build_queued(tool: Tool, req: SubmitRequest, job_id: str, params: dict[str, 
         timeout_s=timeout_s,
         labels=dict(req.labels),
         idempotency_key=req.idempotency_key,
+        queue_timeout_s=effective_queue_timeout(tool, req.queue_timeout_s),
     )
 
 
