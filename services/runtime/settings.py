@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.runtime.tls import TlsFiles
+
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?(.*)$", re.S)
@@ -63,6 +65,8 @@ class StreamSettings:
 class Settings:
     nats_url: str = DEFAULT_URL
     nats_creds: str | None = None
+    # TLS to the server: CA, client certificate and key (services/runtime/tls.py)
+    tls: TlsFiles = field(default_factory=TlsFiles)
     # the service this process runs (router, executor, projector), if the CLI started one;
     # it names the service's inbox prefix (services/runtime/connection.py, connect)
     service: str = ""
