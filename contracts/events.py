@@ -32,6 +32,21 @@ class _Event(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="kind", 
     job_id: Annotated[str, Meta(description="The job, as in the subject's middle token.")]
 
 
+class SubmittedBy(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
+    """Who submitted a job, as nats-server told the router (header `Nats-Request-Info`
+    of a request that came through a service import with `share: true`). The client
+    cannot set it; a job submitted from the router's own account has none."""
+
+    account: Annotated[str, Meta(description="The NATS account the request came from.")]
+    user: Annotated[
+        str | None, Meta(description="The NATS user (or nkey) that sent it, if any.")
+    ] = None
+    name: Annotated[str | None, Meta(description="The client's connection name, if set.")] = None
+    host: Annotated[
+        str | None, Meta(description="The client's IP address, as the server saw it.")
+    ] = None
+
+
 class Queued(_Event, frozen=True, tag="queued"):
     """The router accepted a job: the first event of every job."""
 
@@ -56,6 +71,13 @@ class Queued(_Event, frozen=True, tag="queued"):
         Meta(
             description="Seconds the job may wait to start: the request's, else the "
             "manifest's; then it ends `timed_out` (`queue_timeout`) and never starts."
+        ),
+    ] = None
+    submitted_by: Annotated[
+        SubmittedBy | None,
+        Meta(
+            description="Who submitted it, from nats-server (never from the client); absent "
+            "when the request did not come through a service import with `share: true`."
         ),
     ] = None
 

@@ -41,6 +41,7 @@ def apply(state: JobState | None, seq: int, event: Event) -> JobState | None:
                 timeout_s=event.timeout_s,
                 lines=LineCounts(),
                 last_seq=seq,
+                submitted_by=event.submitted_by,
             )
         return None  # the job's queued event is gone (retention) or not yet seen
     if seq <= state.last_seq:

@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     state TEXT NOT NULL,
     submitted_at TEXT NOT NULL,
     last_seq INTEGER NOT NULL,
-    doc BLOB NOT NULL
+    doc BLOB NOT NULL,
+    submitted_by TEXT
 );
 CREATE TABLE IF NOT EXISTS labels (
     job_id TEXT NOT NULL,
@@ -47,6 +48,7 @@ INDEXES = {
     "jobs_state": "jobs(state, job_id)",
     "jobs_tool": "jobs(tool, job_id)",
     "jobs_last_seq": "jobs(last_seq)",
+    "jobs_submitted_by": "jobs(submitted_by, job_id)",
 }
 
 
@@ -94,7 +96,22 @@ class Store:
         self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // page_size}")
         self.db.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_BYTES}")
         self.db.executescript(SCHEMA)
+        self._add_submitted_by()
         self.build_indexes()  # a store left without them (see defer_indexes) gets them back
+
+    def _add_submitted_by(self) -> None:
+        """Give a store made before jobs had a submitter its ``submitted_by`` column (the
+        user, for ``domed.jobs.list``'s filter), filled from each job's document, so it
+        answers as a rebuild from the stream would."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
+        if "submitted_by" in columns:
+            return
+        self.db.execute("BEGIN")
+        self.db.execute("ALTER TABLE jobs ADD COLUMN submitted_by TEXT")
+        self.db.execute(
+            "UPDATE jobs SET submitted_by = json_extract(CAST(doc AS TEXT), '$.submitted_by.user')"
+        )
+        self.db.execute("COMMIT")
 
     def defer_indexes(self) -> None:
         """Drop the secondary indexes until ``build_indexes``: a store filled from empty
@@ -122,14 +139,24 @@ class Store:
     def commit(self, states: Iterable[JobState], seq: int, skipped: int = 0) -> None:
         states = list(states)
         rows = [
-            (s.job_id, s.tool, s.state, s.submitted_at, s.last_seq, _enc.encode(s)) for s in states
+            (
+                s.job_id,
+                s.tool,
+                s.state,
+                s.submitted_at,
+                s.last_seq,
+                _enc.encode(s),
+                s.submitted_by.user if s.submitted_by is not None else None,
+            )
+            for s in states
         ]
         cur = self.db.cursor()
         cur.execute("BEGIN")
         try:
             cur.executemany(
-                "INSERT INTO jobs (job_id, tool, state, submitted_at, last_seq, doc) VALUES (?,?,?,?,?,?) "
-                "ON CONFLICT(job_id) DO UPDATE SET state=excluded.state, last_seq=excluded.last_seq, doc=excluded.doc",
+                "INSERT INTO jobs (job_id, tool, state, submitted_at, last_seq, doc, submitted_by) "
+                "VALUES (?,?,?,?,?,?,?) ON CONFLICT(job_id) DO UPDATE SET state=excluded.state, "
+                "last_seq=excluded.last_seq, doc=excluded.doc",
                 rows,
             )
             labels = [
@@ -205,6 +232,7 @@ class Store:
         label: str | None,
         limit: int,
         before: str | None,
+        submitted_by: str | None = None,
     ) -> list[JobState]:
         """Newest first (job ids are time-sortable ULIDs); ``before`` is the exclusive cursor."""
         where: list[str] = []
@@ -219,6 +247,9 @@ class Store:
         if tool:
             where.append("j.tool = ?")
             args.append(tool)
+        if submitted_by:
+            where.append("j.submitted_by = ?")
+            args.append(submitted_by)
         if before:
             where.append("j.job_id < ?")
             args.append(before)
