@@ -52,7 +52,7 @@ from contracts import subjects
 from services.runtime import connection
 from services.runtime.natsserver import NatsServer, free_port, nats_server_binary
 from services.runtime.settings import StreamSettings
-from tests.support import ROOT, Domed, run_cli
+from tests.support import ROOT, Domed, fresh_dir, run_cli
 
 DEPLOY = ROOT / "deploy" / "nats"
 USERS = ("admin", "router", "executor", "projector", "submitter", "ci", "ops")
@@ -959,17 +959,18 @@ def test_deploy_configs_agree() -> None:
 
 
 async def test_scoped_users_run_only_their_tools_and_are_recorded(
-    secured: SecuredServer, admin: Client, pipeline: Domed, tmp_path: Path
+    secured: SecuredServer, admin: Client, pipeline: Domed, srv: Path
 ) -> None:
     """`ci` runs the python family, `ops` files.checksum; each is refused the other's tools,
     the generic subject (and `ci` cancel), nothing of it is stored, and each job records
     its submitter as the server named it."""
     mark = secured.log_size()
     js = admin.jetstream()
-    (tmp_path / "a.txt").write_text("a\n")
+    data = fresh_dir(srv / "files")  # inside files.checksum's root
+    (data / "a.txt").write_text("a\n")
     granted = {
         "ci": ("python.script", {"script": "missing.py"}),
-        "ops": ("files.checksum", {"root": str(tmp_path)}),
+        "ops": ("files.checksum", {"root": str(data)}),
     }
     refused = {
         "ci": ["domed.jobs.submit.files.checksum", subjects.SUBMIT, subjects.CANCEL],
