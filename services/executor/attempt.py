@@ -296,6 +296,7 @@ class Attempt:
             if not proc.has_exited():
                 proc.kill_leftovers()
             proc.close()
+            proc.discard()
             record.unlink(missing_ok=True)
 
         cleanup.callback(release)

@@ -65,6 +65,8 @@ class JobHandle(Protocol):
 
     async def reap_tree(self, timeout_s: float) -> None: ...
 
+    def discard(self) -> None: ...
+
     @property
     def confined_in(self) -> list[str]: ...
 
@@ -115,5 +117,6 @@ class LocalBackend:
             proc.shut_gate()
             proc.kill_leftovers()
             proc.close()
+            proc.discard()
             raise
         return proc

@@ -27,6 +27,7 @@ from tests.support import (
     pid_alive,
     processes_with_env,
     terminal_of,
+    wait_until,
 )
 
 MIB = 1024 * 1024
@@ -162,8 +163,14 @@ async def test_each_job_cgroup_is_removed_with_its_job(confined: Domed) -> None:
     stopped_for(terminal_of(events), "pids")
     hierarchy, _ = cgroups.find("auto")
     assert hierarchy is not None
-    for parent in hierarchy.parents.values():
-        assert not list(parent.glob(f"{cgroups.PREFIX}{job_id}-*"))
+
+    def gone() -> bool:  # removed once the job's end is stored
+        return not any(
+            list(parent.glob(f"{cgroups.PREFIX}{job_id}-*"))
+            for parent in hierarchy.parents.values()
+        )
+
+    await wait_until(gone, 10, "the job's cgroup removed")
 
 
 # Without a cgroup: rlimits bound each process; only limits that end a process by a
