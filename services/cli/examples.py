@@ -133,7 +133,7 @@ MESSAGES: dict[str, Any] = {
     "tools.explain.reply": {
         "argv": ["echo", "hello"],
         "working_dir_policy": "temp",
-        "env_names": ["DOMED_JOB_ID", "LANG", "PATH"],
+        "env_names": ["DOMED_JOB_ID", "DOMED_RESULT", "LANG", "PATH"],
         "timeout_s": 30.0,
         "manifest_sha256": SHA,
     },
