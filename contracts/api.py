@@ -7,17 +7,23 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from contracts.events import Artifact, JobStateName, LineCounts, Rusage, TerminalError
+from contracts.events import (
+    Artifact,
+    JobStateName,
+    LineCounts,
+    Rusage,
+    SubmittedBy,
+    TerminalError,
+)
 
 
 class _Request(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pass
 
 
-class SubmitRequest(_Request, frozen=True):
-    """Run a tool."""
+class _SubmitOptions(_Request, frozen=True, kw_only=True):
+    """What a submit carries besides the tool (both submit subjects)."""
 
-    tool: Annotated[str, Meta(description="The manifest id of the tool to run.")]
     params: Annotated[
         dict[str, Any],
         Meta(description="Parameters, checked against the manifest's `parameters` schema."),
@@ -30,12 +36,37 @@ class SubmitRequest(_Request, frozen=True):
         dict[str, str],
         Meta(description="Free-form labels, stored on the job; `domed.jobs.list` filters on them."),
     ] = {}
+    queue_timeout_s: Annotated[
+        float | None,
+        Meta(
+            description="Seconds the job may wait to start; default and most: the manifest's "
+            "`queue_timeout_s` (any, when the manifest has none)."
+        ),
+    ] = None
     idempotency_key: Annotated[
         str | None,
         Meta(
             description="A second submit with this key, within the stream's duplicate window, "
             "gets the first job; a different request (tool, params, timeout or labels) with it "
             "gets `idempotency_conflict`."
+        ),
+    ] = None
+
+
+class SubmitRequest(_SubmitOptions, frozen=True, kw_only=True):
+    """Run a tool named in the body (`domed.jobs.submit`, for trusted callers)."""
+
+    tool: Annotated[str, Meta(description="The manifest id of the tool to run.")]
+
+
+class ToolSubmitRequest(_SubmitOptions, frozen=True, kw_only=True):
+    """Run the tool the subject names (`domed.jobs.submit.<tool_id>`)."""
+
+    tool: Annotated[
+        str | None,
+        Meta(
+            description="Optional; if given, it must equal the subject's tool id "
+            "(else `invalid_request`)."
         ),
     ] = None
 
@@ -170,6 +201,7 @@ class JobState(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     cancel_requested: Annotated[
         bool, Meta(description="True once a `cancel` event was stored.")
     ] = False
+    submitted_by: Annotated[SubmittedBy | None, Meta(description="As in `queued`.")] = None
 
 
 class JobsGetRequest(_Request, frozen=True):
@@ -196,6 +228,10 @@ class JobsListRequest(_Request, frozen=True):
     tool: Annotated[str | None, Meta(description="Only jobs of this tool.")] = None
     label: Annotated[
         str | None, Meta(description="Only jobs with this label, written `key=value`.")
+    ] = None
+    submitted_by: Annotated[
+        str | None,
+        Meta(description="Only jobs submitted by this NATS user (`submitted_by.user`)."),
     ] = None
     limit: Annotated[
         Annotated[int, Meta(ge=1)] | None,

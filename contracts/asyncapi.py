@@ -152,27 +152,34 @@ def asyncapi_document() -> dict[str, Any]:
     messages["ErrorReply"] = error_message
 
     for ep in surface.ENDPOINTS:
-        key = _camel(ep.subject.removeprefix("domed."))
+        key = _camel(ep.address.removeprefix("domed.").replace("{tool_id}", "tool"))
         request_msg, reply_msg = f"{key}Request", f"{key}Reply"
         messages[request_msg] = {
-            "name": f"{ep.subject} request",
+            "name": f"{ep.address} request",
             "contentType": "application/json",
             "payload": _lift(ep.request, schemas[ep.request], components),
         }
         messages[reply_msg] = {
-            "name": f"{ep.subject} reply",
+            "name": f"{ep.address} reply",
             "contentType": "application/json",
             "payload": _lift(ep.reply, schemas[ep.reply], components),
         }
         channels[key] = {
-            "address": ep.subject,
-            "title": ep.subject,
+            "address": ep.address,
+            "title": ep.address,
             "description": f"Served by `{ep.service}` (NATS Services API, queue group `q`).",
             "messages": {"request": {"$ref": f"#/components/messages/{request_msg}"}},
         }
+        if ep.address != ep.subject:
+            channels[key]["parameters"] = {
+                "tool_id": {
+                    "description": "The tool's manifest id; its dots are subject tokens "
+                    f"(the service subscribes to `{ep.subject}`)."
+                }
+            }
         channels[f"{key}Reply"] = {
             "address": None,
-            "title": f"{ep.subject} reply",
+            "title": f"{ep.address} reply",
             "description": "The requester's inbox (the request's reply subject).",
             "messages": {
                 "reply": {"$ref": f"#/components/messages/{reply_msg}"},
@@ -181,7 +188,7 @@ def asyncapi_document() -> dict[str, Any]:
         }
         operations[f"serve{key}"] = {
             "action": "receive",
-            "title": ep.subject,
+            "title": ep.address,
             "summary": ep.summary,
             "channel": {"$ref": f"#/channels/{key}"},
             "messages": [{"$ref": f"#/channels/{key}/messages/request"}],

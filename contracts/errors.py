@@ -73,6 +73,7 @@ class TerminalErrorCode(enum.StrEnum):
     LIMIT_EXCEEDED = "limit_exceeded"
     INVALID_RESULT = "invalid_result"
     ARTIFACT_FAILED = "artifact_failed"
+    QUEUE_TIMEOUT = "queue_timeout"
 
 
 TERMINAL_MEANING: dict[TerminalErrorCode, str] = {
@@ -89,6 +90,8 @@ TERMINAL_MEANING: dict[TerminalErrorCode, str] = {
     TerminalErrorCode.ARTIFACT_FAILED: "the job's artifacts could not all be stored: past "
     "`limits.max_artifact_bytes`, not a regular file of the job's, or the upload failed "
     "(state `failed`)",
+    TerminalErrorCode.QUEUE_TIMEOUT: "the job waited to start longer than its "
+    "`queue_timeout_s` and never started (state `timed_out`)",
 }
 """What each terminal error code means, for the reference."""
 

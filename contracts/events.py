@@ -32,6 +32,21 @@ class _Event(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="kind", 
     job_id: Annotated[str, Meta(description="The job, as in the subject's middle token.")]
 
 
+class SubmittedBy(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
+    """Who submitted a job, as nats-server told the router (header `Nats-Request-Info`
+    of a request that came through a service import with `share: true`). The client
+    cannot set it; a job submitted from the router's own account has none."""
+
+    account: Annotated[str, Meta(description="The NATS account the request came from.")]
+    user: Annotated[
+        str | None, Meta(description="The NATS user (or nkey) that sent it, if any.")
+    ] = None
+    name: Annotated[str | None, Meta(description="The client's connection name, if set.")] = None
+    host: Annotated[
+        str | None, Meta(description="The client's IP address, as the server saw it.")
+    ] = None
+
+
 class Queued(_Event, frozen=True, tag="queued"):
     """The router accepted a job: the first event of every job."""
 
@@ -50,6 +65,20 @@ class Queued(_Event, frozen=True, tag="queued"):
     labels: Annotated[dict[str, str], Meta(description="The caller's labels, for filtering.")]
     idempotency_key: Annotated[
         str | None, Meta(description="The caller's idempotency key, if it gave one.")
+    ] = None
+    queue_timeout_s: Annotated[
+        float | None,
+        Meta(
+            description="Seconds the job may wait to start: the request's, else the "
+            "manifest's; then it ends `timed_out` (`queue_timeout`) and never starts."
+        ),
+    ] = None
+    submitted_by: Annotated[
+        SubmittedBy | None,
+        Meta(
+            description="Who submitted it, from nats-server (never from the client); absent "
+            "when the request did not come through a service import with `share: true`."
+        ),
     ] = None
 
 
@@ -152,6 +181,28 @@ class Artifact(msgspec.Struct, frozen=True):
     object: Annotated[str, Meta(description="The object's name: `<job_id>/<name>`.")]
 
 
+class Outcome(msgspec.Struct, frozen=True, omit_defaults=True):
+    """How an attempt that is retried ended."""
+
+    state: Annotated[
+        Literal["failed", "timed_out", "lost"], Meta(description="As a terminal would say.")
+    ]
+    exit_code: Annotated[int | None, Meta(description="The process's exit status.")] = None
+    signal: Annotated[str | None, Meta(description="The signal that ended it.")] = None
+    error: Annotated[TerminalError | None, Meta(description="As a terminal would say.")] = None
+
+
+class Retry(_Event, frozen=True, tag="retry"):
+    """An attempt ended in a state the manifest's `retry.when` names, and another will
+    start after `delay_s`. Not a terminal: the job's one terminal is its last attempt's."""
+
+    attempt: Annotated[int, Meta(description="The attempt that ended.")]
+    outcome: Annotated[Outcome, Meta(description="How it ended.")]
+    next_attempt: Annotated[int, Meta(description="The attempt that will start.")]
+    delay_s: Annotated[float, Meta(description="Seconds from `ts` until it may start.")]
+    ts: Annotated[str, Meta(description="When the retry was decided (RFC 3339).")]
+
+
 class Terminal(_Event, frozen=True, tag="terminal"):
     """The job's one and last event. ``attempt`` is 0 for a job that never started."""
 
@@ -163,7 +214,11 @@ class Terminal(_Event, frozen=True, tag="terminal"):
         bool, Meta(description="True when output past `limits.max_output_bytes` was dropped.")
     ]
     signals_sent: Annotated[
-        list[str], Meta(description='Signals sent to stop it, in order: `"TERM"`, `"KILL"`.')
+        list[str],
+        Meta(
+            description="Signals sent to stop it, in order: the manifest's `stop_signal` "
+            '(`"TERM"` unless it says otherwise), then `"KILL"`.'
+        ),
     ]
     exit_code: Annotated[int | None, Meta(description="The process's exit status.")] = None
     signal: Annotated[
@@ -212,7 +267,7 @@ def never_ran(
     )
 
 
-Event = Queued | Cancel | Started | Log | Progress | Terminal
+Event = Queued | Cancel | Started | Log | Progress | Retry | Terminal
 """Any job event; ``kind`` tells them apart on the wire (a tagged union)."""
 
 

@@ -18,3 +18,9 @@ EXPECTED_LAST_SUBJECT_SEQUENCE: Final = "Nats-Expected-Last-Subject-Sequence"
 EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: Final = "Nats-Expected-Last-Subject-Sequence-Subject"
 """The subject (a filter, e.g. ``job.<id>.*``) that ``EXPECTED_LAST_SUBJECT_SEQUENCE`` is
 checked against, instead of the message's own subject."""
+
+REQUEST_INFO: Final = "Nats-Request-Info"
+"""Who sent a request, as JSON (``acc``, ``user``, ``name``, ``host``...): set by
+nats-server on a request that crossed an account boundary through a service import with
+``share: true``. Inside one account any client can set it, so it is believed only when it
+names another account than the receiver's own (docs/authorization.md)."""

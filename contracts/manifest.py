@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails
@@ -161,11 +161,31 @@ class Limits(_Strict):
     )
 
 
+RETRY_STATES = ("failed", "timed_out", "lost")
+"""The attempt outcomes ``retry.when`` may name."""
+STOP_SIGNALS = ("TERM", "INT", "HUP", "QUIT", "USR1", "USR2")
+"""The signals ``stop_signal`` may name."""
+
+
 class Retry(_Strict):
-    """How often, and after how long, a lost job of an idempotent tool is tried again."""
+    """How often, and after how long, a job whose attempt ended in one of ``when`` is run
+    again."""
 
     max_attempts: int = Field(3, ge=1, le=100, description="Attempts in all, the first included.")
-    backoff_s: float = Field(2.0, ge=0, description="Seconds to wait before each retry.")
+    backoff_s: float = Field(
+        2.0, ge=0, description="Seconds before the first retry; doubled for each one after."
+    )
+    backoff_max_s: float = Field(60.0, ge=0, description="The longest wait between attempts.")
+    when: list[Literal["failed", "timed_out", "lost"]] | None = Field(
+        None,
+        description="The outcomes that are retried: any of `failed`, `timed_out`, `lost` "
+        "(`lost` only with `idempotent: true`); default `[lost]`. A wait is the doubled "
+        "`backoff_s`, at most `backoff_max_s`, less up to half of it at random (jitter).",
+    )
+
+    def retried(self) -> tuple[str, ...]:
+        """The outcomes retried, ``when`` or its default."""
+        return tuple(self.when) if self.when is not None else ("lost",)
 
 
 class Manifest(_Strict):
@@ -198,7 +218,21 @@ class Manifest(_Strict):
         3600, gt=0, description="Then SIGTERM to the process group, SIGKILL after `cancel_grace_s`."
     )
     cancel_grace_s: float = Field(
-        5, ge=0, description="Seconds between SIGTERM and SIGKILL on cancel and timeout."
+        5,
+        ge=0,
+        description="Seconds between `stop_signal` and SIGKILL on cancel, timeout and "
+        "executor shutdown.",
+    )
+    stop_signal: Literal["TERM", "INT", "HUP", "QUIT", "USR1", "USR2"] = Field(
+        "TERM",
+        description="Sent first to the job's process group on cancel, timeout and executor "
+        "shutdown; SIGKILL follows `cancel_grace_s` later.",
+    )
+    queue_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds a job may wait to start (a submit may ask for less); then it "
+        "ends `timed_out` with `queue_timeout` and never starts. Default: no limit.",
     )
     progress: ProgressRule | None = Field(None, description="Output lines that report progress.")
     limits: Limits = Field(Limits(), description="Output, resource and concurrency limits.")
@@ -231,7 +265,9 @@ class Manifest(_Strict):
         description="True: a job whose executor vanished is run again instead of ending `lost`.",
     )
     retry: Retry | None = Field(
-        None, description="How often to run an `idempotent` job again after its executor vanished."
+        None,
+        description="How often, and after how long, to run a job again after an attempt "
+        "that failed, timed out, or whose executor vanished (`when`).",
     )
 
     @field_validator("entrypoint")
@@ -344,8 +380,21 @@ def cross_field_problems(doc: Mapping[str, Any]) -> list[tuple[tuple[str | int, 
                 "needs working_dir_policy: temp (a shared working dir holds other jobs' files)",
             )
         )
-    if doc.get("retry") is not None and doc.get("idempotent") is not True:
-        problems.append((("retry",), "only allowed with idempotent: true"))
+    retry = doc.get("retry")
+    if isinstance(retry, Mapping) and doc.get("idempotent") is not True:
+        when = retry.get("when")
+        if when is None:
+            problems.append(
+                (("retry",), "without `when` it retries lost jobs: only with idempotent: true")
+            )
+        elif isinstance(when, list) and "lost" in when:
+            problems.append(
+                (
+                    ("retry", "when"),
+                    "`lost` only with idempotent: true (the vanished attempt may have done "
+                    "part of its work)",
+                )
+            )
     return problems
 
 

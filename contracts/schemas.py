@@ -25,6 +25,7 @@ MESSAGES: dict[str, Any] = {
     "event.progress": events.Progress,
     "event.terminal": events.Terminal,
     "submit.request": api.SubmitRequest,
+    "submit.tool.request": api.ToolSubmitRequest,
     "submit.reply": api.SubmitReply,
     "cancel.request": api.CancelRequest,
     "cancel.reply": api.CancelReply,

@@ -35,7 +35,12 @@ EXECUTORS_CONSUMER: Final = "executors"
 """The durable work consumer on the stream that every executor pulls jobs from."""
 
 SUBMIT: Final = "domed.jobs.submit"
-"""Request/reply: submit a job (the router answers)."""
+"""Request/reply: submit a job, the tool named in the body (the router answers). For
+trusted callers: a NATS permission on it cannot tell one tool from another."""
+SUBMIT_TOOL: Final = "domed.jobs.submit.>"
+"""Request/reply: submit a job of the tool the subject names,
+``domed.jobs.submit.<tool_id>`` (the router answers), so that NATS permissions decide
+who may run which tool."""
 CANCEL: Final = "domed.jobs.cancel"
 """Request/reply: ask for a job to be canceled (the router answers)."""
 TOOLS_LIST: Final = "domed.tools.list"
@@ -58,17 +63,50 @@ SERVICE_EXECUTOR: Final = "domed-executor"
 SERVICE_PROJECTOR: Final = "domed-projector"
 """The projector's name on the NATS Services API (``$SRV.*``)."""
 
-EventKind = Literal["queued", "cancel", "started", "log", "progress", "terminal"]
+EventKind = Literal["queued", "cancel", "started", "log", "progress", "retry", "terminal"]
 """The kind of an event: its subject's last token and its payload's ``kind``."""
-EVENT_KINDS: Final[tuple[str, ...]] = ("queued", "cancel", "started", "log", "progress", "terminal")
+EVENT_KINDS: Final[tuple[str, ...]] = (
+    "queued",
+    "cancel",
+    "started",
+    "log",
+    "progress",
+    "retry",
+    "terminal",
+)
 """Every event kind, in the order a job's events usually come."""
 
 _JOB_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
+_SUBJECT_TOKENS = re.compile(r"[0-9A-Za-z_-]+(\.[0-9A-Za-z_-]+)*")
 
 
 def is_job_id(value: str) -> bool:
     """True when ``value`` is a single URL-safe subject token usable as a job id."""
     return bool(_JOB_ID.fullmatch(value))
+
+
+def submit_subject(tool_id: str) -> str:
+    """The per-tool submit subject of a tool: ``domed.jobs.submit.<tool_id>`` (a tool id's
+    dots are subject tokens, so ``domed.jobs.submit.demo.>`` covers the ``demo`` family).
+    ValueError for an id that cannot be a subject's tokens (see ``is_subject_tokens``)."""
+    if not is_subject_tokens(tool_id):
+        raise ValueError(f"tool id {tool_id!r} cannot be written as subject tokens")
+    return f"{SUBMIT}.{tool_id}"
+
+
+def is_subject_tokens(value: str) -> bool:
+    """True when ``value`` is one or more dot-separated subject tokens of letters, digits,
+    ``_`` and ``-`` (no wildcard, no empty token), as a tool id must be to have a
+    per-tool submit subject."""
+    return bool(_SUBJECT_TOKENS.fullmatch(value))
+
+
+def tool_of_submit_subject(subject: str) -> str | None:
+    """The tool id a per-tool submit subject names; None for any other subject."""
+    prefix = SUBMIT + "."
+    if not subject.startswith(prefix) or len(subject) == len(prefix):
+        return None
+    return subject[len(prefix) :]
 
 
 def event_subject(job_id: str, kind: str) -> str:

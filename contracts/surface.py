@@ -35,6 +35,12 @@ class EndpointSpec:
     reply: str
     summary: str
 
+    @property
+    def address(self) -> str:
+        """The subject as documented: a wildcard endpoint's ``>`` is the tool id it
+        stands for (``domed.jobs.submit.{tool_id}``)."""
+        return self.subject.replace(">", "{tool_id}")
+
 
 EVENTS: Final[tuple[EventKind, ...]] = (
     EventKind("queued", events.Queued, "router", "The router accepted a job."),
@@ -55,11 +61,21 @@ EVENTS: Final[tuple[EventKind, ...]] = (
 
 ENDPOINTS: Final[tuple[EndpointSpec, ...]] = (
     EndpointSpec(
+        subjects.SUBMIT_TOOL,
+        subjects.SERVICE_ROUTER,
+        "submit.tool.request",
+        "submit.reply",
+        "Submit a job of the tool the subject names (its dots are subject tokens): the "
+        "router checks it against the manifest and stores `queued`. NATS permissions on "
+        "these subjects decide who may run which tool.",
+    ),
+    EndpointSpec(
         subjects.SUBMIT,
         subjects.SERVICE_ROUTER,
         "submit.request",
         "submit.reply",
-        "Submit a job: the router checks it against the tool's manifest and stores `queued`.",
+        "Submit a job, the tool named in the body; for trusted callers (a permission on "
+        "it grants every tool).",
     ),
     EndpointSpec(
         subjects.CANCEL,
@@ -129,6 +145,7 @@ def request_types() -> dict[str, type[Any]]:
     """Endpoint subject -> request type, for the test that services serve this table."""
     by_name = {
         "submit.request": api.SubmitRequest,
+        "submit.tool.request": api.ToolSubmitRequest,
         "cancel.request": api.CancelRequest,
         "tools.list.request": api.ToolsListRequest,
         "tools.get.request": api.ToolsGetRequest,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,7 +18,7 @@ from nats.micro.request import ERROR_HEADER
 
 from contracts import subjects
 from contracts.events import Event, decode_event
-from services.runtime import connection
+from services.runtime import connection, tls
 from services.runtime.settings import redact_url
 
 _enc = msgspec.json.Encoder()
@@ -34,24 +36,78 @@ class Unreachable(Exception):
     pass
 
 
-async def _quiet(_: Exception) -> None:
-    """Connection errors become one clear message from the caller, not tracebacks."""
+class NotPermitted(Exception):
+    """The server refused to let this user publish on ``subject`` (a permissions
+    violation): nothing reached domed, and asking again will not help."""
+
+    def __init__(self, subject: str) -> None:
+        super().__init__(f"NATS does not permit this user to publish on {subject}")
+        self.subject = subject
 
 
-async def connect(url: str, creds: str | None = None) -> Client:
+# nats-py reports the server's -ERR to the error callback only, in lower case; the
+# request itself would wait for its timeout.
+_VIOLATION = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
+
+
+class CliClient(Client):
+    """A connection that knows which of its publishes the server refused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusals: dict[str, asyncio.Event] = {}
+
+    async def on_error(self, exc: Exception) -> None:
+        """Connection errors become one clear message from the caller, not tracebacks; a
+        permissions violation wakes the request that is waiting on that subject."""
+        m = _VIOLATION.search(str(exc))
+        if m is not None:
+            for subject, refused in self.refusals.items():
+                if subject.lower() == m.group(1).lower():
+                    refused.set()
+
+
+async def connect(
+    url: str, creds: str | None = None, tls_files: tls.TlsFiles | None = None
+) -> Client:
+    """A connection for one CLI command; ``Unreachable`` if there is no server, and
+    ``tls.TlsRefused`` if TLS was asked for and the server's certificate does not verify
+    (or it does not offer TLS)."""
+    nc = CliClient()
+    options: dict[str, Any] = {
+        "servers": [u.strip() for u in url.split(",")],
+        "user_credentials": creds,
+        "connect_timeout": 2,
+        "max_reconnect_attempts": 1,
+        "reconnect_time_wait": 0.1,
+        "allow_reconnect": False,
+        "error_cb": nc.on_error,
+        "name": "domed-cli",
+    }
+    context = tls.client_context(tls_files or tls.TlsFiles())
+    if context is not None:
+        options["tls"] = context
+        tls.refuse_plaintext(nc)
     try:
-        return await nats.connect(
-            servers=[u.strip() for u in url.split(",")],
-            user_credentials=creds,
-            connect_timeout=2,
-            max_reconnect_attempts=1,
-            reconnect_time_wait=0.1,
-            allow_reconnect=False,
-            error_cb=_quiet,
-            name="domed-cli",
-        )
+        await nc.connect(**options)
+    except tls.TlsRefused:
+        raise
     except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError, TimeoutError) as exc:
+        if context is not None and _tls_failure(exc) is not None:
+            raise tls.TlsRefused(f"TLS to the server failed: {_tls_failure(exc)}") from exc
         raise Unreachable(redact_url(url)) from exc
+    return nc
+
+
+def _tls_failure(exc: BaseException | None) -> BaseException | None:
+    """The TLS error behind a failed connect, if that is what it was."""
+    import ssl
+
+    while exc is not None:
+        if isinstance(exc, ssl.SSLError | tls.TlsRefused):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _reply(subject: str, msg: Msg) -> Any:
@@ -66,14 +122,33 @@ def _reply(subject: str, msg: Msg) -> Any:
 
 
 async def request(nc: Client, subject: str, body: Any, timeout: float = 5.0) -> Any:
-    """Send one request; raise ApiError for an error reply."""
+    """Send one request; raise ApiError for an error reply, and NotPermitted as soon as the
+    server says this user may not publish on ``subject``."""
     try:
-        msg = await nc.request(subject, _enc.encode(body), timeout=timeout)
+        msg = await _request(nc, subject, _enc.encode(body), timeout)
     except nats.errors.NoRespondersError:
         raise ApiError("unavailable", f"no service answers {subject}; is domed running?") from None
     except nats.errors.TimeoutError:
         raise ApiError("unavailable", f"{subject} did not answer within {timeout}s") from None
     return _reply(subject, msg)
+
+
+async def _request(nc: Client, subject: str, payload: bytes, timeout: float) -> Msg:
+    if not isinstance(nc, CliClient):
+        return await nc.request(subject, payload, timeout=timeout)
+    refused = nc.refusals.setdefault(subject, asyncio.Event())
+    asking = asyncio.ensure_future(nc.request(subject, payload, timeout=timeout))
+    told = asyncio.ensure_future(refused.wait())
+    try:
+        done, _ = await asyncio.wait({asking, told}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        told.cancel()
+        nc.refusals.pop(subject, None)
+        if not asking.done():
+            asking.cancel()
+    if asking in done:
+        return asking.result()
+    raise NotPermitted(subject)
 
 
 # While following, a quiet live subscription is checked against the stream this often.

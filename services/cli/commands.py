@@ -18,9 +18,19 @@ from rich.table import Table
 
 from contracts import subjects
 from contracts.events import Log, Progress, Started, Terminal
-from services.cli.client import ApiError, Unreachable, connect, follow_job, request
+from services.cli.client import (
+    ApiError,
+    NotPermitted,
+    Unreachable,
+    connect,
+    follow_job,
+    request,
+)
 from services.cli.params import ParamError, parse_params
 from services.runtime.settings import redact_url, resolve_nats_creds, resolve_nats_url
+from services.runtime.tls import TlsRefused, resolve_tls
+
+EXIT_NOT_PERMITTED = 77  # services.cli.main.EXIT_CODES documents it
 
 EXIT_FOR_STATE = {"succeeded": 0, "timed_out": 124, "canceled": 130, "lost": 75}
 
@@ -60,13 +70,17 @@ def tools_validate(args: argparse.Namespace) -> int:
 
 async def run_command(args: argparse.Namespace) -> int:
     url = resolve_nats_url(args.nats_url)
+    tls_files = resolve_tls(args.tls_ca, args.tls_cert, args.tls_key)
     try:
-        nc = await connect(url, resolve_nats_creds(args.nats_creds))
+        nc = await connect(url, resolve_nats_creds(args.nats_creds), tls_files)
     except Unreachable:
         err.print(
             f"domed: cannot reach NATS at {redact_url(url)}. Start the embedded one with `domed up`, "
             "or pass --nats-url / set DOMED_NATS_URL."
         )
+        return 3
+    except TlsRefused as exc:
+        err.print(f"domed: refusing NATS at {redact_url(url)}: {exc}", markup=False)
         return 3
     try:
         handler = COMMANDS[_command_key(args)]
@@ -85,8 +99,25 @@ async def run_command(args: argparse.Namespace) -> int:
     except ParamError as exc:
         err.print(f"[red]invalid_params[/red]: {exc}")
         return 2
+    except NotPermitted as exc:
+        message = _refusal(args, exc.subject)
+        if getattr(args, "json", False):
+            _print_json({"error": {"code": "not_permitted", "message": message}})
+        else:
+            err.print(f"[red]{message}[/red]", markup=True)
+        return EXIT_NOT_PERMITTED
     finally:
         await nc.close()
+
+
+def _refusal(args: argparse.Namespace, subject: str) -> str:
+    """What to tell a user whom NATS refused: in domed's terms where there are some."""
+    tool = subjects.tool_of_submit_subject(subject)
+    if tool is not None:
+        return f"not permitted to submit {tool}: NATS refused to let this user publish on {subject}"
+    if subject == subjects.CANCEL:
+        return f"not permitted to cancel jobs: NATS refused to let this user publish on {subject}"
+    return f"not permitted: NATS refused to let this user publish on {subject}"
 
 
 def _command_key(args: argparse.Namespace) -> str:
@@ -114,13 +145,20 @@ def _labels(pairs: list[str]) -> dict[str, str]:
 
 
 async def cmd_submit(nc: Any, args: argparse.Namespace) -> int:
+    if not subjects.is_subject_tokens(args.tool):
+        raise ApiError(
+            "unknown_tool",
+            f"no tool has id {args.tool!r}: a tool id is dot-separated words of letters, "
+            "digits, '_' and '-'",
+        )
     params = await _typed_params(nc, args.tool, args.param, args.params_json)
-    body: dict[str, Any] = {"tool": args.tool, "params": params, "labels": _labels(args.label)}
+    # The tool goes in the subject, where the server's permissions can see it.
+    body: dict[str, Any] = {"params": params, "labels": _labels(args.label)}
     if args.timeout is not None:
         body["timeout_s"] = args.timeout
     if args.idempotency_key:
         body["idempotency_key"] = args.idempotency_key
-    reply = await request(nc, subjects.SUBMIT, body)
+    reply = await request(nc, subjects.submit_subject(args.tool), body)
     job_id = reply["job_id"]
     if not args.follow:
         if args.json:
@@ -254,6 +292,7 @@ async def cmd_jobs_ls(nc: Any, args: argparse.Namespace) -> int:
             ("state", args.state),
             ("tool", args.tool),
             ("label", args.label),
+            ("submitted_by", args.submitted_by),
             ("limit", args.limit),
         )
         if v is not None
@@ -263,16 +302,38 @@ async def cmd_jobs_ls(nc: Any, args: argparse.Namespace) -> int:
         _print_json(reply)
         return 0
     table = Table(box=None)
-    for col in ("ID", "TOOL", "STATE", "AGE", "DURATION", "EXIT"):
+    table.add_column("ID", no_wrap=True, min_width=26)  # a whole ULID, whatever the width
+    for col in ("TOOL", "STATE", "AGE", "DURATION", "EXIT"):
         table.add_column(col)
+    table.add_column("BY", overflow="fold")
     for job in reply["jobs"]:
         dur = f"{job['duration_s']:.2f}s" if job.get("duration_s") is not None else ""
         exit_code = str(job.get("exit_code", job.get("signal", "")))
         table.add_row(
-            job["job_id"], job["tool"], job["state"], _age(job.get("submitted_at")), dur, exit_code
+            job["job_id"],
+            job["tool"],
+            job["state"],
+            _age(job.get("submitted_at")),
+            dur,
+            exit_code,
+            _submitter_user(job.get("submitted_by")),
         )
     out.print(table)
     return 0
+
+
+def _submitter_user(by: dict[str, Any] | None) -> str:
+    """The NATS user of a job's ``submitted_by`` (the account when there is none)."""
+    if not by:
+        return ""
+    return str(by.get("user") or by["account"])
+
+
+def _submitter(by: dict[str, Any] | None) -> str:
+    """``user@ACCOUNT`` (or the account alone), from a job's ``submitted_by``."""
+    if not by:
+        return ""
+    return f"{by['user']}@{by['account']}" if by.get("user") else str(by["account"])
 
 
 async def cmd_jobs_show(nc: Any, args: argparse.Namespace) -> int:
@@ -299,6 +360,11 @@ async def cmd_jobs_show(nc: Any, args: argparse.Namespace) -> int:
     out.print(f"{'params':>13}: {json.dumps(job.get('params', {}))}")
     if job.get("labels"):
         out.print(f"{'labels':>13}: {json.dumps(job['labels'])}")
+    by = job.get("submitted_by")
+    if by:
+        seen = ", ".join(f"{k} {by[k]}" for k in ("name", "host") if by.get(k))
+        who = _submitter(by) + (f" ({seen})" if seen else "")
+        out.print(f"{'submitted_by':>13}: {who}", markup=False)
     lines = job.get("lines", {})
     out.print(f"{'lines':>13}: stdout {lines.get('stdout', 0)}, stderr {lines.get('stderr', 0)}")
     if job.get("error"):

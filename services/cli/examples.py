@@ -29,6 +29,12 @@ EVENTS: dict[str, dict[str, Any]] = {
         "submitted_at": "2026-12-04T09:30:00.120000Z",
         "timeout_s": 30.0,
         "labels": {"team": "ci"},
+        "submitted_by": {
+            "account": "CLIENTS",
+            "user": "ci",
+            "name": "ci-runner-7",
+            "host": "10.0.4.17",
+        },
     },
     "cancel": {
         "kind": "cancel",
@@ -84,6 +90,12 @@ _STATE = {
     "tool_version": 1,
     "params": {"text": "hello"},
     "labels": {"team": "ci"},
+    "submitted_by": {
+        "account": "CLIENTS",
+        "user": "ci",
+        "name": "ci-runner-7",
+        "host": "10.0.4.17",
+    },
     "state": "succeeded",
     "submitted_at": "2026-12-04T09:30:00.120000Z",
     "timeout_s": 30.0,
@@ -101,6 +113,7 @@ _STATE = {
 
 # message name (a key of all_schemas()) -> example body
 MESSAGES: dict[str, Any] = {
+    "submit.tool.request": {"params": {"text": "hello"}, "labels": {"team": "ci"}},
     "submit.request": {"tool": "demo.echo", "params": {"text": "hello"}, "labels": {"team": "ci"}},
     "submit.reply": {"job_id": JOB, "state": "queued", "duplicate": False},
     "cancel.request": {"job_id": JOB, "reason": "wrong input"},
@@ -120,7 +133,7 @@ MESSAGES: dict[str, Any] = {
     "tools.explain.reply": {
         "argv": ["echo", "hello"],
         "working_dir_policy": "temp",
-        "env_names": ["DOMED_JOB_ID", "LANG", "PATH"],
+        "env_names": ["DOMED_JOB_ID", "DOMED_RESULT", "LANG", "PATH"],
         "timeout_s": 30.0,
         "manifest_sha256": SHA,
     },

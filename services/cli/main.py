@@ -23,17 +23,23 @@ from services.runtime.settings import (
     resolve_nats_creds,
     resolve_nats_url,
 )
+from services.runtime.tls import TlsFiles, TlsRefused, resolve_tls
 
 EXIT_FOR_STATE = {"succeeded": 0, "timed_out": 124, "canceled": 130, "lost": 75}
 
 EXIT_CONFIG = 2
+EXIT_NOT_PERMITTED = 77  # EX_NOPERM of sysexits.h; services.cli.commands returns it
 EXIT_CODES = {
     0: "success",
     1: "a request failed (the error code is printed), or `tools validate` found problems",
     EXIT_CONFIG: "bad usage or invalid parameters; for a service and `domed up`: its "
     "configuration is wrong (a catalogue with problems, a stream it may not change); "
     "starting it again will not help",
-    3: "NATS unreachable (a service: also JetStream not provisioned yet); worth retrying",
+    3: "NATS unreachable (a service: also JetStream not provisioned yet), or its TLS "
+    "certificate does not verify (the reason is printed); worth retrying once fixed",
+    EXIT_NOT_PERMITTED: "NATS refused the request: this user may not publish on its subject "
+    '(e.g. "not permitted to submit TOOL", or cancel without the right to '
+    "`domed.jobs.cancel`); nothing was sent to domed",
     130: "interrupted (Ctrl-C)",
 }
 
@@ -54,6 +60,22 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--nats-creds", default=None, help="NATS credentials file (default: $NATS_CREDS)"
+    )
+    p.add_argument(
+        "--tls-ca",
+        default=None,
+        metavar="FILE",
+        help="CA certificate(s) to verify the NATS server's certificate with (default: $NATS_CA; "
+        "with any --tls option, only a TLS server whose certificate verifies is accepted)",
+    )
+    p.add_argument(
+        "--tls-cert",
+        default=None,
+        metavar="FILE",
+        help="client certificate for a server that asks for one (default: $NATS_CERT)",
+    )
+    p.add_argument(
+        "--tls-key", default=None, metavar="FILE", help="its private key (default: $NATS_KEY)"
     )
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
 
@@ -204,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--state")
     ls.add_argument("--tool")
     ls.add_argument("--label")
+    ls.add_argument("--submitted-by", metavar="USER", help="only jobs this NATS user submitted")
     ls.add_argument("--limit", type=int, default=50)
     show = jsub.add_parser(
         "show", help="one job's state", epilog="example: domed jobs show 01J... --json"
@@ -298,6 +321,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(
         nats_url=resolve_nats_url(args.nats_url),
         nats_creds=resolve_nats_creds(args.nats_creds),
+        tls=tls_files(args),
         service=args.command if args.command in ("router", "executor", "projector") else "",
         ssot=getattr(args, "ssot", Path("ssot")),
         data_dir=getattr(args, "data_dir", Path(".domed")),
@@ -312,6 +336,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
         secrets_key=getattr(args, "secrets_key", None),
         secrets_public_key=getattr(args, "secrets_public_key", None),
         limits=getattr(args, "limits", "auto"),
+    )
+
+
+def tls_files(args: argparse.Namespace) -> TlsFiles:
+    return resolve_tls(
+        getattr(args, "tls_ca", None),
+        getattr(args, "tls_cert", None),
+        getattr(args, "tls_key", None),
     )
 
 
@@ -373,6 +405,13 @@ def run_service(args: argparse.Namespace) -> int:
         print(
             f"domed {args.command}: JetStream is not available at "
             f"{redact_url(settings.nats_url)} (not enabled on that server, or no leader yet)",
+            file=sys.stderr,
+        )
+        return 3
+    except TlsRefused as exc:
+        # 3, like an unreachable NATS: it works once the certificates or the server change.
+        print(
+            f"domed {args.command}: refusing NATS at {redact_url(settings.nats_url)}: {exc}",
             file=sys.stderr,
         )
         return 3

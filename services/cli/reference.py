@@ -205,7 +205,7 @@ def api_page() -> str:
     ]
     for ep in surface.ENDPOINTS:
         out.append(
-            f"| `{ep.subject}` | `{ep.service}` | [{ep.request}](#{ep.request.replace('.', '')}) "
+            f"| `{ep.address}` | `{ep.service}` | [{ep.request}](#{ep.request.replace('.', '')}) "
             f"| [{ep.reply}](#{ep.reply.replace('.', '')}) | {_cell(ep.summary)} |\n"
         )
     out.append(
@@ -243,6 +243,8 @@ def api_page() -> str:
     names = []
     for ep in surface.ENDPOINTS:
         for name in (ep.request, ep.reply):
+            if name in names:  # a reply two endpoints share is described once
+                continue
             names.append(name)
             schema = schemas[name]
             definition = _definition(schema)

@@ -94,6 +94,13 @@ def child_argv(name: str, settings: Settings, job_user: str = "") -> list[str]:
     ]
     if settings.nats_creds:
         argv += ["--nats-creds", settings.nats_creds]
+    for option, path in (
+        ("--tls-ca", settings.tls.ca),
+        ("--tls-cert", settings.tls.cert),
+        ("--tls-key", settings.tls.key),
+    ):
+        if path is not None:
+            argv += [option, str(path)]
     if settings.metrics_port:
         port = settings.metrics_port + METRICS_PORT_OFFSET[name]
         argv += ["--metrics-addr", f"127.0.0.1:{port}"]
@@ -219,8 +226,11 @@ async def wait_for_services(settings: Settings, timeout_s: float) -> bool:
     """True once router, executor and projector all answer ``$SRV.PING``."""
     import nats
 
+    from services.runtime.tls import client_context
+
     deadline = time.monotonic() + timeout_s
     nc = None
+    context = client_context(settings.tls)
     while nc is None:
         try:
             nc = await nats.connect(
@@ -228,6 +238,7 @@ async def wait_for_services(settings: Settings, timeout_s: float) -> bool:
                 user_credentials=settings.nats_creds,
                 connect_timeout=1,
                 allow_reconnect=False,
+                **({"tls": context} if context is not None else {}),
             )
         except Exception:
             if time.monotonic() > deadline:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
+import random
 import shutil
 import tempfile
 import time
@@ -37,7 +39,7 @@ from contracts.events import (
 from services.catalogue.loader import Tool
 from services.catalogue.paths import confined_params
 from services.catalogue.render import child_env, fixed_work_dir, render_argv, secret_values
-from services.executor import adopted, artifacts, core, limits, records, secrets, slots
+from services.executor import adopted, artifacts, core, decide, limits, records, secrets, slots
 from services.executor.backend import JobHandle, SpawnRequest
 from services.executor.context import ExecutorContext, RunningJob
 from services.executor.heartbeat import SUPERSEDED, heartbeat
@@ -56,6 +58,7 @@ DRAIN_PIPES_S = 2.0
 # How often a running job's cgroup counters are read: CPU time may overrun `cpu_s` by
 # up to this much per core. Jobs shorter than it are never polled.
 LIMIT_POLL_S = 0.25
+SPAWNS = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -82,11 +85,22 @@ class CouldNotStart:
 
 
 @dataclass(frozen=True)
+class Retrying:
+    """The run ended in a state its manifest retries, with attempts left: ``terminal`` is
+    what it would have stored; the next attempt is due ``delay_s`` later. Nothing about
+    the end was published yet."""
+
+    terminal: Terminal
+    started: decide.Attempted
+    delay_s: float
+
+
+@dataclass(frozen=True)
 class Replaced:
     """Another executor ended or re-ran the job meanwhile: nothing more was published."""
 
 
-Outcome = Finished | Refused | CouldNotStart | Replaced
+Outcome = Finished | Retrying | Refused | CouldNotStart | Replaced
 
 
 class Attempt:
@@ -179,7 +193,27 @@ class Attempt:
             terminal = terminal_of(
                 self.job, result, proc, output, started.started_at, duration, left
             )
+            if (delay := self._retry_delay(terminal)) is not None:
+                at = decide.Attempted(stored_at, started.attempt, ctx.name, started.started_at)
+                return Retrying(terminal, at, delay)
             return Finished(await store_terminal(ctx, terminal))
+
+    def _retry_delay(self, terminal: Terminal) -> float | None:
+        """How long until the next attempt, if the manifest retries how this one ended
+        (never one the executor stopped for a cancel or its shutdown) and attempts are
+        left; else None."""
+        manifest = self.tool.manifest
+        retry = manifest.retry
+        if retry is None or self.ctx.stopping.is_set():
+            return None
+        allowed = decide.attempts_after(
+            retry.retried(), retry.max_attempts, manifest.idempotent, terminal.state
+        )
+        if terminal.attempt >= allowed:
+            return None
+        return decide.backoff_delay(
+            retry.backoff_s, retry.backoff_max_s, terminal.attempt, random.random()
+        )
 
     async def _output_stored(self, pipeline: EventPipeline) -> bool:
         """Wait until the attempt's last events are stored; False if it was superseded
@@ -238,7 +272,9 @@ class Attempt:
             env,
             owned=tuple(owned),
             limits=limits.JobLimits.of(manifest.limits),
-            name=f"{self.job_id}-{self.job.attempt}",
+            # two executors on one host may both hold a delivery of the same attempt (one of
+            # them stale): each job cgroup is its own, or one's cleanup would kill the other's
+            name=f"{self.job_id}-{self.job.attempt}-{os.getpid()}-{next(SPAWNS)}",
         )
 
     def _made_dirs(self) -> list[str]:
@@ -260,6 +296,7 @@ class Attempt:
             if not proc.has_exited():
                 proc.kill_leftovers()
             proc.close()
+            proc.discard()
             record.unlink(missing_ok=True)
 
         cleanup.callback(release)
@@ -376,7 +413,7 @@ class Attempt:
             job.request_stop(core.StopReason("timed_out", None, reason))
         if not exited.done():
             over_limit = job.stop_reason is not None and job.stop_reason.limit is not None
-            await proc.stop(0 if over_limit else manifest.cancel_grace_s)
+            await proc.stop(0 if over_limit else manifest.cancel_grace_s, manifest.stop_signal)
         result = await proc.wait_exit()
         if not await proc.drain(DRAIN_PIPES_S):  # something else holds the pipes
             proc.kill_leftovers()

@@ -173,32 +173,32 @@ class JobCgroup:
         )
 
     def members(self) -> list[int]:
-        found: set[int] = set()
+        """The processes in it (every dir of it holds the same ones)."""
         for cg in self.dirs.values():
             with contextlib.suppress(OSError):
-                found.update(int(p) for p in _read(cg / "cgroup.procs").split())
-        return sorted(found)
+                return [int(p) for p in _read(cg / "cgroup.procs").split()]
+        return []
 
-    def kill(self) -> None:
-        """SIGKILL every process in the cgroup, including any that left the job's process
-        group or cleared its environment."""
+    def kill(self, pids: list[int] | None = None) -> None:
+        """SIGKILL every process in the cgroup (or ``pids``, just read from it), including
+        any that left the job's process group or cleared its environment."""
         kill_file = self.dirs.get("unified", Path("/nonexistent")) / "cgroup.kill"
         if self.version == 2 and kill_file.exists():
             with contextlib.suppress(OSError):
                 _write(kill_file, "1")
                 return
-        for pid in self.members():
+        for pid in self.members() if pids is None else pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
 
-    def remove(self) -> bool:
-        """Remove the cgroup once nothing runs in it, keeping its last counts; False while
-        a process is still in it."""
-        if self.members():
-            return False
+    def snapshot(self) -> None:
+        """Keep the counts as they are now: ``usage`` answers them from then on."""
         if self.final is None:
             with contextlib.suppress(OSError, ValueError, KeyError):
                 self.final = self.usage()
+
+    def remove(self) -> bool:
+        """Remove the cgroup's dirs; False while a process is still in it."""
         removed = True
         for cg in self.dirs.values():
             try:
@@ -237,13 +237,15 @@ class Hierarchy:
             for key, parent in self.parents.items()
             if key == "unified" or wanted[key]
         }
-        cgroup = JobCgroup(self.version, dirs)
+        made: dict[str, Path] = {}
         try:
-            for cg in dirs.values():
-                cg.mkdir(exist_ok=True)
+            for key, cg in dirs.items():
+                cg.mkdir()  # never one that exists: its processes are not this job's
+                made[key] = cg
+            cgroup = JobCgroup(self.version, made)
             cgroup.apply(limits)
         except OSError:
-            cgroup.remove()
+            JobCgroup(self.version, made).remove()
             raise
         return cgroup
 
@@ -325,7 +327,7 @@ def remove_left(paths: list[str], wait_s: float = 5.0) -> None:
     while left:
         for cgroup in left:
             cgroup.kill()
-        left = [cgroup for cgroup in left if not cgroup.remove()]
+        left = [cgroup for cgroup in left if cgroup.members() or not cgroup.remove()]
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.01)

@@ -10,9 +10,12 @@ is a row in ``tests/unit/test_executor_decide.py``:
 - it has ended: settle the delivery;
 - an earlier attempt started and its hold is renewed: another executor runs it, leave
   the delivery alone (no ack, no nak: that executor holds the same message);
-- its hold lapsed: end it ``lost``, or retry it (idempotent tools, attempts left),
-  after the retry's backoff;
+- its hold lapsed: end it ``lost``, or announce a retry (idempotent tools whose
+  ``retry.when`` has ``lost``, attempts left) and run it after the backoff;
+- an attempt ended and a retry was announced: run the next attempt once its backoff is
+  over (waiting out what is left of it);
 - a cancel came before it started: end it ``canceled``;
+- it waited to start past its queue timeout: end it ``timed_out`` (``queue_timeout``);
 - its tool cannot run here: end it ``failed`` (``spawn_failed``);
 - the executor is stopping: hand the delivery back;
 - otherwise run the attempt.
@@ -23,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Fact = Literal["newest", "started", "hold", "cancel", "after_backoff"]
+Fact = Literal["newest", "started", "retry", "hold", "cancel", "after_backoff"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,16 @@ class Attempted:
 
 
 @dataclass(frozen=True)
+class Announced:
+    """The job's newest ``retry``: the attempt it follows, and how long is left of its
+    backoff."""
+
+    seq: int
+    attempt: int
+    wait_s: float
+
+
+@dataclass(frozen=True)
 class Facts:
     """What is known about a delivered job. ``None`` on an optional fact means not looked
     up yet; ``started`` is known once ``started_known`` is set (then ``None``: none)."""
@@ -47,12 +60,17 @@ class Facts:
     needs_lookup: bool  # a cancel may be newer than `queued` (core.CancelWatch)
     accepting: bool
     tool_problem: str | None  # why the job's tool cannot run here, if it cannot
-    max_attempts: int
-    backoff_s: float
+    max_attempts: int  # after executor losses (``attempts_after(..., "lost")``)
+    backoff_s: float  # the first retry's wait (``backoff_delay``)
+    backoff_max_s: float = 60.0
+    jitter: float = 0.0  # in [0, 1): drawn once per delivery
+    queue_expired: bool = False  # it waited to start longer than its queue timeout
     newest_seq: int | None = None
     ended: bool | None = None
     started: Attempted | None = None
     started_known: bool = False
+    announced: Announced | None = None
+    announced_known: bool = False
     hold_lapsed: bool | None = None
     canceled: bool | None = None
     waited_from: int | None = None  # the attempt whose retry backoff was waited out
@@ -76,6 +94,21 @@ class Settle:
 @dataclass(frozen=True)
 class EndLost:
     started: Attempted
+    cas_seq: int
+
+
+@dataclass(frozen=True)
+class AnnounceRetry:
+    """Store a ``retry`` event for a lost attempt (only while ``cas_seq`` is the job's
+    newest event), then wait its backoff."""
+
+    started: Attempted
+    delay_s: float
+    cas_seq: int
+
+
+@dataclass(frozen=True)
+class EndQueueTimeout:
     cas_seq: int
 
 
@@ -114,20 +147,33 @@ Action = (
     | LeaveAlone
     | Settle
     | EndLost
+    | AnnounceRetry
     | WaitBackoff
     | EndCanceled
+    | EndQueueTimeout
     | SpawnFailed
     | Redeliver
     | Run
 )
 
 
-def default_max_attempts(idempotent: bool, retry_max_attempts: int | None) -> int:
-    """How many attempts a job may have after executor losses: only an idempotent tool is
-    retried, three attempts unless its manifest says otherwise."""
-    if not idempotent:
+def attempts_after(
+    retried: tuple[str, ...], max_attempts: int, idempotent: bool, state: str
+) -> int:
+    """How many attempts a job may have in all when one ends ``state``: the manifest's
+    ``retry.max_attempts`` if ``retry.when`` names it (``lost`` only for idempotent
+    tools), else 1."""
+    if state not in retried or (state == "lost" and not idempotent):
         return 1
-    return retry_max_attempts if retry_max_attempts is not None else 3
+    return max_attempts
+
+
+def backoff_delay(backoff_s: float, backoff_max_s: float, attempt: int, jitter: float) -> float:
+    """The wait before the attempt after ``attempt``: ``backoff_s`` doubled for each
+    retry before, at most ``backoff_max_s``, less up to half of it (``jitter`` in [0, 1)),
+    so executors that lost many jobs at once do not retry them all at the same moment."""
+    base = min(backoff_max_s, backoff_s * 2.0 ** max(0, attempt - 1))
+    return round(base * (1.0 - jitter / 2.0), 3)
 
 
 def decide(f: Facts) -> Action:
@@ -149,19 +195,26 @@ def decide(f: Facts) -> Action:
             if f.waited_from is not None and prev.attempt != f.waited_from:
                 return LeaveAlone(f"attempt {prev.attempt} started elsewhere during the backoff")
             if f.waited_from is None:
-                if f.hold_lapsed is None:
-                    return LookUp("hold")
-                if not f.hold_lapsed:
-                    return LeaveAlone(f"attempt {prev.attempt} runs on {prev.executor}")
-                if prev.attempt >= f.max_attempts:
-                    return EndLost(prev, newest)
-                if f.backoff_s > 0:
-                    return WaitBackoff(prev.attempt + 1, f.backoff_s)
+                if not f.announced_known:
+                    return LookUp("retry")
+                if f.announced is None or f.announced.attempt != prev.attempt:
+                    if f.hold_lapsed is None:
+                        return LookUp("hold")
+                    if not f.hold_lapsed:
+                        return LeaveAlone(f"attempt {prev.attempt} runs on {prev.executor}")
+                    if prev.attempt >= f.max_attempts:
+                        return EndLost(prev, newest)
+                    delay = backoff_delay(f.backoff_s, f.backoff_max_s, prev.attempt, f.jitter)
+                    return AnnounceRetry(prev, delay, newest)
+                if f.announced.wait_s > 0:
+                    return WaitBackoff(prev.attempt + 1, f.announced.wait_s)
             attempt = prev.attempt + 1
         if f.canceled is None:
             return LookUp("cancel")
         if f.canceled:
             return EndCanceled(attempt, newest)
+    if attempt == 1 and f.queue_expired:
+        return EndQueueTimeout(newest)
     if f.tool_problem is not None:
         return SpawnFailed(attempt, f.tool_problem, newest)
     if not f.accepting:

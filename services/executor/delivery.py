@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from dataclasses import replace
+from datetime import datetime
+from typing import Any
 
 import msgspec
 import nats.js.errors
@@ -16,7 +19,10 @@ from nats.aio.msg import Msg
 
 from contracts.errors import TerminalErrorCode
 from contracts.events import (
+    Cancel,
+    Outcome,
     Queued,
+    Retry,
     Started,
     Terminal,
     TerminalError,
@@ -27,9 +33,17 @@ from contracts.events import (
 from services.catalogue.loader import Tool
 from services.executor import decide as d
 from services.executor import slots
-from services.executor.attempt import Attempt, CouldNotStart, Finished, Refused, first_hold_window
-from services.executor.context import ExecutorContext
+from services.executor.attempt import (
+    Attempt,
+    CouldNotStart,
+    Finished,
+    Refused,
+    Retrying,
+    first_hold_window,
+)
+from services.executor.context import ExecutorContext, RunningJob
 from services.executor.heartbeat import confirm_progress
+from services.executor.terminals import store_terminal
 from services.runtime import failures, jobstream
 
 log = logging.getLogger("domed.executor")
@@ -48,7 +62,9 @@ async def handle(ctx: ExecutorContext, msg: Msg) -> None:
         return
     tool = ctx.tools.get(queued.tool)
     facts = first_facts(ctx, msg, queued, tool)
-    for _ in range(MAX_DECISIONS):
+    decisions = 0  # since the last attempt ran: each retry starts a new count
+    while decisions < MAX_DECISIONS:
+        decisions += 1
         facts = replace(facts, accepting=ctx.accepting)  # it changes during a backoff
         action = d.decide(facts)
         if isinstance(action, d.LookUp):
@@ -58,9 +74,11 @@ async def handle(ctx: ExecutorContext, msg: Msg) -> None:
             log.info(
                 "job %s: attempt %d starts in %gs", queued.job_id, action.attempt, action.seconds
             )
-            await wait_holding(ctx, msg, action.seconds)
+            await wait_out_backoff(ctx, msg, queued.job_id, action)
             facts = await look_up(ctx, facts, "after_backoff")
             continue
+        if isinstance(action, d.Run):
+            decisions = 0
         again = await act(ctx, msg, queued, tool, action)
         if again is None:
             return
@@ -71,7 +89,8 @@ async def handle(ctx: ExecutorContext, msg: Msg) -> None:
 def first_facts(ctx: ExecutorContext, msg: Msg, queued: Queued, tool: Tool | None) -> d.Facts:
     """What the delivery itself says about the job."""
     meta = msg.metadata
-    retry = tool.manifest.retry if tool else None
+    manifest = tool.manifest if tool else None
+    retry = manifest.retry if manifest else None
     problem = None
     if tool is None:
         problem = f"manifest of {queued.tool!r} is not in this executor's catalogue"
@@ -86,11 +105,29 @@ def first_facts(ctx: ExecutorContext, msg: Msg, queued: Queued, tool: Tool | Non
         ),
         accepting=ctx.accepting,
         tool_problem=problem,
-        max_attempts=d.default_max_attempts(
-            bool(tool and tool.manifest.idempotent), retry.max_attempts if retry else None
+        max_attempts=d.attempts_after(
+            retry.retried() if retry else (),
+            retry.max_attempts if retry else 1,
+            bool(manifest and manifest.idempotent),
+            "lost",
         ),
         backoff_s=retry.backoff_s if retry else 0.0,
+        backoff_max_s=retry.backoff_max_s if retry else 0.0,
+        jitter=random.random(),
+        queue_expired=queue_expired(queued, time.time()),
     )
+
+
+def queue_expired(queued: Queued, now: float) -> bool:
+    """Whether the job waited to start longer than its queue timeout (wall clocks: the
+    router's at submit, ours now)."""
+    if queued.queue_timeout_s is None:
+        return False
+    return now - epoch_of(queued.submitted_at) > queued.queue_timeout_s
+
+
+def epoch_of(timestamp: str) -> float:
+    return datetime.fromisoformat(timestamp).timestamp()
 
 
 async def look_up(ctx: ExecutorContext, facts: d.Facts, fact: d.Fact) -> d.Facts:
@@ -111,6 +148,14 @@ async def look_up(ctx: ExecutorContext, facts: d.Facts, fact: d.Fact) -> d.Facts
             ev = found[1]
             started = d.Attempted(found[0], ev.attempt, ev.executor, ev.started_at)
         return replace(facts, started=started, started_known=True)
+    if fact == "retry":
+        found = await jobstream.last_event(ctx.js, job_id, "retry")
+        announced = None
+        if found is not None and isinstance(found[1], Retry):
+            retry = found[1]
+            left = epoch_of(retry.ts) + retry.delay_s - time.time()
+            announced = d.Announced(found[0], retry.attempt, max(0.0, min(left, retry.delay_s)))
+        return replace(facts, announced=announced, announced_known=True)
     if fact == "hold":
         lapsed = await ctx.holds.lapsed(job_id, within_s=first_hold_window(ctx.heartbeat_s))
         return replace(facts, hold_lapsed=lapsed)
@@ -153,6 +198,27 @@ async def act(
             error=TerminalError(TerminalErrorCode.EXECUTOR_LOST, why),
         )
         return await finish_without_run(ctx, msg, queued, tool, terminal, action.cas_seq)
+    if isinstance(action, d.AnnounceRetry):
+        prev = action.started
+        why = f"executor {prev.executor} vanished while running attempt {prev.attempt}"
+        outcome = Outcome("lost", error=TerminalError(TerminalErrorCode.EXECUTOR_LOST, why))
+        announced = await announce_retry(ctx, job_id, prev.attempt, outcome, action)
+        if announced is None:
+            return await moved_on(ctx, msg, queued, tool, action.cas_seq)
+        return replace(
+            first_facts(ctx, msg, queued, tool),
+            newest_seq=announced.seq,
+            ended=False,
+            started=prev,
+            started_known=True,
+            announced=announced,
+            announced_known=True,
+        )
+    if isinstance(action, d.EndQueueTimeout):
+        waited = f"it waited to start longer than its queue timeout ({queued.queue_timeout_s:g}s)"
+        error = TerminalError(TerminalErrorCode.QUEUE_TIMEOUT, waited)
+        terminal = never_ran(job_id, "timed_out", now_iso(), 0, error)
+        return await finish_without_run(ctx, msg, queued, tool, terminal, action.cas_seq)
     if isinstance(action, d.EndCanceled):
         terminal = never_ran(job_id, "canceled", now_iso(), action.attempt - 1)
         return await finish_without_run(ctx, msg, queued, tool, terminal, action.cas_seq)
@@ -179,6 +245,8 @@ async def run(
     finally:
         if slot is not None:
             await slots.release(ctx.slots_kv, slot)
+    if isinstance(outcome, Retrying):
+        return await retry_after_run(ctx, msg, queued, tool, outcome)
     if isinstance(outcome, CouldNotStart):
         return await spawn_failed(
             ctx, msg, queued, tool, action.attempt, outcome.message, action.last_seq
@@ -188,6 +256,77 @@ async def run(
     if isinstance(outcome, Finished) and outcome.stored:
         await settle(ctx, msg, queued.job_id, tool)
     return None
+
+
+async def retry_after_run(
+    ctx: ExecutorContext, msg: Msg, queued: Queued, tool: Tool, outcome: Retrying
+) -> d.Facts | None:
+    """An attempt ended in a state its manifest retries: announce the next attempt (a
+    ``retry`` event, stored only while the attempt's own events are the job's newest) and
+    decide again, which waits out the backoff and runs it. A cancel that came meanwhile
+    wins: the attempt's terminal is stored instead."""
+    job_id, term = queued.job_id, outcome.terminal
+    last = await jobstream.last_event(ctx.js, job_id)
+    assert last is not None
+    seq, newest = last
+    if isinstance(newest, Terminal) or (
+        isinstance(newest, Started) and newest.attempt != term.attempt
+    ):
+        log.warning("job %s: attempt %d was superseded; no retry", job_id, term.attempt)
+        return None
+    if isinstance(newest, Cancel):
+        if await store_terminal(ctx, term):
+            await settle(ctx, msg, job_id, tool)
+        return None
+    ended = Outcome(term.state, term.exit_code, term.signal, term.error)  # type: ignore[arg-type]
+    plan = d.AnnounceRetry(outcome.started, outcome.delay_s, seq)
+    announced = await announce_retry(ctx, job_id, term.attempt, ended, plan)
+    if announced is None:  # a cancel landed in between: decide again from scratch
+        return replace(first_facts(ctx, msg, queued, tool), needs_lookup=True)
+    log.info(
+        "job %s: attempt %d ended %s; attempt %d in %gs",
+        job_id,
+        term.attempt,
+        term.state,
+        term.attempt + 1,
+        outcome.delay_s,
+    )
+    return replace(
+        first_facts(ctx, msg, queued, tool),
+        newest_seq=announced.seq,
+        ended=False,
+        started=outcome.started,
+        started_known=True,
+        announced=announced,
+        announced_known=True,
+    )
+
+
+async def announce_retry(
+    ctx: ExecutorContext, job_id: str, attempt: int, outcome: Outcome, plan: d.AnnounceRetry
+) -> d.Announced | None:
+    """Store the ``retry`` event for ``attempt``; None if the job moved on since
+    ``plan.cas_seq``."""
+    event = Retry(
+        job_id=job_id,
+        attempt=attempt,
+        outcome=outcome,
+        next_attempt=attempt + 1,
+        delay_s=plan.delay_s,
+        ts=now_iso(),
+    )
+    try:
+        ack = await failures.retry_until(
+            30,
+            lambda: jobstream.publish_event(
+                ctx.js, event, attempt, headers=jobstream.cas_headers(job_id, plan.cas_seq)
+            ),
+        )
+    except nats.js.errors.APIError as exc:
+        if not failures.is_wrong_last_sequence(exc):
+            raise
+        return None
+    return d.Announced(ack.seq, attempt, plan.delay_s)
 
 
 async def spawn_failed(
@@ -256,14 +395,29 @@ async def settle(ctx: ExecutorContext, msg: Msg, job_id: str, tool: Tool | None 
     await msg.ack()
 
 
-async def wait_holding(ctx: ExecutorContext, msg: Msg, seconds: float) -> None:
-    """Wait ``seconds`` (a retry's backoff), or until the executor stops, keeping the
-    delivery ours with answered in-progress acks, one a heartbeat; a delivery left alone
-    would expire and be handed out again, and its new handler would start the same retry."""
-    end = time.monotonic() + seconds
-    while (beat := time.monotonic()) < end and not ctx.stopping.is_set():
-        await confirm_progress(ctx.nc, msg, ctx.heartbeat_s / 3)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                ctx.stopping.wait(), max(0.0, min(end, beat + ctx.heartbeat_s) - time.monotonic())
+async def wait_out_backoff(
+    ctx: ExecutorContext, msg: Msg, job_id: str, action: d.WaitBackoff
+) -> None:
+    """Wait a retry's backoff, or until the job is canceled (the cancel subscription stops
+    it as a running job) or the executor stops, keeping the delivery ours with answered
+    in-progress acks, one a heartbeat; a delivery left alone would expire and be handed
+    out again, and its new handler would start the same retry."""
+    waiting = RunningJob(job_id, action.attempt)
+    ctx.running[job_id] = waiting
+    try:
+        end = time.monotonic() + action.seconds
+        while (beat := time.monotonic()) < end and not ctx.stopping.is_set():
+            if waiting.stop_requested.done():
+                return
+            await confirm_progress(ctx.nc, msg, ctx.heartbeat_s / 3)
+            stopping: asyncio.Future[Any] = asyncio.ensure_future(ctx.stopping.wait())
+            wake: set[asyncio.Future[Any]] = {stopping, waiting.stop_requested}
+            await asyncio.wait(
+                wake,
+                timeout=max(0.0, min(end, beat + ctx.heartbeat_s) - time.monotonic()),
+                return_when=asyncio.FIRST_COMPLETED,
             )
+            stopping.cancel()
+    finally:
+        if ctx.running.get(job_id) is waiting:
+            del ctx.running[job_id]

@@ -262,15 +262,16 @@ class JobProcess:
         except (ProcessLookupError, PermissionError):
             return False
 
-    async def stop(self, grace_s: float) -> None:
-        """TERM the group, wait ``grace_s`` for the leader, then KILL the group."""
+    async def stop(self, grace_s: float, first: str = "TERM") -> None:
+        """Send ``first`` (a signal name: the manifest's ``stop_signal``) to the group, wait
+        ``grace_s`` for the leader, then KILL the group."""
         assert self.exited is not None
         if self.exited.done():
             self.kill_leftovers()
             return
         self.signal_group(signal.SIGCONT)
-        if self.signal_group(signal.SIGTERM):
-            self.signals_sent.append("TERM")
+        if self.signal_group(signal.Signals[f"SIG{first}"]):
+            self.signals_sent.append(first)
         try:
             await asyncio.wait_for(asyncio.shield(self.exited), grace_s)
         except TimeoutError:
@@ -313,17 +314,27 @@ class JobProcess:
         return breach(self.limits, self.tree_usage(), self.popen.returncode)
 
     async def reap_tree(self, timeout_s: float) -> None:
-        """Kill everything left in the job's cgroup and remove it, keeping its last counts;
-        bounded: a process in uninterruptible sleep dies when it wakes."""
+        """Kill everything left in the job's cgroup until it is empty, then keep its last
+        counts; bounded: a process in uninterruptible sleep dies when it wakes. Removing
+        the cgroup (``discard``) waits until the job's end is published."""
         cgroup = self.cgroup
         if cgroup is None:
             return
         deadline = time.monotonic() + timeout_s
-        while True:
-            cgroup.kill()
-            if cgroup.remove() or time.monotonic() > deadline:
+        while pids := cgroup.members():
+            cgroup.kill(pids)
+            if time.monotonic() > deadline:
                 return
             await asyncio.sleep(0.005)
+        cgroup.snapshot()
+
+    def discard(self) -> None:
+        """Remove the job's cgroup, killing what is still in it (idempotent)."""
+        if self.cgroup is not None:
+            if pids := self.cgroup.members():
+                self.cgroup.kill(pids)
+            self.cgroup.snapshot()
+            self.cgroup.remove()
 
     async def wait_exit(self) -> Exit:
         assert self.exited is not None
@@ -340,11 +351,8 @@ class JobProcess:
             return False
 
     def close(self) -> None:
-        """Stop reading and close both pipes and the gate, and remove the job's cgroup
-        if nothing is left in it (idempotent)."""
+        """Stop reading and close both pipes and the gate (idempotent)."""
         self.shut_gate()
-        if self.cgroup is not None:
-            self.cgroup.remove()
         for reader in self.readers:
             reader.close()
         for pipe in (self.popen.stdout, self.popen.stderr):

@@ -20,6 +20,7 @@ from contracts.events import (
     Log,
     Progress,
     Queued,
+    Retry,
     Started,
     Terminal,
 )
@@ -40,6 +41,7 @@ def apply(state: JobState | None, seq: int, event: Event) -> JobState | None:
                 timeout_s=event.timeout_s,
                 lines=LineCounts(),
                 last_seq=seq,
+                submitted_by=event.submitted_by,
             )
         return None  # the job's queued event is gone (retention) or not yet seen
     if seq <= state.last_seq:
@@ -75,6 +77,8 @@ def apply(state: JobState | None, seq: int, event: Event) -> JobState | None:
             progress=None,
             last_seq=seq,
         )
+    if isinstance(event, Retry):  # the job waits for its next attempt; still running
+        return replace(state, last_seq=seq)
     if isinstance(event, Progress):
         if event.attempt != state.attempt:
             return replace(state, last_seq=seq)

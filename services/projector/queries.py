@@ -86,7 +86,7 @@ class Queries:
         return JobsGetReply(**msgspec.structs.asdict(state), projected_seq=projected)
 
     async def list_jobs(self, req: JobsListRequest) -> JobsListReply:
-        """A page of jobs, newest first, filtered by state, tool and label."""
+        """A page of jobs, newest first, filtered by state, tool, label and submitter."""
         limit = req.limit if req.limit is not None else LIST_LIMIT_DEFAULT
         if limit < 1:
             raise DomedError(ErrorCode.INVALID_REQUEST, "limit must be at least 1")
@@ -98,7 +98,12 @@ class Queries:
                 ErrorCode.INVALID_REQUEST, "cursor is not one this service issued"
             ) from None
         jobs = self.store.list_jobs(
-            state=req.state, tool=req.tool, label=req.label, limit=limit, before=before
+            state=req.state,
+            tool=req.tool,
+            label=req.label,
+            limit=limit,
+            before=before,
+            submitted_by=req.submitted_by,
         )
         full = len(jobs) == limit
         # Budgeted by bytes, like events: whatever the jobs hold, the page fits in one reply.

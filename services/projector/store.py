@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     submitted_at TEXT NOT NULL,
     last_seq INTEGER NOT NULL,
     doc BLOB NOT NULL,
+    submitted_by TEXT,
     finished_ts REAL
 );
 CREATE TABLE IF NOT EXISTS forgotten (job_id TEXT PRIMARY KEY) WITHOUT ROWID;
@@ -55,6 +56,7 @@ INDEXES = {
     "jobs_state": "jobs(state, job_id)",
     "jobs_tool": "jobs(tool, job_id)",
     "jobs_last_seq": "jobs(last_seq)",
+    "jobs_submitted_by": "jobs(submitted_by, job_id)",
     # the retention sweep: finished jobs, oldest first
     "jobs_finished": "jobs(finished_ts) WHERE finished_ts IS NOT NULL",
 }
@@ -104,8 +106,23 @@ class Store:
         self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // page_size}")
         self.db.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_BYTES}")
         self.db.executescript(SCHEMA)
+        self._add_submitted_by()
         self._add_finished_ts()
         self.build_indexes()  # a store left without them (see defer_indexes) gets them back
+
+    def _add_submitted_by(self) -> None:
+        """Give a store made before jobs had a submitter its ``submitted_by`` column (the
+        user, for ``domed.jobs.list``'s filter), filled from each job's document, so it
+        answers as a rebuild from the stream would."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
+        if "submitted_by" in columns:
+            return
+        self.db.execute("BEGIN")
+        self.db.execute("ALTER TABLE jobs ADD COLUMN submitted_by TEXT")
+        self.db.execute(
+            "UPDATE jobs SET submitted_by = json_extract(CAST(doc AS TEXT), '$.submitted_by.user')"
+        )
+        self.db.execute("COMMIT")
 
     def defer_indexes(self) -> None:
         """Drop the secondary indexes until ``build_indexes``: a store filled from empty
@@ -161,7 +178,7 @@ class Store:
     ) -> None:
         """Write ``states`` and the position ``seq`` in one transaction; a state of a job
         that finished before ``cutoff`` (epoch seconds) is removed instead of written."""
-        rows: list[tuple[str, str, str, str, int, bytes, float | None]] = []
+        rows: list[tuple[str, str, str, str, int, bytes, str | None, float | None]] = []
         labels: list[tuple[str, str]] = []
         gone: list[JobState] = []
         for s in states:
@@ -170,7 +187,16 @@ class Store:
                 gone.append(s)
                 continue
             rows.append(
-                (s.job_id, s.tool, s.state, s.submitted_at, s.last_seq, _enc.encode(s), finished)
+                (
+                    s.job_id,
+                    s.tool,
+                    s.state,
+                    s.submitted_at,
+                    s.last_seq,
+                    _enc.encode(s),
+                    s.submitted_by.user if s.submitted_by is not None else None,
+                    finished,
+                )
             )
             if s.labels:
                 labels.extend((s.job_id, f"{k}={v}") for k, v in s.labels.items())
@@ -178,9 +204,10 @@ class Store:
         cur.execute("BEGIN")
         try:
             cur.executemany(
-                "INSERT INTO jobs (job_id, tool, state, submitted_at, last_seq, doc, finished_ts) "
-                "VALUES (?,?,?,?,?,?,?) ON CONFLICT(job_id) DO UPDATE SET state=excluded.state, "
-                "last_seq=excluded.last_seq, doc=excluded.doc, finished_ts=excluded.finished_ts",
+                "INSERT INTO jobs (job_id, tool, state, submitted_at, last_seq, doc, submitted_by, "
+                "finished_ts) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(job_id) DO UPDATE SET "
+                "state=excluded.state, last_seq=excluded.last_seq, doc=excluded.doc, "
+                "finished_ts=excluded.finished_ts",
                 rows,
             )
             if labels:
@@ -313,6 +340,7 @@ class Store:
         label: str | None,
         limit: int,
         before: str | None,
+        submitted_by: str | None = None,
     ) -> list[JobState]:
         """Newest first (job ids are time-sortable ULIDs); ``before`` is the exclusive cursor."""
         where: list[str] = []
@@ -327,6 +355,9 @@ class Store:
         if tool:
             where.append("j.tool = ?")
             args.append(tool)
+        if submitted_by:
+            where.append("j.submitted_by = ?")
+            args.append(submitted_by)
         if before:
             where.append("j.job_id < ?")
             args.append(before)

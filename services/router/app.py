@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 import nacl.public
+import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -35,15 +36,17 @@ from contracts.api import (
     ToolsGetRequest,
     ToolsListReply,
     ToolsListRequest,
+    ToolSubmitRequest,
     ToolSummary,
 )
-from contracts.errors import DomedError, ErrorCode
-from contracts.events import Cancel, Started, Terminal, never_ran, now_iso
+from contracts.errors import DomedError, ErrorCode, TerminalErrorCode
+from contracts.events import Cancel, Started, Terminal, TerminalError, never_ran, now_iso
 from services.catalogue.loader import Tool, load_catalogue
-from services.router import core
+from services.router import core, identity
+from services.router.deadlines import QueueDeadlines
 from services.router.metrics import RouterMetrics
 from services.runtime import connection, failures, jobstream, metrics, provisioning, sealing
-from services.runtime.endpoints import Endpoint, serve
+from services.runtime.endpoints import Call, Endpoint, serve
 from services.runtime.lifecycle import VERSION
 from services.runtime.settings import Settings, redact_url
 
@@ -65,9 +68,13 @@ class Router:
         secrets: KeyValue,
         idempotency: KeyValue,
         public_key: nacl.public.PublicKey | None = None,
+        account: str | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = RouterMetrics(tools)
+        # the router's own NATS account: who submitted is believed only from another one
+        # (services/router/identity.py)
+        self.account = account
         self.caps = core.Caps(
             body_bytes=settings.max_body_bytes,
             param_bytes=settings.max_param_bytes,
@@ -85,13 +92,19 @@ class Router:
         self.idempotency = idempotency
         # job id -> (revision of its secrets, when its submit failed): see settle_secrets
         self.unsure_secrets: dict[str, tuple[int, float]] = {}
+        self.deadlines = QueueDeadlines()
 
-    async def submit(self, req: SubmitRequest) -> SubmitReply:
+    async def submit_tool(self, req: ToolSubmitRequest, call: Call) -> SubmitReply:
+        """``domed.jobs.submit.<tool_id>``: the server let the caller publish there."""
+        return await self.submit(core.tool_submit(call.subject, req), call)
+
+    async def submit(self, req: SubmitRequest, call: Call | None = None) -> SubmitReply:
         tool = core.find_tool(self.tools, req.tool)
         core.check_sizes(req.params, req.labels, self.caps)
         params = core.checked_params(tool, req.params)
         job_id = str(ULID())
-        queued = core.build_queued(tool, req, job_id, params)
+        submitted_by = identity.submitted_by(call.headers, self.account) if call else None
+        queued = core.build_queued(tool, req, job_id, params, submitted_by)
         duplicate = False
         try:
             if req.idempotency_key is not None:
@@ -112,7 +125,7 @@ class Router:
                 sealed = sealing.seal(self.public_key, jobstream.encode(secret_params))
                 secrets_rev = await self.secrets.put(job_id, sealed)
             try:
-                await failures.retry_until(
+                ack = await failures.retry_until(
                     self.settings.request_timeout_s,
                     lambda: jobstream.publish_event(
                         self.js, queued, timeout_s=self.settings.request_timeout_s / 2
@@ -122,11 +135,37 @@ class Router:
                 if secrets_rev is not None:  # no executor may ever delete them
                     self.unsure_secrets[queued.job_id] = (secrets_rev, time.monotonic())
                 raise
-            if not duplicate:
+            if not ack.duplicate:  # the stream stored this job now
                 self.metrics.job_submitted(tool.id)
+            if queued.queue_timeout_s is not None and not ack.duplicate:
+                self.deadlines.add(queued.job_id, ack.seq, queued.queue_timeout_s)
         except failures.UNAVAILABLE_ERRORS as exc:
             raise failures.unavailable(exc) from None
         return SubmitReply(job_id=job_id, state="queued", duplicate=duplicate)
+
+    async def expire_queued(self, job_id: str, queued_seq: int, timeout_s: float) -> None:
+        """End a job that is still only ``queued`` at its queue deadline: ``timed_out``,
+        stored only while its ``queued`` is its newest event (a ``started`` or ``cancel``
+        stored first wins)."""
+        error = TerminalError(
+            TerminalErrorCode.QUEUE_TIMEOUT,
+            f"it waited to start longer than its queue timeout ({timeout_s:g}s)",
+        )
+        terminal = never_ran(job_id, "timed_out", now_iso(), 0, error)
+        try:
+            await failures.retry_until(
+                self.settings.request_timeout_s * 5,
+                lambda: jobstream.publish_event(
+                    self.js, terminal, headers=jobstream.cas_headers(job_id, queued_seq)
+                ),
+            )
+        except nats.js.errors.APIError as exc:
+            if failures.is_wrong_last_sequence(exc):
+                return  # it started, was canceled, or an executor ended it first
+            raise
+        log.info("job %s did not start within its queue timeout of %gs", job_id, timeout_s)
+        with contextlib.suppress(*failures.UNAVAILABLE_ERRORS, nats.js.errors.APIError):
+            await self.secrets.purge(job_id)
 
     async def settle_secrets(self, stop: asyncio.Event) -> None:
         """Delete the secret parameters of submits that failed after storing them, once
@@ -268,7 +307,22 @@ class Router:
 
     def endpoints(self) -> list[Endpoint]:
         endpoints = [
-            Endpoint("submit", subjects.SUBMIT, SubmitRequest, self.submit, concurrent=True),
+            Endpoint(
+                "submit-tool",
+                subjects.SUBMIT_TOOL,
+                ToolSubmitRequest,
+                self.submit_tool,
+                concurrent=True,
+                with_call=True,
+            ),
+            Endpoint(
+                "submit",
+                subjects.SUBMIT,
+                SubmitRequest,
+                self.submit,
+                concurrent=True,
+                with_call=True,
+            ),
             Endpoint("cancel", subjects.CANCEL, CancelRequest, self.cancel, concurrent=True),
             Endpoint("tools-list", subjects.TOOLS_LIST, ToolsListRequest, self.tools_list),
             Endpoint("tools-get", subjects.TOOLS_GET, ToolsGetRequest, self.tools_get),
@@ -297,6 +351,25 @@ async def ensure_secrets_bucket(js: JetStreamContext, settings: Settings) -> Key
     return bucket
 
 
+async def own_account(nc: Client, timeout_s: float) -> str | None:
+    """The NATS account this connection is in, as the server says (``$SYS.REQ.USER.INFO``,
+    which the deploy configs let the router publish); None if it will not say, and then
+    no job records who submitted it."""
+    try:
+        reply = await nc.request("$SYS.REQ.USER.INFO", b"", timeout=timeout_s)
+    except nats.errors.Error as exc:
+        log.warning(
+            "cannot learn this router's NATS account (%r): jobs will not record who submitted "
+            "them; allow the router to publish $SYS.REQ.USER.INFO",
+            exc,
+        )
+        return None
+    account = identity.account_of(reply.data)
+    if account is None:
+        log.warning("the server did not name this router's account: no job records a submitter")
+    return account
+
+
 async def run_router(
     settings: Settings, stop: asyncio.Event, ready: asyncio.Event | None = None
 ) -> None:
@@ -312,7 +385,8 @@ async def run_router(
         idem = await provisioning.ensure_kv(
             js, subjects.KV_IDEMPOTENCY, settings.stream, ttl_s=settings.stream.duplicate_window_s
         )
-        router = Router(settings, tools, js, secrets, idem)
+        account = await own_account(nc, settings.request_timeout_s)
+        router = Router(settings, tools, js, secrets, idem, account=account)
         service = await serve(
             nc,
             subjects.SERVICE_ROUTER,
@@ -326,6 +400,7 @@ async def run_router(
                 ready.set()
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(router.settle_secrets(stop))
+                tasks.create_task(router.deadlines.run(stop, router.expire_queued))
                 await stop.wait()
         await service.stop()
     finally:

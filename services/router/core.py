@@ -10,9 +10,10 @@ from typing import Any
 
 import msgspec
 
-from contracts.api import ExplainReply, SubmitRequest
+from contracts import subjects
+from contracts.api import ExplainReply, SubmitRequest, ToolSubmitRequest
 from contracts.errors import DomedError, ErrorCode
-from contracts.events import Queued, now_iso
+from contracts.events import Queued, SubmittedBy, now_iso
 from services.catalogue.loader import Tool
 from services.catalogue.paths import confined_params
 from services.catalogue.render import (
@@ -147,6 +148,24 @@ def effective_timeout(tool: Tool, requested: float | None) -> float:
     return requested
 
 
+def effective_queue_timeout(tool: Tool, requested: float | None) -> float | None:
+    """How long the job may wait to start: the request's, at most the manifest's (any,
+    when the manifest has none), else the manifest's."""
+    limit = tool.manifest.queue_timeout_s
+    if requested is None:
+        return limit
+    if not requested > 0 or requested != requested or requested == float("inf"):
+        raise DomedError(
+            ErrorCode.INVALID_REQUEST, "queue_timeout_s must be a positive number of seconds"
+        )
+    if limit is not None and requested > limit:
+        raise DomedError(
+            ErrorCode.INVALID_REQUEST,
+            f"queue_timeout_s {requested} exceeds the tool's queue_timeout_s {limit}",
+        )
+    return requested
+
+
 def check_labels(labels: Mapping[str, str]) -> None:
     for key in labels:
         if not key or len(key) > 128 or any(c in key for c in "=,\x00"):
@@ -156,7 +175,37 @@ def check_labels(labels: Mapping[str, str]) -> None:
             )
 
 
-def build_queued(tool: Tool, req: SubmitRequest, job_id: str, params: dict[str, Any]) -> Queued:
+def tool_submit(subject: str, req: ToolSubmitRequest) -> SubmitRequest:
+    """The submit a request on ``domed.jobs.submit.<tool_id>`` asks for: of the subject's
+    tool. A ``tool`` in the body must be that one (``invalid_request``): the server's
+    permission was checked on the subject, so the body may not name another tool."""
+    tool_id = subjects.tool_of_submit_subject(subject)
+    if tool_id is None:  # pragma: no cover - the endpoint only receives its own subjects
+        raise DomedError(ErrorCode.INVALID_REQUEST, f"{subject!r} names no tool")
+    if req.tool is not None and req.tool != tool_id:
+        shown = req.tool if len(req.tool) <= 256 else req.tool[:256] + "..."
+        raise DomedError(
+            ErrorCode.INVALID_REQUEST,
+            f"the body names tool {shown!r} but the subject names {tool_id!r}; leave `tool` "
+            "out, or submit on the subject of the tool you mean",
+            {"subject_tool": tool_id},
+        )
+    return SubmitRequest(
+        tool=tool_id,
+        params=req.params,
+        timeout_s=req.timeout_s,
+        labels=req.labels,
+        idempotency_key=req.idempotency_key,
+    )
+
+
+def build_queued(
+    tool: Tool,
+    req: SubmitRequest,
+    job_id: str,
+    params: dict[str, Any],
+    submitted_by: SubmittedBy | None = None,
+) -> Queued:
     """Validate everything that can be checked before a job exists; return its queued event."""
     check_labels(req.labels)
     timeout_s = effective_timeout(tool, req.timeout_s)
@@ -174,6 +223,8 @@ def build_queued(tool: Tool, req: SubmitRequest, job_id: str, params: dict[str, 
         timeout_s=timeout_s,
         labels=dict(req.labels),
         idempotency_key=req.idempotency_key,
+        queue_timeout_s=effective_queue_timeout(tool, req.queue_timeout_s),
+        submitted_by=submitted_by,
     )
 
 

@@ -1,8 +1,8 @@
 """The router's Prometheus metrics: the jobs it stored, by tool.
 
 ``domed_jobs_submitted_total{tool}`` counts submits whose ``queued`` event the stream
-acknowledged; a duplicate (an idempotency key used again) stores nothing and is not
-counted. Every tool of the catalogue starts at 0, so ``rate()`` sees its first job.
+stored; one that stored nothing (an idempotency key used again, a publish the stream
+had already stored) is not counted. Every tool of the catalogue starts at 0, so ``rate()`` sees its first job.
 """
 
 from __future__ import annotations

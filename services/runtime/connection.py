@@ -1,15 +1,19 @@
-"""Connecting a service to NATS: reconnecting forever, an inbox prefix of its own, and
-closing cleanly."""
+"""Connecting a service to NATS: reconnecting forever, an inbox prefix of its own, TLS
+that must verify, and closing cleanly."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
+import ssl
 from typing import Any
 
 import nats.errors
 from nats.aio.client import Client
 
+from services.runtime import tls
 from services.runtime.settings import Settings
 
 log = logging.getLogger("domed.bus")
@@ -53,6 +57,10 @@ async def connect(
 
     ``service`` (or ``settings.service``) is the service kind that names the inbox prefix;
     see :func:`inbox_prefix`.
+
+    With TLS options (``settings.tls``) the first connection must be TLS with a server
+    certificate that verifies: else ``tls.TlsRefused`` saying why, instead of retrying
+    forever what cannot work.
     """
     kwargs: dict[str, Any] = {
         "servers": [u.strip() for u in settings.nats_url.split(",")],
@@ -65,8 +73,19 @@ async def connect(
     }
     if settings.nats_creds:
         kwargs["user_credentials"] = settings.nats_creds
+    context = tls.client_context(settings.tls)
+    if context is not None:
+        kwargs["tls"] = context
+    refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    nc = client if client is not None else Client()
 
     async def _report(exc: Exception) -> None:
+        if (
+            isinstance(exc, (ssl.SSLError, tls.TlsRefused))
+            and not nc.is_connected
+            and not refused.done()
+        ):
+            refused.set_result(exc)
         # A permissions violation means this user's allowlist and what domed does disagree
         # (deploy/nats/accounts.conf): an operator must see it. The rest is reconnect noise.
         if "permissions violation" in str(exc).lower():
@@ -76,9 +95,27 @@ async def connect(
 
     kwargs.setdefault("error_cb", _report)
     kwargs.update(options)
-    nc = client if client is not None else Client()
-    await nc.connect(**kwargs)
-    return nc
+    if context is not None:
+        tls.refuse_plaintext(nc)
+    connecting: asyncio.Future[Any] = asyncio.ensure_future(nc.connect(**kwargs))
+    try:
+        await asyncio.wait([connecting, refused], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not connecting.done() and not refused.done():  # we were canceled
+            connecting.cancel()
+    if connecting.done():
+        refused.cancel()
+        connecting.result()
+        return nc
+    connecting.cancel()
+    with contextlib.suppress(BaseException):
+        await connecting
+    with contextlib.suppress(Exception):
+        await nc.close()
+    exc = refused.result()
+    if isinstance(exc, tls.TlsRefused):
+        raise exc
+    raise tls.TlsRefused(f"TLS to the server failed: {exc}") from exc
 
 
 async def subscriptions_sent(nc: Client) -> None:

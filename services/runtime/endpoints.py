@@ -1,6 +1,7 @@
 """Serve request/reply endpoints on the NATS Services API, with one error boundary.
 
-Every handler takes a decoded request struct and returns a reply struct. This is
+Every handler takes a decoded request struct (and, if it asks, the request's ``Call``:
+its subject and headers) and returns a reply struct. This is
 the one place where a ``DomedError`` becomes the error reply (docs/reference/api.md) and anything
 else becomes a plain 500 with a safe message (the exception is logged, never sent).
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -29,16 +30,27 @@ _encoder = msgspec.json.Encoder()
 
 
 @dataclass(frozen=True)
+class Call:
+    """What a request says besides its body: the subject it came on (a wildcard
+    endpoint's handler reads its tokens) and its headers (some set by the server)."""
+
+    subject: str
+    headers: Mapping[str, str]
+
+
+@dataclass(frozen=True)
 class Endpoint:
     name: str
     subject: str
     request_type: type[msgspec.Struct]
-    handler: Callable[[Any], Awaitable[Any]]
+    handler: Callable[..., Awaitable[Any]]
     # nats.micro runs one request per endpoint at a time; a handler that
     # awaits the bus is run as its own task instead, so requests overlap.
     concurrent: bool = False
     # raises a DomedError (too_large) for a body of this many bytes, before it is decoded
     check_body: Callable[[int], None] | None = None
+    # the handler is called as handler(request, Call)
+    with_call: bool = False
 
 
 MAX_IN_FLIGHT = 512
@@ -108,7 +120,12 @@ def _wrap(endpoint: Endpoint, stats: list[_Counters]) -> Callable[[Request], Awa
         try:
             if endpoint.check_body is not None:
                 endpoint.check_body(len(request.data))
-            reply = await endpoint.handler(decode_request(request.data, endpoint.request_type))
+            body = decode_request(request.data, endpoint.request_type)
+            if endpoint.with_call:
+                call = Call(request.subject, request.headers or {})
+                reply = await endpoint.handler(body, call)
+            else:
+                reply = await endpoint.handler(body)
             await request.respond(_encoder.encode(reply))
         except DomedError as err:
             count_error(err)

@@ -31,10 +31,13 @@ CREDENTIAL_VARS = frozenset(
         "NATS_TOKEN",
         "NATS_NKEY",
         "NATS_KEY",
+        "NATS_CERT",
+        "NATS_CA",
     }
 )
-"""Where a NATS URL, user, password, token, key or creds file may be given to domed or
-the ``nats`` CLI: never passed on to a job."""
+"""Where a NATS URL, user, password, token, key, creds file or TLS client certificate
+(and the CA that goes with it) may be given to domed or the ``nats`` CLI: never passed on
+to a job."""
 
 
 def without_credentials(environ: Mapping[str, str]) -> dict[str, str]:

@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.runtime.tls import TlsFiles
+
 DEFAULT_URL = "nats://127.0.0.1:4222"
 LIMIT_MODES = ("auto", "cgroup2", "cgroup1", "rlimit")
 """What ``--limits`` accepts (services/executor/limits.py); ``auto`` picks the best mode
@@ -77,6 +79,8 @@ class StreamSettings:
 class Settings:
     nats_url: str = DEFAULT_URL
     nats_creds: str | None = None
+    # TLS to the server: CA, client certificate and key (services/runtime/tls.py)
+    tls: TlsFiles = field(default_factory=TlsFiles)
     # the service this process runs (router, executor, projector), if the CLI started one;
     # it names the service's inbox prefix (services/runtime/connection.py, connect)
     service: str = ""

@@ -138,8 +138,11 @@ async def test_environment_is_only_the_allowlist(domed: Domed) -> None:
     finally:
         os.environ.pop("DOMED_TEST_SECRET")
     env = json.loads("\n".join(log_lines(events)))
-    assert set(env) <= {"PATH", "LANG", "FIXED", "DOMED_JOB_ID", "LC_CTYPE"}
+    assert set(env) <= {"PATH", "LANG", "FIXED", "DOMED_JOB_ID", "DOMED_RESULT", "LC_CTYPE"}
     assert env["FIXED"] == "yes" and "DOMED_TEST_SECRET" not in env
+    work_dir = os.path.dirname(env["DOMED_RESULT"])  # a file of the job's own, in its dir
+    assert os.path.basename(env["DOMED_RESULT"]) == f".domed-result-{env['DOMED_JOB_ID']}.json"
+    assert os.path.basename(work_dir).startswith(f"domed-{env['DOMED_JOB_ID']}-")
 
 
 async def test_progress_lines_become_progress_events_and_stay_in_the_log(domed: Domed) -> None:

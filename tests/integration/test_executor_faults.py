@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from contracts.events import Started
+from contracts.events import Retry, Started
 from services.runtime.natsserver import NatsServer
 from tests.support import (
     Domed,
@@ -166,6 +166,9 @@ async def test_idempotent_tool_is_retried_after_its_executor_vanished(
         term = terminal_of(events)
         assert term.state == "succeeded" and term.attempt == 2
         assert [e.event.attempt for e in events if isinstance(e.event, Started)] == [1, 2]
+        [retry] = [e.event for e in events if isinstance(e.event, Retry)]  # announced first
+        assert (retry.attempt, retry.next_attempt, retry.outcome.state) == (1, 2, "lost")
+        assert retry.outcome.error is not None and retry.outcome.error.code == "executor_lost"
         assert counter.read_text() == "2"
         state = await d.projected(job_id)
         assert state["attempt"] == 2 and state["state"] == "succeeded"

@@ -22,10 +22,12 @@ from services.runtime.natsserver import NatsServer
 from tests.support import (
     Domed,
     ServiceProcess,
+    fresh_dir,
     log_lines,
     pid_alive,
     processes_with_env,
     terminal_of,
+    wait_until,
 )
 
 MIB = 1024 * 1024
@@ -161,8 +163,14 @@ async def test_each_job_cgroup_is_removed_with_its_job(confined: Domed) -> None:
     stopped_for(terminal_of(events), "pids")
     hierarchy, _ = cgroups.find("auto")
     assert hierarchy is not None
-    for parent in hierarchy.parents.values():
-        assert not list(parent.glob(f"{cgroups.PREFIX}{job_id}-*"))
+
+    def gone() -> bool:  # removed once the job's end is stored
+        return not any(
+            list(parent.glob(f"{cgroups.PREFIX}{job_id}-*"))
+            for parent in hierarchy.parents.values()
+        )
+
+    await wait_until(gone, 10, "the job's cgroup removed")
 
 
 # Without a cgroup: rlimits bound each process; only limits that end a process by a
@@ -234,3 +242,18 @@ def limit_of(pid: int) -> int:
         return int((cg / "memory.limit_in_bytes").read_text())
     assert mount2 is not None and path2 is not None
     return int((Path(mount2) / path2.lstrip("/") / "memory.max").read_text())
+
+
+async def test_a_shipped_tool_runs_under_the_default_limits(confined: Domed, srv: Path) -> None:
+    """python.pytest sets no limits of its own: a suite that takes 3 GiB is stopped at the
+    default 2048 MiB, and the executor goes on."""
+    suite = fresh_dir(srv / "suites")
+    (suite / "test_hog.py").write_text(
+        "def test_hog():\n    held = b'x' * (3 * 1024**3)\n    assert held\n"
+    )
+    _, events = await confined.run("python.pytest", {"path": str(suite)}, timeout=120)
+    term = terminal_of(events)
+    stopped_for(term, "memory")
+    assert "2048 MiB" in term.error.message  # type: ignore[union-attr]
+    _, after = await confined.run("demo.echo", {"text": "fine"})
+    assert log_lines(after) == ["fine"]

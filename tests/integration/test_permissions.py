@@ -52,10 +52,10 @@ from contracts import subjects
 from services.runtime import connection
 from services.runtime.natsserver import NatsServer, free_port, nats_server_binary
 from services.runtime.settings import StreamSettings
-from tests.support import ROOT, Domed, run_cli
+from tests.support import ROOT, Domed, fresh_dir, run_cli
 
 DEPLOY = ROOT / "deploy" / "nats"
-USERS = ("admin", "router", "executor", "projector", "submitter")
+USERS = ("admin", "router", "executor", "projector", "submitter", "ci", "ops")
 SERVICES = ("router", "executor", "projector")
 TERMINAL = ("succeeded", "failed", "canceled", "timed_out", "lost")
 WAIT_S = 30.0
@@ -953,3 +953,48 @@ def test_deploy_configs_agree() -> None:
         check=False,
     )
     assert missing.returncode != 0, "a password that is not set must stop the server"
+
+
+# ---- who may run what: the scoped users of deploy/nats/accounts.conf -------------------------
+
+
+async def test_scoped_users_run_only_their_tools_and_are_recorded(
+    secured: SecuredServer, admin: Client, pipeline: Domed, srv: Path
+) -> None:
+    """`ci` runs the python family, `ops` files.checksum; each is refused the other's tools,
+    the generic subject (and `ci` cancel), nothing of it is stored, and each job records
+    its submitter as the server named it."""
+    mark = secured.log_size()
+    js = admin.jetstream()
+    data = fresh_dir(srv / "files")  # inside files.checksum's root
+    (data / "a.txt").write_text("a\n")
+    granted = {
+        "ci": ("python.script", {"script": "missing.py"}),
+        "ops": ("files.checksum", {"root": str(data)}),
+    }
+    refused = {
+        "ci": ["domed.jobs.submit.files.checksum", subjects.SUBMIT, subjects.CANCEL],
+        "ops": ["domed.jobs.submit.python.script", "domed.jobs.submit.demo.echo", subjects.SUBMIT],
+    }
+    for user, (tool, params) in granted.items():
+        async with connected(secured.user_url(user), f"test-{user}") as c:
+            assert c.nc is not None
+            job_id = (await request(c.nc, subjects.submit_subject(tool), {"params": params}))[
+                "job_id"
+            ]
+            queued = await js.get_last_msg(
+                subjects.STREAM, subjects.event_subject(job_id, "queued")
+            )
+            by = json.loads(queued.data)["submitted_by"]
+            assert by["account"] == "CLIENTS" and by["user"] == user, by
+            assert by["name"] == f"test-{user}"
+            state = await projected_state(c.nc, job_id)  # it ran to its end
+            assert state["submitted_by"] == by
+            before = await stored_count(admin)
+            for subject in refused[user]:
+                await c.nc.publish(subject, json.dumps({"tool": tool, "job_id": job_id}).encode())
+                await c.refused(subject)
+            await c.nc.flush()
+            assert await stored_count(admin) == before
+    services = [v for v in secured.violations(since=mark) if "DOMED/" in v]
+    assert services == []

@@ -149,7 +149,7 @@ async def test_tools_list_get_and_explain(domed: Domed) -> None:
     assert explained["argv"][-2:] == ["--env", "API_TOKEN"]
     assert "abcd1234" not in json.dumps(explained)
     assert (
-        explained["env_names"] == ["API_TOKEN", "DOMED_JOB_ID", "PATH"]
+        explained["env_names"] == ["API_TOKEN", "DOMED_JOB_ID", "DOMED_RESULT", "PATH"]
         and explained["working_dir_policy"] == "temp"
     )
     assert len(explained["manifest_sha256"]) == 64

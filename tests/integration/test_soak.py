@@ -102,79 +102,82 @@ async def test_soak_with_random_kills_loses_nothing(
     ) as d:
         procs: dict[str, ServiceProcess] = {}
 
-        def spawn(name: str) -> None:
-            kind = "projector" if name == "projector" else "executor"
-            extra = ("--ack-wait", "2", "--name", name) if kind == "executor" else ()
-            procs[name] = ServiceProcess(kind, d.url, ssot, tmp_path / name, *extra).start()
+        try:
 
-        for name in ("executor-a", "executor-b", "projector"):
-            spawn(name)
-        for p in procs.values():
-            await p.wait_ready()
+            def spawn(name: str) -> None:
+                kind = "projector" if name == "projector" else "executor"
+                extra = ("--ack-wait", "2", "--name", name) if kind == "executor" else ()
+                procs[name] = ServiceProcess(kind, d.url, ssot, tmp_path / name, *extra).start()
 
-        accepted: list[str] = []
-        unknown = 0
-        start = time.monotonic()
-        pending_kills = list(zip(kill_times, victims, strict=True))
-        for i, (tool, params, extra) in enumerate(jobs_spec):
-            target = start + SUBMIT_WINDOW_S * i / len(jobs_spec)
-            if (delay := target - time.monotonic()) > 0:
-                await asyncio.sleep(delay)
-            while pending_kills and time.monotonic() - start >= pending_kills[0][0]:
-                _, victim = pending_kills.pop(0)
-                procs[victim].kill()
-                spawn(victim)
-            try:
-                r = await d.request(
-                    subjects.SUBMIT, {"tool": tool, "params": params, **extra}, timeout=5
-                )
-                assert r.error is None, r.data
-                accepted.append(r.data["job_id"])
-            except nats.errors.TimeoutError:
-                unknown += 1
-            if i % 40 == 39:
-                victim_job = accepted[-1]
-                await d.request(subjects.CANCEL, {"job_id": victim_job}, timeout=5)
-        for p in procs.values():
-            await p.wait_ready()
+            for name in ("executor-a", "executor-b", "projector"):
+                spawn(name)
+            for p in procs.values():
+                await p.wait_ready()
 
-        # Quiescence: every accepted job ends (bounded).
-        js = d.nc.jetstream()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            info = await js.stream_info(subjects.STREAM, subjects_filter="job.*.terminal")
-            if len(info.state.subjects or {}) >= len(accepted):
-                break
-            await asyncio.sleep(0.25)
-        by_job = await scan_stream(d.nc)
+            accepted: list[str] = []
+            unknown = 0
+            start = time.monotonic()
+            pending_kills = list(zip(kill_times, victims, strict=True))
+            for i, (tool, params, extra) in enumerate(jobs_spec):
+                target = start + SUBMIT_WINDOW_S * i / len(jobs_spec)
+                if (delay := target - time.monotonic()) > 0:
+                    await asyncio.sleep(delay)
+                while pending_kills and time.monotonic() - start >= pending_kills[0][0]:
+                    _, victim = pending_kills.pop(0)
+                    procs[victim].kill()
+                    spawn(victim)
+                try:
+                    r = await d.request(
+                        subjects.SUBMIT, {"tool": tool, "params": params, **extra}, timeout=5
+                    )
+                    assert r.error is None, r.data
+                    accepted.append(r.data["job_id"])
+                except nats.errors.TimeoutError:
+                    unknown += 1
+                if i % 40 == 39:
+                    victim_job = accepted[-1]
+                    await d.request(subjects.CANCEL, {"job_id": victim_job}, timeout=5)
+            for p in procs.values():
+                await p.wait_ready()
 
-        # I4: every accepted submission is stored; I1: exactly one terminal, and it is last.
-        assert unknown == 0
-        states: dict[str, str] = {}
-        for job_id in accepted:
-            events = by_job[job_id]
-            kinds = [k for _, k, _ in events]
-            assert kinds[0] == "queued", (job_id, kinds)
-            assert kinds.count("terminal") == 1, (job_id, kinds)
-            assert kinds[-1] == "terminal", (job_id, kinds)
-            term = events[-1][2]
-            assert isinstance(term, Terminal)
-            states[job_id] = term.state
-            # I3: per attempt, log seqs have no gaps and no repeats (a publish retried after
-            # a fault may be stored out of order; a reader orders by seq).
-            assert_gap_free(job_id, [ev for _, _, ev in events])
-        # I5: nothing any job started is still running.
-        for job_id in accepted:
-            assert processes_with_env(f"DOMED_JOB_ID={job_id}") == [], job_id
+            # Quiescence: every accepted job ends (bounded).
+            js = d.nc.jetstream()
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                info = await js.stream_info(subjects.STREAM, subjects_filter="job.*.terminal")
+                if len(info.state.subjects or {}) >= len(accepted):
+                    break
+                await asyncio.sleep(0.25)
+            by_job = await scan_stream(d.nc)
 
-        # The live projection converges on the stream...
-        last_seq = (await js.stream_info(subjects.STREAM)).state.last_seq
-        live_path = store_path(Settings(data_dir=tmp_path / "projector"))
-        deadline = time.monotonic() + 30
-        while Store(live_path).position()[0] < last_seq and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        for p in procs.values():
-            p.kill()
+            # I4: every accepted submission is stored; I1: exactly one terminal, and it is last.
+            assert unknown == 0
+            states: dict[str, str] = {}
+            for job_id in accepted:
+                events = by_job[job_id]
+                kinds = [k for _, k, _ in events]
+                assert kinds[0] == "queued", (job_id, kinds)
+                assert kinds.count("terminal") == 1, (job_id, kinds)
+                assert kinds[-1] == "terminal", (job_id, kinds)
+                term = events[-1][2]
+                assert isinstance(term, Terminal)
+                states[job_id] = term.state
+                # I3: per attempt, log seqs have no gaps and no repeats (a publish retried after
+                # a fault may be stored out of order; a reader orders by seq).
+                assert_gap_free(job_id, [ev for _, _, ev in events])
+            # I5: nothing any job started is still running.
+            for job_id in accepted:
+                assert processes_with_env(f"DOMED_JOB_ID={job_id}") == [], job_id
+
+            # The live projection converges on the stream...
+            last_seq = (await js.stream_info(subjects.STREAM)).state.last_seq
+            live_path = store_path(Settings(data_dir=tmp_path / "projector"))
+            deadline = time.monotonic() + 30
+            while Store(live_path).position()[0] < last_seq and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+        finally:  # every process this test started is gone, however it ends
+            for p in procs.values():
+                p.kill()
         live = {s.job_id: msgspec.to_builtins(s) for s in Store(live_path).all_jobs()}
         for job_id in accepted:
             assert live[job_id]["state"] == states[job_id]

@@ -50,7 +50,8 @@ async def test_status_summarises_services_stream_queue_and_lag(services: str) ->
         text = human.stdout
         for name in ("domed-router", "domed-executor", "domed-projector"):
             assert name in text
-        submit_row = next(line for line in text.splitlines() if "domed.jobs.submit" in line)
+        # the CLI submits on the tool's own subject
+        submit_row = next(line for line in text.splitlines() if "domed.jobs.submit.>" in line)
         assert submit_row.split()[-4:-2] == ["1", "0"], text  # requests, errors
         assert "ms" in submit_row
         assert "stream DOMED_JOBS: " in text and " events, " in text and "oldest " in text

@@ -18,8 +18,10 @@ from contracts.events import (
     Event,
     LineCounts,
     Log,
+    Outcome,
     Progress,
     Queued,
+    Retry,
     Rusage,
     Started,
     Terminal,
@@ -90,6 +92,22 @@ EVENTS: list[Event] = [
     Log(job_id=JOB, attempt=2, stream="stderr", seq=10, lines=[], ts=TS),
     Progress(job_id=JOB, attempt=1, ts=TS, current=1, total=4, percent=25.0, message="step"),
     Progress(job_id=JOB, attempt=1, ts=TS),
+    Retry(
+        job_id=JOB,
+        attempt=1,
+        outcome=Outcome("failed", exit_code=3),
+        next_attempt=2,
+        delay_s=2.5,
+        ts=TS,
+    ),
+    Retry(
+        job_id=JOB,
+        attempt=2,
+        outcome=Outcome("lost", error=TerminalError("executor_lost", "gone")),
+        next_attempt=3,
+        delay_s=0.0,
+        ts=TS,
+    ),
     Terminal(
         job_id=JOB,
         state="failed",
@@ -142,6 +160,7 @@ KIND_OF = {
     Started: "started",
     Log: "log",
     Progress: "progress",
+    Retry: "retry",
     Terminal: "terminal",
 }
 

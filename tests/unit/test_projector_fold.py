@@ -18,6 +18,7 @@ from contracts.events import (
     Queued,
     Rusage,
     Started,
+    SubmittedBy,
     Terminal,
     TerminalError,
 )
@@ -346,3 +347,10 @@ def test_folding_resumes_from_any_checkpoint_to_the_same_state(seed: int) -> Non
         if state is not None:
             jobs[event.job_id] = state
     assert jobs == expected
+
+
+def test_queued_carries_its_submitter_into_the_job() -> None:
+    by = SubmittedBy(account="CLIENTS", user="ci", name="runner", host="10.0.0.7")
+    state = fold([queued(submitted_by=by), started(), terminal()])
+    assert state.submitted_by == by and state.state == "succeeded"
+    assert fold([queued()]).submitted_by is None

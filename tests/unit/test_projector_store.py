@@ -8,11 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from msgspec.structs import replace
 
 from contracts.api import JobState
-from contracts.events import LineCounts
+from contracts.events import LineCounts, SubmittedBy
 from services.projector.store import INDEXES, SCHEMA, Store, decode_cursor, encode_cursor
 
 
@@ -284,3 +285,68 @@ def test_deferred_indexes_are_built_back_and_serve_the_same_lists(tmp_path: Path
     reopened.build_indexes()
     assert set(INDEXES) <= _index_names(reopened)
     reopened.close()
+
+
+def by(user: str | None) -> SubmittedBy:
+    return SubmittedBy(account="CLIENTS", user=user)
+
+
+def test_jobs_are_listed_by_their_submitters_user(store: Store) -> None:
+    store.commit(
+        [
+            replace(job(1), submitted_by=by("ci")),
+            replace(job(2), submitted_by=by("ops")),
+            replace(job(3), submitted_by=by("ci")),
+            job(4),
+            replace(job(5), submitted_by=by(None)),
+        ],
+        5,
+    )
+    listed = store.list_jobs(
+        state=None, tool=None, label=None, limit=10, before=None, submitted_by="ci"
+    )
+    assert ids(listed) == [job(3).job_id, job(1).job_id]
+    assert listed[0].submitted_by == by("ci")
+    everyone = store.list_jobs(state=None, tool=None, label=None, limit=10, before=None)
+    assert len(everyone) == 5
+
+
+def test_a_store_made_before_submitters_gets_the_column_filled_from_its_documents(
+    tmp_path: Path,
+) -> None:
+    """A store of the schema without ``submitted_by`` answers the filter as a rebuild would."""
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA.replace(",\n    submitted_by TEXT", ""))
+    assert "submitted_by" not in {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
+    for state in (replace(job(1), submitted_by=by("ci")), job(2)):
+        db.execute(
+            "INSERT INTO jobs (job_id, tool, state, submitted_at, last_seq, doc) VALUES (?,?,?,?,?,?)",
+            (
+                state.job_id,
+                state.tool,
+                state.state,
+                state.submitted_at,
+                state.last_seq,
+                msgspec.json.encode(state),
+            ),
+        )
+    db.commit()
+    db.close()
+    old = Store(path)
+    try:
+        listed = old.list_jobs(
+            state=None, tool=None, label=None, limit=10, before=None, submitted_by="ci"
+        )
+        assert ids(listed) == [job(1).job_id]
+        old.commit([replace(job(3), submitted_by=by("ci"))], 3)
+    finally:
+        old.close()
+    again = Store(path)  # opened again: nothing to add
+    try:
+        listed = again.list_jobs(
+            state=None, tool=None, label=None, limit=10, before=None, submitted_by="ci"
+        )
+        assert ids(listed) == [job(3).job_id, job(1).job_id]
+    finally:
+        again.close()

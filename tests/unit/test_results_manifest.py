@@ -64,3 +64,18 @@ def test_a_valid_result_schema_and_artifacts_load(tmp_path: Path) -> None:
 )
 def test_artifact_globs(glob: str, path: str, matches: bool) -> None:
     assert bool(glob_regex(glob).match(path)) is matches
+
+
+def test_retrying_lost_jobs_needs_an_idempotent_tool(tmp_path: Path) -> None:
+    [(field, message)] = problems(tmp_path, "retry: {when: [failed, lost]}\n")
+    assert field == "retry.when" and "idempotent" in message
+    [(field, _)] = problems(tmp_path, "retry: {max_attempts: 2}\n")  # `when` defaults to lost
+    assert field == "retry"
+    assert problems(tmp_path, "retry: {when: [failed, timed_out]}\n") == []
+    assert problems(tmp_path, "idempotent: true\nretry: {when: [lost, failed]}\n") == []
+
+
+def test_a_stop_signal_is_one_of_the_few_a_tool_may_ask_for(tmp_path: Path) -> None:
+    [(field, _)] = problems(tmp_path, "stop_signal: KILL\n")
+    assert field == "stop_signal"
+    assert problems(tmp_path, "stop_signal: INT\nqueue_timeout_s: 30\n") == []
