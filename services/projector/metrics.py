@@ -4,7 +4,8 @@ The projector sees every event of every job, so the job-level counts are its own
 ``domed_jobs_finished_total{tool,state}``, ``domed_job_duration_seconds{tool,state}``
 (the terminal's ``duration_s``; a job that never started has none),
 ``domed_job_queue_wait_seconds{tool}`` (``submitted_at`` to the first ``started``) and
-``domed_log_lines_total{stream}``. It counts an event as the fold applies it (a
+``domed_log_lines_total{stream}`` and ``domed_job_retries_total{tool,outcome}`` (``retry``
+events, by how the retried attempt ended). It counts an event as the fold applies it (a
 duplicate or replayed delivery changes no job and is not counted), and only events the
 store had not applied when the process started; after a rebuild or on an empty store
 only events stored after the start, so a rebuild does not count the history again.
@@ -31,7 +32,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from contracts.api import JobState
-from contracts.events import TERMINAL_STATES, Event, Log, Started, Terminal
+from contracts.events import TERMINAL_STATES, Event, Log, Retry, Started, Terminal
 from services.projector.projection import Projection
 from services.projector.retention import timestamp
 from services.runtime.metrics import DURATION_BUCKETS
@@ -80,6 +81,7 @@ class ProjectorMetrics(Collector):
         self.finished: dict[tuple[str, str], Finished] = {}
         self.waits: dict[str, Observations] = {tool: Observations() for tool in tools}
         self.lines = {"stdout": 0, "stderr": 0}
+        self.retries: dict[tuple[str, str], int] = {}
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         self.registry.register(self)
@@ -103,6 +105,10 @@ class ProjectorMetrics(Collector):
             finished.count += 1
             if event.duration_s is not None:
                 finished.durations.observe(event.duration_s)
+        elif kind is Retry:
+            assert isinstance(event, Retry)
+            key = (after.tool, event.outcome.state)
+            self.retries[key] = self.retries.get(key, 0) + 1
         elif kind is Started:
             assert isinstance(event, Started)
             if before is not None and before.state == "queued":
@@ -147,6 +153,14 @@ class ProjectorMetrics(Collector):
         for stream, n in self.lines.items():
             lines.add_metric([stream], n)
         yield lines
+        retries = CounterMetricFamily(
+            "domed_job_retries",
+            "Attempts retried (retry events), by tool and how the attempt ended.",
+            labels=["tool", "outcome"],
+        )
+        for (tool, outcome), n in sorted(self.retries.items()):
+            retries.add_metric([tool, outcome], n)
+        yield retries
         # read at the scrape (see the module doc)
         if self.queue_pending is not None:
             yield GaugeMetricFamily(

@@ -73,6 +73,7 @@ async def test_metrics_match_the_jobs_run(
 
         runs = [await d.run("demo.echo", {"text": f"line {i}"}) for i in range(3)]
         runs += [await d.run("test.exit", {"code": 3}) for _ in range(2)]
+        runs += [await d.run("test.flaky", {"file": str(tmp_path / "runs"), "succeed_at": 3})]
         for job_id, _ in runs:
             await d.projected(job_id)
 
@@ -97,6 +98,8 @@ async def test_metrics_match_the_jobs_run(
         assert value(seen, "domed_log_lines_total", stream="stdout") == stdout > 0
         assert value(seen, "domed_log_lines_total", stream="stderr") == stderr
         assert value(seen, "domed_queue_pending") == 0
+        retried = {"tool": "test.flaky", "outcome": "failed"}
+        assert value(seen, "domed_job_retries_total", **retried) == 2
 
         # A sleeping job shows as running, and takes a slot, until it ends.
         sleeper = await d.submit("test.sleep", {"seconds": 60})
