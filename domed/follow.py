@@ -1,87 +1,30 @@
-"""A small client for the request/reply API and the event stream, used by the CLI."""
+"""Following one job: every stored event, from its first to its terminal, each once and
+in stream order, with no gap whatever happens between the calls."""
 
 from __future__ import annotations
 
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import msgspec
 import nats.errors
-from nats.aio.client import Client
+from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
-from nats.micro.request import ERROR_HEADER
 
 from contracts import subjects
-from contracts.events import Event, decode_event
+from contracts.events import Event, Terminal, decode_event
+from domed import api
+from domed.errors import DomedError, NoResponders
 from services.runtime import connection
-from services.runtime.settings import redact_url
-
-_enc = msgspec.json.Encoder()
-
-
-class ApiError(Exception):
-    def __init__(self, code: str, message: str, details: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.details = details
-
-
-class Unreachable(Exception):
-    pass
-
-
-async def _quiet(_: Exception) -> None:
-    """Connection errors become one clear message from the caller, not tracebacks."""
-
-
-async def connect(url: str, creds: str | None = None) -> Client:
-    try:
-        return await nats.connect(
-            servers=[u.strip() for u in url.split(",")],
-            user_credentials=creds,
-            connect_timeout=2,
-            max_reconnect_attempts=1,
-            reconnect_time_wait=0.1,
-            allow_reconnect=False,
-            error_cb=_quiet,
-            name="domed-cli",
-        )
-    except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError, TimeoutError) as exc:
-        raise Unreachable(redact_url(url)) from exc
-
-
-def _reply(subject: str, msg: Msg) -> Any:
-    """The body of a reply; ApiError for an error reply (docs/reference/api.md)."""
-    data = msgspec.json.decode(msg.data) if msg.data else {}
-    if msg.headers and ERROR_HEADER in msg.headers:
-        err = data.get("error", {}) if isinstance(data, dict) else {}
-        raise ApiError(
-            err.get("code", "internal"), err.get("message", str(msg.headers)), err.get("details")
-        )
-    return data
-
-
-async def request(nc: Client, subject: str, body: Any, timeout: float = 5.0) -> Any:
-    """Send one request; raise ApiError for an error reply."""
-    try:
-        msg = await nc.request(subject, _enc.encode(body), timeout=timeout)
-    except nats.errors.NoRespondersError:
-        raise ApiError("unavailable", f"no service answers {subject}; is domed running?") from None
-    except nats.errors.TimeoutError:
-        raise ApiError("unavailable", f"{subject} did not answer within {timeout}s") from None
-    return _reply(subject, msg)
-
 
 # While following, a quiet live subscription is checked against the stream this often.
 FOLLOW_RESYNC_S = 5.0
 
 
 async def follow_job(
-    nc: Client, job_id: str, idle_timeout: float | None = None
+    nc: Nats, job_id: str, idle_timeout: float | None = None
 ) -> AsyncIterator[tuple[int, Event]]:
     """Every stored event of one job, from its first, live, until its terminal, each once and
     in stream order, with its stream sequence.
@@ -117,7 +60,7 @@ async def follow_job(
             return
         last = 0
         last_at = time.monotonic()
-        async for seq, event in _history(nc, job_id, 0, first):
+        async for seq, event in history(nc, job_id, 0, first):
             last, last_at = seq, time.monotonic()
             yield seq, event
             if _is_terminal(event):
@@ -142,12 +85,12 @@ async def follow_job(
                 # the last yielded event; a live copy of what this yields is dropped above
                 checked = checked or msg is not None
                 try:
-                    async for seq_h, event in _history(nc, job_id, last):
+                    async for seq_h, event in history(nc, job_id, last):
                         last, last_at = seq_h, time.monotonic()
                         yield seq_h, event
                         if _is_terminal(event):
                             return
-                except (ApiError, nats.errors.Error):
+                except (DomedError, nats.errors.Error):
                     pass  # the projector is away for now; the live events still come
                 if msg is None or seq <= last:
                     continue
@@ -163,7 +106,7 @@ async def follow_job(
 
 
 def _is_terminal(event: Event) -> bool:
-    return event.__struct_config__.tag == "terminal"
+    return isinstance(event, Terminal)
 
 
 def _stored_seq(msg: Msg) -> int:
@@ -175,42 +118,54 @@ def _stored_seq(msg: Msg) -> int:
         return 0
 
 
-async def _events_page(nc: Client, job_id: str, after: int, timeout: float = 5.0) -> Any:
+class _StoredEvent(msgspec.Struct, frozen=True):
+    """``contracts.api.StoredEvent`` with its payload left raw, to be decoded once as its
+    event class."""
+
+    seq: int
+    data: msgspec.Raw
+
+
+class _EventsPage(msgspec.Struct, frozen=True):
+    """The part of ``contracts.api.JobsEventsReply`` a follower reads."""
+
+    events: list[_StoredEvent]
+    next: int | None = None
+
+
+async def _events_page(nc: Nats, job_id: str, after: int, timeout: float = 5.0) -> _EventsPage:
     """One page of ``domed.jobs.events``; raises NoRespondersError if no projector runs."""
-    body: dict[str, Any] = {"job_id": job_id}
+    body: dict[str, object] = {"job_id": job_id}
     if after:
         body["after_seq"] = after
     try:
-        msg = await nc.request(subjects.JOBS_EVENTS, _enc.encode(body), timeout=timeout)
-    except nats.errors.TimeoutError:
-        raise ApiError(
-            "unavailable", f"{subjects.JOBS_EVENTS} did not answer within {timeout}s"
-        ) from None
-    return _reply(subjects.JOBS_EVENTS, msg)
+        return await api.request(nc, subjects.JOBS_EVENTS, body, _EventsPage, timeout)
+    except NoResponders:
+        raise nats.errors.NoRespondersError from None
 
 
-async def _history(
-    nc: Client, job_id: str, after: int, page: Any = None
+async def history(
+    nc: Nats, job_id: str, after: int = 0, page: _EventsPage | None = None
 ) -> AsyncIterator[tuple[int, Event]]:
-    """The job's stored events after stream sequence ``after``, page by page, in order."""
+    """The job's stored events after stream sequence ``after``, page by page, in order,
+    as far as the stream has them now (``domed.jobs.events``)."""
     while True:
         if page is None:
             page = await _events_page(nc, job_id, after)
-        for stored in page.get("events", []):
-            seq = int(stored["seq"])
-            if seq <= after:
+        for stored in page.events:
+            if stored.seq <= after:
                 continue
-            after = seq
-            yield seq, decode_event(_enc.encode(stored["data"]))
-        nxt = page.get("next")
-        if nxt is None or int(nxt) <= after and not page.get("events"):
+            after = stored.seq
+            yield stored.seq, decode_event(stored.data)
+        nxt = page.next
+        if nxt is None or nxt <= after and not page.events:
             return
-        after = max(after, int(nxt))
+        after = max(after, nxt)
         page = None
 
 
 async def _follow_with_consumer(
-    nc: Client, job_id: str, idle_timeout: float | None
+    nc: Nats, job_id: str, idle_timeout: float | None
 ) -> AsyncIterator[tuple[int, Event]]:
     """Follow by reading the stream with an ordered consumer on ``job.<id>.*`` from the
     first message (needs the right to create a consumer on DOMED_JOBS)."""
