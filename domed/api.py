@@ -73,10 +73,9 @@ async def open_connection(
         "connect_timeout": 2,
         "error_cb": nc.on_error,
     }
-    if reconnect:
-        kwargs.update(allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.25)
-    else:
-        kwargs.update(allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0.1)
+    # The first connect tries each server twice at most, so that no server is
+    # ``Unreachable`` at once rather than a connect that never returns.
+    kwargs.update(allow_reconnect=reconnect, max_reconnect_attempts=1, reconnect_time_wait=0.25)
     if creds:
         kwargs["user_credentials"] = creds
     if tls is not None:
@@ -88,6 +87,9 @@ async def open_connection(
         raise Unreachable(
             "unreachable", f"cannot reach NATS at {redact_url(url)}", {"url": redact_url(url)}
         ) from exc
+    if reconnect and "max_reconnect_attempts" not in (options or {}):
+        # once connected, a lost connection is retried for good, as the services do
+        nc.options["max_reconnect_attempts"] = -1
     return nc
 
 
