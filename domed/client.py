@@ -112,23 +112,20 @@ class Client:
         return Job(self, reply.job_id, tool=tool, duplicate=reply.duplicate)
 
     async def _submit(self, tool: str, body: dict[str, Any]) -> SubmitReply:
-        first: NoResponders | None = None
+        # A router without per-tool subjects has no responder there, and a user whose
+        # permissions predate them is refused there: both go on to the general subject.
+        # If every subject fails, the per-tool subject's failure is the one that says
+        # what the caller lacks (that tool), so it is the one raised.
+        failures: builtins.list[NoResponders | NotPermitted] = []
         for subject in submit_subjects(tool):
             # The per-tool subject names the tool; the general one needs it in the body.
             sent = body if subject != subjects.SUBMIT else {"tool": tool, **body}
             try:
                 reply: SubmitReply = await self._call(subject, sent, SubmitReply)
                 return reply
-            except NoResponders as exc:
-                first = first or exc
-            except NotPermitted:
-                if first is None:
-                    raise
-                # refused the general subject after no router served the per-tool one:
-                # the router is what is missing
-                break
-        assert first is not None
-        raise first
+            except (NoResponders, NotPermitted) as exc:
+                failures.append(exc)
+        raise failures[0]
 
     def job(self, job_id: str) -> Job:
         """A handle on an existing job, to follow, wait for, cancel or read artifacts of."""
