@@ -16,15 +16,15 @@ asyncapi-validator:
 
 # format check, lint, types, layering
 lint:
-    ruff check contracts services tests bench
-    ruff format --check contracts services tests bench
+    ruff check contracts services domed tests bench setup.py
+    ruff format --check contracts services domed tests bench setup.py
     mypy
     lint-imports
 
 # format the code
 fmt:
-    ruff format contracts services tests bench
-    ruff check --fix contracts services tests bench
+    ruff format contracts services domed tests bench setup.py
+    ruff check --fix contracts services domed tests bench setup.py
 
 # regenerate what the contract generates: contracts/schemas, contracts/asyncapi.json, docs/reference
 schemas:

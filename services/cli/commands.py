@@ -1,4 +1,5 @@
-"""The client commands of ``domed``: thin wrappers over the request/reply API and the stream."""
+"""The client commands of ``domed``: each one call of the Python client (``domed``) and
+how its answer is printed."""
 
 from __future__ import annotations
 
@@ -16,19 +17,14 @@ from rich.progress import Progress as RichProgress
 from rich.progress import TaskID
 from rich.table import Table
 
+import domed
 from contracts import subjects
 from contracts.events import Log, Progress, Started, Terminal
-from services.cli.client import (
-    ApiError,
-    NotPermitted,
-    Unreachable,
-    connect,
-    follow_job,
-    request,
-)
+from domed import Client, DomedError, Unreachable
+from domed.errors import NotPermitted
 from services.cli.params import ParamError, parse_params
 from services.runtime.settings import redact_url, resolve_nats_creds, resolve_nats_url
-from services.runtime.tls import TlsRefused, resolve_tls
+from services.runtime.tls import TlsRefused, client_context, resolve_tls
 
 EXIT_NOT_PERMITTED = 77  # services.cli.main.EXIT_CODES documents it
 
@@ -72,7 +68,13 @@ async def run_command(args: argparse.Namespace) -> int:
     url = resolve_nats_url(args.nats_url)
     tls_files = resolve_tls(args.tls_ca, args.tls_cert, args.tls_key)
     try:
-        nc = await connect(url, resolve_nats_creds(args.nats_creds), tls_files)
+        client = await domed.connect(
+            url,
+            resolve_nats_creds(args.nats_creds),
+            name="domed-cli",
+            reconnect=False,
+            tls=client_context(tls_files),
+        )
     except Unreachable:
         err.print(
             f"domed: cannot reach NATS at {redact_url(url)}. Start the embedded one with `domed up`, "
@@ -84,8 +86,15 @@ async def run_command(args: argparse.Namespace) -> int:
         return 3
     try:
         handler = COMMANDS[_command_key(args)]
-        return await handler(nc, args)
-    except ApiError as exc:
+        return await handler(client, args)
+    except NotPermitted as exc:
+        message = _refusal(args, exc.subject)
+        if getattr(args, "json", False):
+            _print_json({"error": {"code": "not_permitted", "message": message}})
+        else:
+            err.print(f"[red]{message}[/red]", markup=True)
+        return EXIT_NOT_PERMITTED
+    except DomedError as exc:
         if getattr(args, "json", False):
             _print_json(
                 {"error": {"code": exc.code, "message": exc.message, "details": exc.details}}
@@ -99,15 +108,8 @@ async def run_command(args: argparse.Namespace) -> int:
     except ParamError as exc:
         err.print(f"[red]invalid_params[/red]: {exc}")
         return 2
-    except NotPermitted as exc:
-        message = _refusal(args, exc.subject)
-        if getattr(args, "json", False):
-            _print_json({"error": {"code": "not_permitted", "message": message}})
-        else:
-            err.print(f"[red]{message}[/red]", markup=True)
-        return EXIT_NOT_PERMITTED
     finally:
-        await nc.close()
+        await client.close()
 
 
 def _refusal(args: argparse.Namespace, subject: str) -> str:
@@ -126,11 +128,11 @@ def _command_key(args: argparse.Namespace) -> str:
 
 
 async def _typed_params(
-    nc: Any, tool: str, pairs: list[str], params_json: str | None
+    client: Client, tool: str, pairs: list[str], params_json: str | None
 ) -> dict[str, Any]:
     if not pairs:
         return parse_params([], params_json, {})
-    manifest = await request(nc, subjects.TOOLS_GET, {"id": tool})
+    manifest = await client.tool(tool)
     return parse_params(pairs, params_json, manifest.get("parameters", {}))
 
 
@@ -144,35 +146,28 @@ def _labels(pairs: list[str]) -> dict[str, str]:
     return labels
 
 
-async def cmd_submit(nc: Any, args: argparse.Namespace) -> int:
-    if not subjects.is_subject_tokens(args.tool):
-        raise ApiError(
-            "unknown_tool",
-            f"no tool has id {args.tool!r}: a tool id is dot-separated words of letters, "
-            "digits, '_' and '-'",
-        )
-    params = await _typed_params(nc, args.tool, args.param, args.params_json)
-    # The tool goes in the subject, where the server's permissions can see it.
-    body: dict[str, Any] = {"params": params, "labels": _labels(args.label)}
-    if args.timeout is not None:
-        body["timeout_s"] = args.timeout
-    if args.idempotency_key:
-        body["idempotency_key"] = args.idempotency_key
-    reply = await request(nc, subjects.submit_subject(args.tool), body)
-    job_id = reply["job_id"]
+async def cmd_submit(client: Client, args: argparse.Namespace) -> int:
+    params = await _typed_params(client, args.tool, args.param, args.params_json)
+    job = await client.submit(
+        args.tool,
+        params,
+        labels=_labels(args.label),
+        idempotency_key=args.idempotency_key or None,
+        timeout_s=args.timeout,
+    )
     if not args.follow:
         if args.json:
-            _print_json(reply)
+            _print_json({"job_id": job.id, "state": "queued", "duplicate": job.duplicate})
         else:
-            out.print(f"{job_id} queued" + (" (duplicate)" if reply.get("duplicate") else ""))
+            out.print(f"{job.id} queued" + (" (duplicate)" if job.duplicate else ""))
         return 0
     if not args.json:
-        err.print(f"[dim]{job_id} queued[/dim]")
-    return await _follow(nc, job_id, args, cancel_on_interrupt=args.cancel_on_interrupt)
+        err.print(f"[dim]{job.id} queued[/dim]")
+    return await _follow(client, job.id, args, cancel_on_interrupt=args.cancel_on_interrupt)
 
 
 async def _follow(
-    nc: Any, job_id: str, args: argparse.Namespace, cancel_on_interrupt: bool = False
+    client: Client, job_id: str, args: argparse.Namespace, cancel_on_interrupt: bool = False
 ) -> int:
     loop = asyncio.get_running_loop()
     interrupted = asyncio.Event()
@@ -183,7 +178,7 @@ async def _follow(
 
     async def consume() -> None:
         nonlocal terminal
-        async for _, event in follow_job(nc, job_id):
+        async for event in client.events(job_id):
             if args.json:
                 events.append(msgspec.to_builtins(event))
             if isinstance(event, Log) and not args.json:
@@ -210,9 +205,7 @@ async def _follow(
         if stopper in done and not task.done():
             bar.close()
             if cancel_on_interrupt or (sys.stdin.isatty() and _ask("cancel the job? [y/N] ")):
-                await request(
-                    nc, subjects.CANCEL, {"job_id": job_id, "reason": "interrupted from the CLI"}
-                )
+                await client.cancel(job_id, "interrupted from the CLI")
                 interrupted.clear()
                 await task
             else:
@@ -285,19 +278,16 @@ def _age(ts: str | None) -> str:
     return f"{int(s)}s"
 
 
-async def cmd_jobs_ls(nc: Any, args: argparse.Namespace) -> int:
-    body = {
-        k: v
-        for k, v in (
-            ("state", args.state),
-            ("tool", args.tool),
-            ("label", args.label),
-            ("submitted_by", args.submitted_by),
-            ("limit", args.limit),
+async def cmd_jobs_ls(client: Client, args: argparse.Namespace) -> int:
+    reply = msgspec.to_builtins(
+        await client.list(
+            state=args.state,
+            tool=args.tool,
+            label=args.label,
+            submitted_by=args.submitted_by,
+            limit=args.limit,
         )
-        if v is not None
-    }
-    reply = await request(nc, subjects.JOBS_LIST, body)
+    )
     if args.json:
         _print_json(reply)
         return 0
@@ -336,8 +326,8 @@ def _submitter(by: dict[str, Any] | None) -> str:
     return f"{by['user']}@{by['account']}" if by.get("user") else str(by["account"])
 
 
-async def cmd_jobs_show(nc: Any, args: argparse.Namespace) -> int:
-    job = await request(nc, subjects.JOBS_GET, {"job_id": args.job_id})
+async def cmd_jobs_show(client: Client, args: argparse.Namespace) -> int:
+    job = msgspec.to_builtins(await client.get(args.job_id))
     if args.json:
         _print_json(job)
         return 0
@@ -372,37 +362,31 @@ async def cmd_jobs_show(nc: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_logs(nc: Any, args: argparse.Namespace) -> int:
+async def cmd_logs(client: Client, args: argparse.Namespace) -> int:
     if args.follow:
         args.json = getattr(args, "json", False)
-        return await _follow(nc, args.job_id, args)
-    after = 0
-    while True:
-        page = await request(nc, subjects.JOBS_EVENTS, {"job_id": args.job_id, "after_seq": after})
-        for ev in page["events"]:
-            data = ev["data"]
-            if data.get("kind") == "log":
-                if args.json:
-                    sys.stdout.write(json.dumps(data) + "\n")
-                else:
-                    stream = sys.stdout if data["stream"] == "stdout" else sys.stderr
-                    stream.write("\n".join(data["lines"]) + "\n")
-        if page.get("next") is None:
-            return 0
-        after = page["next"]
-
-
-async def cmd_cancel(nc: Any, args: argparse.Namespace) -> int:
-    reply = await request(nc, subjects.CANCEL, {"job_id": args.job_id, "reason": args.reason})
-    if args.json:
-        _print_json(reply)
-    else:
-        out.print(f"{reply['job_id']} {reply['state']}")
+        return await _follow(client, args.job_id, args)
+    async for event in client.events(args.job_id, follow=False):
+        if isinstance(event, Log):
+            if args.json:
+                sys.stdout.write(json.dumps(msgspec.to_builtins(event)) + "\n")
+            else:
+                stream = sys.stdout if event.stream == "stdout" else sys.stderr
+                stream.write("\n".join(event.lines) + "\n")
     return 0
 
 
-async def cmd_tools_ls(nc: Any, args: argparse.Namespace) -> int:
-    reply = await request(nc, subjects.TOOLS_LIST, {})
+async def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
+    reply = await client.cancel(args.job_id, args.reason)
+    if args.json:
+        _print_json(msgspec.to_builtins(reply))
+    else:
+        out.print(f"{reply.job_id} {reply.state}")
+    return 0
+
+
+async def cmd_tools_ls(client: Client, args: argparse.Namespace) -> int:
+    reply = msgspec.to_builtins(await client.tools())
     if args.json:
         _print_json(reply)
         return 0
@@ -415,9 +399,9 @@ async def cmd_tools_ls(nc: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_tools_explain(nc: Any, args: argparse.Namespace) -> int:
-    params = await _typed_params(nc, args.tool, args.param, args.params_json)
-    reply = await request(nc, subjects.TOOLS_EXPLAIN, {"tool": args.tool, "params": params})
+async def cmd_tools_explain(client: Client, args: argparse.Namespace) -> int:
+    params = await _typed_params(client, args.tool, args.param, args.params_json)
+    reply = msgspec.to_builtins(await client.explain(args.tool, params))
     if args.json:
         _print_json(reply)
         return 0
@@ -429,10 +413,10 @@ async def cmd_tools_explain(nc: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_status(nc: Any, args: argparse.Namespace) -> int:
+async def cmd_status(client: Client, args: argparse.Namespace) -> int:
     from services.cli.status import gather, render
 
-    report = await gather(nc)
+    report = await gather(client.nc)
     if args.json:
         _print_json(report)
         return 0

@@ -73,11 +73,15 @@ def check_catalogue(ssot: Path) -> bool:
     return True
 
 
+# `services.cli.main` in the source tree, `domed.services.cli.main` once installed.
+MAIN_MODULE = __name__.rsplit(".", 1)[0] + ".main"
+
+
 def child_argv(name: str, settings: Settings, job_user: str = "") -> list[str]:
     argv = [
         sys.executable,
         "-m",
-        "services.cli.main",
+        MAIN_MODULE,
         name,
         "--ssot",
         str(settings.ssot),

@@ -1,4 +1,4 @@
-"""``follow_job`` without consumer rights: the live subscription to ``job.<id>.*`` plus the
+"""The client's ``follow_job`` without consumer rights: the live subscription to ``job.<id>.*`` plus the
 history paged through ``domed.jobs.events`` give every stored event exactly once, in order,
 whatever lands between the subscription and the history read.
 
@@ -19,8 +19,9 @@ import pytest
 
 from contracts import subjects
 from contracts.events import Event, LineCounts, Log, Queued, Started, Terminal, encode_event
-from services.cli import client
-from services.cli.client import ApiError, follow_job
+from domed import follow
+from domed.errors import UnknownJob
+from domed.follow import follow_job
 
 JOB = "01JTESTJOB0000000000000000"
 OTHER = "01JOTHERJOB000000000000000"
@@ -203,7 +204,7 @@ async def test_events_the_subscription_missed_are_read_from_the_stream_in_order(
 async def test_a_quiet_subscription_is_checked_against_the_stream(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(client, "FOLLOW_RESYNC_S", 0.05)
+    monkeypatch.setattr(follow, "FOLLOW_RESYNC_S", 0.05)
     nc = FakeNats()
     nc.store(queued())
 
@@ -245,7 +246,7 @@ async def test_idle_timeout_raises() -> None:
 
 async def test_an_unknown_job_is_an_api_error() -> None:
     nc = FakeNats()
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(UnknownJob) as info:
         await collect(nc)
     assert info.value.code == "unknown_job"
 
@@ -262,7 +263,7 @@ async def test_without_a_projector_it_reads_the_stream_with_a_consumer(
         yield 1, queued()
         yield 2, terminal()
 
-    monkeypatch.setattr(client, "_follow_with_consumer", with_consumer)
+    monkeypatch.setattr(follow, "_follow_with_consumer", with_consumer)
     nc = FakeNats(projector=False)
     assert await collect(nc) == [(1, "queued"), (2, "terminal")]
     assert used == [JOB] and nc.subs[0][1].closed
