@@ -32,6 +32,7 @@ from domed.errors import NoResponders, NotPermitted
 from domed.job import Job
 from services.runtime.settings import resolve_nats_creds, resolve_nats_url
 
+
 def submit_subjects(tool: str) -> builtins.list[str]:
     """The subjects a submit of ``tool`` is sent to, in order, until one has a responder.
 
