@@ -9,6 +9,7 @@ import json
 import signal
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -19,7 +20,7 @@ from rich.table import Table
 
 import domed
 from contracts import subjects
-from contracts.events import Log, Progress, Started, Terminal
+from contracts.events import Log, Progress, Retry, Started, Terminal
 from domed import Client, DomedError, Unreachable
 from domed.errors import NotPermitted
 from services.cli.params import ParamError, parse_params
@@ -123,7 +124,11 @@ def _refusal(args: argparse.Namespace, subject: str) -> str:
 
 
 def _command_key(args: argparse.Namespace) -> str:
-    sub = getattr(args, "jobs_command", None) or getattr(args, "tools_command", None)
+    sub = (
+        getattr(args, "jobs_command", None)
+        or getattr(args, "tools_command", None)
+        or getattr(args, "artifacts_command", None)
+    )
     return f"{args.command} {sub}" if sub else args.command
 
 
@@ -154,6 +159,7 @@ async def cmd_submit(client: Client, args: argparse.Namespace) -> int:
         labels=_labels(args.label),
         idempotency_key=args.idempotency_key or None,
         timeout_s=args.timeout,
+        queue_timeout_s=args.queue_timeout,
     )
     if not args.follow:
         if args.json:
@@ -194,6 +200,9 @@ async def _follow(
                 err.print(
                     f"[dim]started on {event.executor} (pid {event.pid}, attempt {event.attempt})[/dim]"
                 )
+            elif isinstance(event, Retry) and not args.json:
+                bar.close()
+                err.print(f"[yellow]{_retry_line(event)}[/yellow]", markup=True)
             elif isinstance(event, Terminal):
                 terminal = event
                 bar.close()
@@ -219,15 +228,44 @@ async def _follow(
         stopper.cancel()
     assert terminal is not None
     if args.json:
-        _print_json({"job_id": job_id, "terminal": msgspec.to_builtins(terminal), "events": events})
+        _print_json(
+            {
+                "job_id": job_id,
+                "events": events,
+                "terminal": msgspec.to_builtins(terminal),
+                "result": msgspec.to_builtins(terminal.result),
+            }
+        )
     else:
         dur = f" in {terminal.duration_s:.2f}s" if terminal.duration_s is not None else ""
         code = f", exit {terminal.exit_code}" if terminal.exit_code is not None else ""
         sig = f", signal {terminal.signal}" if terminal.signal else ""
         why = f" ({terminal.error.code}: {terminal.error.message})" if terminal.error else ""
+        tries = f", attempt {terminal.attempt}" if terminal.attempt > 1 else ""
         color = "green" if terminal.state == "succeeded" else "red"
-        err.print(f"[{color}]{terminal.state}[/{color}]{dur}{code}{sig}{why}")
+        err.print(f"[{color}]{terminal.state}[/{color}]{dur}{code}{sig}{tries}{why}")
+        if terminal.result is not None:
+            err.print(f"result: {json.dumps(terminal.result)}", markup=False)
+        for artifact in terminal.artifacts or []:
+            err.print(
+                f"artifact: {artifact.name} ({artifact.size} bytes): "
+                f"domed artifacts get {job_id} {artifact.name}",
+                markup=False,
+            )
     return exit_code_for(terminal)
+
+
+def _retry_line(event: Retry) -> str:
+    """``attempt 1 failed (exit 3); attempt 2 in 0.2s``."""
+    ended = event.outcome
+    how = [f"exit {ended.exit_code}"] if ended.exit_code is not None else []
+    how += [f"signal {ended.signal}"] if ended.signal else []
+    how += [ended.error.code] if ended.error else []
+    detail = f" ({', '.join(how)})" if how else ""
+    return (
+        f"attempt {event.attempt} {ended.state}{detail}; "
+        f"attempt {event.next_attempt} in {event.delay_s:g}s"
+    )
 
 
 class _ProgressBar:
@@ -359,6 +397,11 @@ async def cmd_jobs_show(client: Client, args: argparse.Namespace) -> int:
     out.print(f"{'lines':>13}: stdout {lines.get('stdout', 0)}, stderr {lines.get('stderr', 0)}")
     if job.get("error"):
         out.print(f"{'error':>13}: {job['error']['code']}: {job['error']['message']}")
+    if "result" in job:
+        out.print(f"{'result':>13}: {json.dumps(job['result'])}", markup=False)
+    for artifact in job.get("artifacts") or []:
+        line = f"{artifact['name']} ({artifact['size']} bytes, sha256 {artifact['sha256']})"
+        out.print(f"{'artifact':>13}: {line}", markup=False)
     return 0
 
 
@@ -425,6 +468,33 @@ async def cmd_status(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_artifacts_ls(client: Client, args: argparse.Namespace) -> int:
+    listed = await client.artifacts(args.job_id)
+    if args.json:
+        _print_json([msgspec.to_builtins(a) for a in listed])
+        return 0
+    table = Table("NAME", "SIZE", "SHA256", box=None)
+    for a in listed:
+        table.add_row(a.name, str(a.size), a.sha256)
+    out.print(table)
+    return 0
+
+
+async def cmd_artifacts_get(client: Client, args: argparse.Namespace) -> int:
+    """Fetch one artifact; its size and digest are checked before anything is written."""
+    if args.output == "-":
+        sys.stdout.buffer.write(await client.artifact(args.job_id, args.name))
+        sys.stdout.flush()
+        return 0
+    path = Path(args.output or Path(args.name).name)
+    saved = await client.save_artifact(args.job_id, args.name, path)
+    if args.json:
+        _print_json({"job_id": args.job_id, "name": args.name, "path": str(saved)})
+    else:
+        err.print(f"{args.name} -> {saved} (sha256 checked)", markup=False)
+    return 0
+
+
 COMMANDS = {
     "submit": cmd_submit,
     "jobs ls": cmd_jobs_ls,
@@ -434,4 +504,6 @@ COMMANDS = {
     "tools ls": cmd_tools_ls,
     "tools explain": cmd_tools_explain,
     "status": cmd_status,
+    "artifacts ls": cmd_artifacts_ls,
+    "artifacts get": cmd_artifacts_get,
 }

@@ -211,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE")
     submit.add_argument("--idempotency-key", default=None)
     submit.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="end the job timed_out if it has not started by then (at most the tool's)",
+    )
+    submit.add_argument(
         "-f", "--follow", action="store_true", help="stream output until the job ends"
     )
     submit.add_argument(
@@ -249,6 +256,31 @@ def build_parser() -> argparse.ArgumentParser:
     _common(cancel)
     cancel.add_argument("job_id")
     cancel.add_argument("--reason", default=None)
+
+    artifacts = sub.add_parser("artifacts", help="a job's artifacts (domed-artifacts)")
+    asub = artifacts.add_subparsers(dest="artifacts_command", required=True)
+    als = asub.add_parser(
+        "ls",
+        help="the artifacts a job's terminal lists",
+        epilog="example: domed artifacts ls 01J...",
+    )
+    _common(als)
+    als.add_argument("job_id")
+    aget = asub.add_parser(
+        "get",
+        help="fetch one, its size and SHA-256 checked",
+        epilog="example: domed artifacts get 01J... junit.xml -o report.xml",
+    )
+    _common(aget)
+    aget.add_argument("job_id")
+    aget.add_argument("name")
+    aget.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        metavar="PATH",
+        help="where to write it (default: NAME's base name; - for stdout)",
+    )
 
     tools = sub.add_parser("tools", help="the tool catalogue")
     tsub = tools.add_subparsers(dest="tools_command", required=True)

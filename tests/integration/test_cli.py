@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 from services.runtime.natsserver import free_port
 from tests.support import Domed, run_cli
@@ -103,3 +104,45 @@ async def test_status_lists_the_three_services_and_the_stream(domed: Domed) -> N
     assert {"domed-router", "domed-executor", "domed-projector"} <= names
     assert doc["stream"]["state"]["messages"] > 0
     assert "executors" in [c["name"] for c in doc["consumers"]]
+
+
+async def test_follow_prints_the_result_and_artifacts_and_json_ends_with_the_result(
+    domed: Domed, tmp_path: Path
+) -> None:
+    files = '{"out/report.txt": 300}'
+    args = ("submit", "test.leaves", "-p", 'result={"ok": true}', "-p", f"files={files}")
+    plain = await domed_cli(domed, *args, "--follow")
+    assert plain.returncode == 0, plain.stderr
+    assert 'result: {"ok": true}' in plain.stderr
+    assert "artifact: out/report.txt (300 bytes)" in plain.stderr
+    r = await domed_cli(domed, *args, "--follow", "--json")
+    doc = json.loads(r.stdout)
+    assert doc["result"] == {"ok": True} == doc["terminal"]["result"]
+    job_id = doc["job_id"]
+    shown = await domed_cli(domed, "jobs", "show", job_id)
+    assert 'result: {"ok": true}' in shown.stdout and "out/report.txt (300 bytes" in shown.stdout
+
+    listed = json.loads((await domed_cli(domed, "artifacts", "ls", job_id, "--json")).stdout)
+    assert [(a["name"], a["size"]) for a in listed] == [("out/report.txt", 300)]
+    target = tmp_path / "report.txt"
+    got = await domed_cli(domed, "artifacts", "get", job_id, "out/report.txt", "-o", str(target))
+    assert got.returncode == 0, got.stderr
+    assert target.read_bytes() == bytes(i % 251 for i in range(300))
+    missing = await domed_cli(domed, "artifacts", "get", job_id, "nope.txt", "-o", "-")
+    assert missing.returncode != 0 and "nope.txt" in missing.stderr
+
+
+async def test_follow_shows_each_retry(domed: Domed, tmp_path: Path) -> None:
+    r = await domed_cli(
+        domed,
+        "submit",
+        "test.flaky",
+        "-p",
+        f"file={tmp_path / 'runs'}",
+        "-p",
+        "succeed_at=2",
+        "--follow",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "attempt 1 failed (exit 3); attempt 2 in " in r.stderr
+    assert "succeeded" in r.stderr and "attempt 2" in r.stderr.splitlines()[-1]
