@@ -9,6 +9,7 @@ file_size_mb 2 (tests/ssot/tools/test).
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -44,11 +45,9 @@ def cgroup_mode() -> str:
     return hierarchy.mode
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def confined(tmp_path_factory: pytest.TempPathFactory, ssot: Path) -> AsyncIterator[Domed]:
-    """domed whose executor puts every job in a cgroup (v2 where delegated, else v1)."""
-    mode = cgroup_mode()
-    tmp = tmp_path_factory.mktemp("limits-cgroup")
+@contextlib.asynccontextmanager
+async def limited_by(tmp: Path, ssot: Path, mode: str) -> AsyncIterator[Domed]:
+    """domed on a server of its own, its executor enforcing limits by ``mode``."""
     server = NatsServer(store_dir=tmp / "nats").start()
     try:
         async with Domed.running(server.url, ssot, tmp / "data", services=()) as d:
@@ -61,18 +60,18 @@ async def confined(tmp_path_factory: pytest.TempPathFactory, ssot: Path) -> Asyn
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def confined(tmp_path_factory: pytest.TempPathFactory, ssot: Path) -> AsyncIterator[Domed]:
+    """domed whose executor puts every job in a cgroup (v2 where delegated, else v1)."""
+    mode = cgroup_mode()
+    async with limited_by(tmp_path_factory.mktemp("limits-cgroup"), ssot, mode) as d:
+        yield d
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def rlimited(tmp_path_factory: pytest.TempPathFactory, ssot: Path) -> AsyncIterator[Domed]:
     """domed whose executor has no cgroup: per-process rlimits only."""
-    tmp = tmp_path_factory.mktemp("limits-rlimit")
-    server = NatsServer(store_dir=tmp / "nats").start()
-    try:
-        async with Domed.running(server.url, ssot, tmp / "data", services=()) as d:
-            for name in ("router", "projector"):
-                await d.start_service(name)
-            await d.start_service("executor", limits="rlimit")
-            yield d
-    finally:
-        server.stop()
+    async with limited_by(tmp_path_factory.mktemp("limits-rlimit"), ssot, "rlimit") as d:
+        yield d
 
 
 def stopped_for(term: Terminal, limit: str) -> None:
