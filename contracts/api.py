@@ -291,3 +291,28 @@ class JobsEventsReply(msgspec.Struct, frozen=True, omit_defaults=True):
     next: Annotated[
         int | None, Meta(description="Present when there are more: pass it as `after_seq`.")
     ] = None
+
+
+class JobsArtifactRequest(_Request, frozen=True):
+    """One chunk of one of a job's artifacts, in order: the first with ``chunk`` 0, each
+    next one with the ``chunk`` and ``seq`` of the reply before it, until ``chunks``."""
+
+    job_id: Annotated[str, Meta(description="The job.")]
+    name: Annotated[str, Meta(description="The artifact's name, as the job's terminal lists it.")]
+    chunk: Annotated[int, Meta(ge=0, description="Which chunk, from 0.")] = 0
+    after_seq: Annotated[
+        int, Meta(ge=0, description="The `seq` of the previous chunk's reply; 0 for the first.")
+    ] = 0
+
+
+class JobsArtifactReply(msgspec.Struct, frozen=True):
+    """One chunk of an artifact. Concatenated in order, the chunks' bytes are the file, of
+    `size` bytes with SHA-256 `sha256` as the terminal lists it (check it)."""
+
+    name: Annotated[str, Meta(description="The artifact.")]
+    size: Annotated[int, Meta(description="The whole file's size in bytes.")]
+    sha256: Annotated[str, Meta(description="The whole file's SHA-256 (hex), as listed.")]
+    chunks: Annotated[int, Meta(description="How many chunks the file is stored in.")]
+    chunk: Annotated[int, Meta(description="Which chunk this is.")]
+    seq: Annotated[int, Meta(description="Where it is stored: the next request's `after_seq`.")]
+    data: Annotated[str, Meta(description="The chunk's bytes, base64.")]

@@ -40,6 +40,8 @@ MESSAGES: dict[str, Any] = {
     "jobs.list.reply": api.JobsListReply,
     "jobs.events.request": api.JobsEventsRequest,
     "jobs.events.reply": api.JobsEventsReply,
+    "jobs.artifact.request": api.JobsArtifactRequest,
+    "jobs.artifact.reply": api.JobsArtifactReply,
     "job.state": api.JobState,
     "error.reply": ErrorReply,
 }

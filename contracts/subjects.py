@@ -55,6 +55,8 @@ JOBS_LIST: Final = "domed.jobs.list"
 """Request/reply: a page of jobs, newest first (the projector answers)."""
 JOBS_EVENTS: Final = "domed.jobs.events"
 """Request/reply: one job's stored events, in stream order (the projector answers)."""
+JOBS_ARTIFACT: Final = "domed.jobs.artifact"
+"""Request/reply: one chunk of one of a job's artifacts (the projector answers)."""
 
 SERVICE_ROUTER: Final = "domed-router"
 """The router's name on the NATS Services API (``$SRV.*``)."""

@@ -126,6 +126,13 @@ ENDPOINTS: Final[tuple[EndpointSpec, ...]] = (
         "jobs.events.reply",
         "One job's stored events, in stream order; paged.",
     ),
+    EndpointSpec(
+        subjects.JOBS_ARTIFACT,
+        subjects.SERVICE_PROJECTOR,
+        "jobs.artifact.request",
+        "jobs.artifact.reply",
+        "One chunk of one of a job's artifacts; a file is read chunk by chunk.",
+    ),
 )
 """Every request/reply endpoint domed serves, in the order the reference lists them."""
 
@@ -153,5 +160,6 @@ def request_types() -> dict[str, type[Any]]:
         "jobs.get.request": api.JobsGetRequest,
         "jobs.list.request": api.JobsListRequest,
         "jobs.events.request": api.JobsEventsRequest,
+        "jobs.artifact.request": api.JobsArtifactRequest,
     }
     return {e.subject: by_name[e.request] for e in ENDPOINTS}

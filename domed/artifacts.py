@@ -1,18 +1,25 @@
-"""Reading a job's artifacts from the Object Store, checked against what its terminal lists."""
+"""Reading a job's artifacts, checked against what its terminal lists. The projector
+reads them from the Object Store for the client (``domed.jobs.artifact``), so a client
+needs the API's permissions only; ``nats obj get domed-artifacts <job_id>/<name>`` reads
+the same bytes where JetStream is in reach."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import os
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
-import nats.js.errors
 from nats.aio.client import Client as Nats
 
-from domed.errors import ArtifactMissing, DigestMismatch, UnknownArtifact
+from contracts import subjects
+from contracts.api import JobsArtifactReply
+from domed import api
+from domed.errors import ArtifactMissing, DigestMismatch, InvalidRequest, UnknownArtifact
 
 BUCKET = "domed-artifacts"
 """The Object Store bucket the executor stores artifacts in, as object ``<job_id>/<name>``."""
@@ -50,14 +57,27 @@ def find(job_id: str, entries: list[ArtifactRef], name: str) -> ArtifactRef:
     )
 
 
+async def chunks(nc: Nats, entry: ArtifactRef, timeout: float = 10.0) -> AsyncIterator[bytes]:
+    """The artifact's bytes chunk by chunk, as the projector reads them from the Object
+    Store (``domed.jobs.artifact``): a client needs no JetStream rights of its own."""
+    job_id = entry.object.split("/", 1)[0]
+    body: dict[str, Any] = {"job_id": job_id, "name": entry.name, "chunk": 0, "after_seq": 0}
+    while True:
+        try:
+            reply = await api.request(nc, subjects.JOBS_ARTIFACT, body, JobsArtifactReply, timeout)
+        except InvalidRequest as exc:
+            if isinstance(exc.details, dict) and exc.details.get("missing"):
+                raise _missing(entry) from None
+            raise
+        yield base64.b64decode(reply.data)
+        if reply.chunk + 1 >= reply.chunks:
+            return
+        body.update(chunk=reply.chunk + 1, after_seq=reply.seq)
+
+
 async def read(nc: Nats, entry: ArtifactRef) -> bytes:
     """The artifact's bytes, after checking their size and SHA-256 against ``entry``."""
-    obs = await _store(nc, entry)
-    try:
-        result = await obs.get(entry.object)
-    except nats.js.errors.ObjectNotFoundError:
-        raise _missing(entry) from None
-    data = result.data or b""
+    data = b"".join([chunk async for chunk in chunks(nc, entry)])
     _check(entry, len(data), hashlib.sha256(data).hexdigest())
     return data
 
@@ -66,19 +86,14 @@ async def save(nc: Nats, entry: ArtifactRef, path: Path) -> Path:
     """Write the artifact to ``path`` without holding it in memory. It is written to a
     temporary file beside ``path`` and renamed only once its size and SHA-256 check out,
     so ``path`` never holds a partial or wrong file."""
-    obs = await _store(nc, entry)
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w+b") as f:
-            try:
-                await obs.get(entry.object, writeinto=f)
-            except nats.js.errors.ObjectNotFoundError:
-                raise _missing(entry) from None
-            f.seek(0)
-            digest = hashlib.sha256()
-            size = 0
-            while chunk := f.read(1 << 20):
+        digest = hashlib.sha256()
+        size = 0
+        with os.fdopen(fd, "wb") as f:
+            async for chunk in chunks(nc, entry):
+                f.write(chunk)
                 digest.update(chunk)
                 size += len(chunk)
         _check(entry, size, digest.hexdigest())
@@ -88,13 +103,6 @@ async def save(nc: Nats, entry: ArtifactRef, path: Path) -> Path:
             os.unlink(tmp)
         raise
     return path
-
-
-async def _store(nc: Nats, entry: ArtifactRef) -> Any:
-    try:
-        return await nc.jetstream().object_store(entry.bucket)
-    except (nats.js.errors.BucketNotFoundError, nats.js.errors.NotFoundError):
-        raise _missing(entry) from None
 
 
 def _missing(entry: ArtifactRef) -> ArtifactMissing:

@@ -150,6 +150,16 @@ MESSAGES: dict[str, Any] = {
         "complete": True,
         "projected_seq": 44,
     },
+    "jobs.artifact.request": {"job_id": JOB, "name": "junit.xml"},
+    "jobs.artifact.reply": {
+        "name": "junit.xml",
+        "size": 11,
+        "sha256": "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9",
+        "chunks": 1,
+        "chunk": 0,
+        "seq": 12,
+        "data": "aGVsbG8gd29ybGQ=",
+    },
     "error.reply": {
         "error": {
             "code": "unknown_tool",

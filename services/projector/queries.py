@@ -1,24 +1,32 @@
-"""The projector's queries: ``domed.jobs.get``, ``domed.jobs.list`` and ``domed.jobs.events``.
+"""The projector's queries: ``domed.jobs.get``, ``domed.jobs.list``, ``domed.jobs.events``
+and ``domed.jobs.artifact``.
 
 ``get`` and ``list`` answer from the store; every reply carries ``projected_seq`` (the
 last stream seq the store holds) so a caller can wait for its own writes. ``events``
 reads a job's events from the stream itself, one page at a time, so its answer is
-complete even before the projection has caught up.
+complete even before the projection has caught up. ``artifact`` reads one stored chunk of
+an artifact the job lists from the Object Store: clients whose NATS account has no
+JetStream of domed's (deploy/nats) read artifacts through it, with the same permissions
+as every other job query.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 from typing import Any
 
 import msgspec
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from contracts import subjects
 from contracts.api import (
+    JobsArtifactReply,
+    JobsArtifactRequest,
     JobsEventsReply,
     JobsEventsRequest,
     JobsGetReply,
@@ -69,7 +77,63 @@ class Queries:
             Endpoint(
                 "jobs-events", subjects.JOBS_EVENTS, JobsEventsRequest, self.events, concurrent=True
             ),
+            Endpoint(
+                "jobs-artifact",
+                subjects.JOBS_ARTIFACT,
+                JobsArtifactRequest,
+                self.artifact,
+                concurrent=True,
+            ),
         ]
+
+    async def artifact(self, req: JobsArtifactRequest) -> JobsArtifactReply:
+        """One stored chunk of an artifact the job's terminal lists."""
+        state = self.store.get(req.job_id)
+        if state is None:
+            raise DomedError(ErrorCode.UNKNOWN_JOB, f"no job has id {req.job_id!r}")
+        listed = {a.name: a for a in state.artifacts or []}
+        entry = listed.get(req.name)
+        if entry is None:
+            raise DomedError(
+                ErrorCode.INVALID_REQUEST,
+                f"job {req.job_id} lists no artifact {req.name!r}",
+                {"listed": sorted(listed)},
+            )
+        gone = DomedError(
+            ErrorCode.INVALID_REQUEST,
+            f"artifact {req.name!r} of job {req.job_id} is no longer stored (it expired)",
+            {"missing": True, "bucket": entry.bucket, "object": entry.object},
+        )
+        try:
+            bucket = await self.js.object_store(entry.bucket)
+            info = await bucket.get_info(entry.object)
+            chunks = int(info.chunks or 0)
+            if req.chunk >= max(chunks, 1):
+                raise DomedError(
+                    ErrorCode.INVALID_REQUEST, f"chunk {req.chunk} is past the last ({chunks})"
+                )
+            data, seq = b"", req.after_seq
+            if chunks:
+                msg = await self.js.get_msg(
+                    f"OBJ_{entry.bucket}",
+                    seq=req.after_seq + 1,
+                    subject=f"$O.{entry.bucket}.C.{info.nuid}",
+                    next=True,
+                )
+                data, seq = msg.data or b"", int(msg.seq or 0)
+        except (nats.js.errors.NotFoundError, nats.js.errors.BucketNotFoundError):
+            raise gone from None
+        except failures.UNAVAILABLE_ERRORS as exc:
+            raise failures.unavailable(exc) from None
+        return JobsArtifactReply(
+            name=entry.name,
+            size=entry.size,
+            sha256=entry.sha256,
+            chunks=chunks,
+            chunk=req.chunk,
+            seq=seq,
+            data=base64.b64encode(data).decode(),
+        )
 
     async def get(self, req: JobsGetRequest) -> JobsGetReply:
         """One job's state; ``unknown_job`` says when retention removed events unread."""

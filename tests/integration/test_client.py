@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -210,27 +211,24 @@ class Entry:
 async def test_an_artifact_is_read_only_when_its_digest_matches(
     running: Domed, client: domed.Client, tmp_path: Path
 ) -> None:
-    job = await client.submit("demo.echo", {"text": "artifact"})
-    await job.wait(timeout=30)
-    js = running.nc.jetstream()
-    try:
-        store = await js.object_store(domed.ARTIFACTS_BUCKET)
-    except nats.js.errors.BucketNotFoundError:
-        store = await js.create_object_store(domed.ARTIFACTS_BUCKET)
-    data = b"report\n" * 50_000  # several chunks
-    await store.put(f"{job.id}/out/report.txt", data)
-    good = Entry(
-        "out/report.txt",
-        len(data),
-        hashlib.sha256(data).hexdigest(),
-        domed.ARTIFACTS_BUCKET,
-        f"{job.id}/out/report.txt",
-    )
-    assert await client.read_artifact(good) == data
-    saved = await artifacts.save(client.nc, good, tmp_path / "report.txt")
+    size = 300_000  # three Object Store chunks
+    files = json.dumps({"out/report.txt": size})
+    job = await client.submit("test.leaves", {"result": '{"ok": true}', "files": files})
+    assert (await job.wait(timeout=30)).state == "succeeded"
+    data = bytes(i % 251 for i in range(size))
+    assert await client.artifact(job.id, "out/report.txt") == data
+    saved = await client.save_artifact(job.id, "out/report.txt", tmp_path / "report.txt")
     assert saved.read_bytes() == data
+    [good] = await client.artifacts(job.id)
+    assert (good.name, good.size, good.sha256) == (
+        "out/report.txt",
+        size,
+        hashlib.sha256(data).hexdigest(),
+    )
 
-    wrong = Entry(**{**good.__dict__, "sha256": hashlib.sha256(b"other").hexdigest()})
+    wrong = Entry(
+        good.name, good.size, hashlib.sha256(b"other").hexdigest(), good.bucket, good.object
+    )
     with pytest.raises(domed.DigestMismatch) as mismatch:
         await client.read_artifact(wrong)
     assert mismatch.value.code == "digest_mismatch"
@@ -238,14 +236,16 @@ async def test_an_artifact_is_read_only_when_its_digest_matches(
         await artifacts.save(client.nc, wrong, tmp_path / "wrong.txt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.txt"]  # nothing half-kept
 
-    gone = Entry(**{**good.__dict__, "object": f"{job.id}/out/gone.txt"})
+    # the object expired (or was removed) after the job listed it
+    store = await running.nc.jetstream().object_store(domed.ARTIFACTS_BUCKET)
+    await store.delete(good.object)
     with pytest.raises(domed.ArtifactMissing) as missing:
-        await client.read_artifact(gone)
+        await client.artifact(job.id, "out/report.txt")
     assert missing.value.code == "artifact_missing"
 
-    # the job's terminal lists no artifact of that name (demo.echo produces none)
+    # the job's terminal lists no artifact of that name
     with pytest.raises(domed.UnknownArtifact) as unknown:
-        await client.artifact(job.id, "out/report.txt")
+        await client.artifact(job.id, "out/other.txt")
     assert unknown.value.code == "unknown_artifact"
     with pytest.raises(domed.UnknownArtifact):
-        await job.artifact("out/report.txt")
+        await job.artifact("out/other.txt")

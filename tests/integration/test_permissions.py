@@ -25,6 +25,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -479,6 +480,11 @@ async def test_each_service_works_with_only_its_own_user(
     [artifact] = term["artifacts"]
     bucket = await admin.jetstream().object_store(subjects.OBJ_ARTIFACTS)
     assert len((await bucket.get(artifact["object"])).data or b"") == 3000
+    # the submitter, with no JetStream in its account, reads it through the projector
+    await watch.projected(leaves)
+    chunk = await request(nc, subjects.JOBS_ARTIFACT, {"job_id": leaves, "name": artifact["name"]})
+    data = base64.b64decode(chunk["data"])
+    assert chunk["chunks"] == 1 and hashlib.sha256(data).hexdigest() == artifact["sha256"]
 
     # Progress events; an idempotency key (domed-idempotency); a per-tool slot (domed-slots)
     # and a cancel heard by the executor on job.*.cancel.

@@ -4,7 +4,7 @@
 lists them with their SHA-256.
 
 ``test.leaves`` (tests/ssot/tools/test): result_schema ``{ok: boolean}`` required,
-max_result_bytes 1024, max_artifact_bytes 100000, artifacts ``out/**`` and ``*.txt``.
+max_result_bytes 1024, max_artifact_bytes 400000, artifacts ``out/**`` and ``*.txt``.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ async def test_artifacts_are_stored_before_the_terminal_with_their_digests(
 
 
 async def test_artifacts_past_their_cap_fail_the_job_and_store_nothing(domed: Domed) -> None:
-    job_id, term = await leaves(domed, files={"out/a.bin": 60000, "out/b.bin": 60000})
+    job_id, term = await leaves(domed, files={"out/a.bin": 250000, "out/b.bin": 250000})
     assert term.state == "failed" and term.error.code == "artifact_failed", term  # type: ignore[attr-defined]
     assert "max_artifact_bytes" in term.error.message and term.artifacts is None  # type: ignore[attr-defined]
     bucket = await domed.nc.jetstream().object_store(subjects.OBJ_ARTIFACTS)
