@@ -123,6 +123,11 @@ def refuse_what_cannot_run(
     """Stop at the start, not at the first job, when jobs could not run as configured: the
     job user cannot be switched to, the secrets key is unusable, or the limits mode asked
     for is not available. Returns where jobs' cgroups go (None: rlimits only)."""
+    if job_user is None and os.geteuid() == 0:
+        log.warning(
+            "jobs run as root: they can read every file and every process's environment "
+            "and memory, this executor's included; run them as another user with --job-user"
+        )
     if job_user is not None:
         check_can_switch(job_user)
         if not clear_ambient_caps():
