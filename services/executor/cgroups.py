@@ -2,11 +2,12 @@
 the job's whole process tree (``limits.py`` says what each mode guarantees).
 
 ``cgroup2``: the unified hierarchy, where the executor's cgroup is delegated to it
-(systemd ``Delegate=yes``) with the memory and pids controllers. The processes already
-in that cgroup move to a leaf (``domed-services``) so its controllers can be enabled for
-the job cgroups beside it. ``cgroup1``: the legacy memory, pids and cpuacct hierarchies,
-writable by the executor. Either way a job's cgroup is named ``domed-<job>-<attempt>``
-and listed in the job's record, so the next executor removes what a dead one left.
+(systemd ``Delegate=yes``) with the memory and pids controllers. The executor moves
+itself to a leaf (``domed-services``) so the controllers can be enabled for the job
+cgroups beside it; a cgroup that holds other processes too is not used. ``cgroup1``: the
+legacy memory, pids and cpuacct hierarchies, writable by the executor. Either way a job's
+cgroup is named ``domed-<job>-<attempt>-<executor pid>-<n>`` and listed in the job's
+record, so the next executor removes what a dead one left.
 """
 
 from __future__ import annotations
@@ -271,15 +272,17 @@ def open_v2() -> Hierarchy:
         )
     try:
         if not set(V2_NEEDED) <= enabled:
+            # Only this process moves: a cgroup that holds others (a login session's, say)
+            # is not the executor's to rearrange, and enabling then fails (EBUSY).
             leaf = base / V2_SERVICES_LEAF
             leaf.mkdir(exist_ok=True)
-            for pid in _read(base / "cgroup.procs").split():
-                with contextlib.suppress(ProcessLookupError):
-                    _write(leaf / "cgroup.procs", pid)
+            _write(leaf / "cgroup.procs", str(os.getpid()))
             _write(base / "cgroup.subtree_control", " ".join(f"+{c}" for c in V2_NEEDED))
     except OSError as exc:
         raise CgroupError(
-            f"cannot enable {', '.join(V2_NEEDED)} for job cgroups in {base}: {exc.strerror or exc}"
+            f"cannot enable {', '.join(V2_NEEDED)} for job cgroups in {base} "
+            f"({exc.strerror or exc}): give the executor a cgroup of its own "
+            "(systemd Delegate=yes)"
         ) from None
     _probe(base)
     return Hierarchy(2, {"unified": base})
