@@ -283,12 +283,30 @@ async def test_a_slot_that_expired_is_taken_again_unless_another_job_holds_it(
     assert slot is not None and await slots.acquire(kv, tool, 1, "job-b") is None  # all held
     await kv.delete(slot.key)  # as the TTL would
     await slots.keep(kv, slot)
-    assert not slot.lost and (await kv.get(slot.key)).value == b"job-a"
+    assert not slot.lost and (await kv.get(slot.key)).value == slot.token
     await kv.purge(slot.key)
     taken = await slots.acquire(kv, tool, 1, "job-b")  # another job got it meanwhile
     assert taken is not None
     await slots.keep(kv, slot)
     await slots.release(kv, slot)
-    assert slot.lost and (await kv.get(slot.key)).value == b"job-b"
+    assert slot.lost and (await kv.get(slot.key)).value == taken.token
     await slots.release(kv, taken)
     assert await slots.acquire(kv, tool, 1, "job-c") is not None
+
+
+async def test_a_slot_whose_last_keep_went_unanswered_is_still_given_back(
+    domed: Domed,
+) -> None:
+    """The job ended while a keep was on its way: the server stored it, the executor never
+    learned its revision. The release still frees the slot at once (it used to wait for
+    the bucket's TTL, 10 s, before another job of the tool could run)."""
+    kv = await domed.nc.jetstream().key_value(subjects.KV_SLOTS)
+    tool = f"test.slots-{ULID()}".lower()
+    slot = await slots.acquire(kv, tool, 1, "job-a")
+    assert slot is not None
+    await kv.update(slot.key, slot.token, last=slot.revision)  # the keep, answer lost
+    await slots.keep(kv, slot)  # a later keep is not fooled into giving it up either
+    assert not slot.lost
+    await kv.update(slot.key, slot.token, last=slot.revision)
+    await slots.release(kv, slot)
+    assert await slots.acquire(kv, tool, 1, "job-b") is not None
