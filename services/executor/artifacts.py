@@ -5,10 +5,15 @@ its terminal, which lists them."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import logging
 
-from nats.js.object_store import ObjectStore
+from nats.js import JetStreamContext
+from nats.js.object_store import (
+    OBJ_CHUNKS_PRE_TEMPLATE,
+    OBJ_META_PRE_TEMPLATE,
+    OBJ_STREAM_TEMPLATE,
+    ObjectStore,
+)
 
 from contracts import subjects
 from contracts.events import Artifact
@@ -53,10 +58,12 @@ def collect(work_dir: str, patterns: list[str], max_bytes: int, owner: int | Non
     return opened
 
 
-async def store(bucket: ObjectStore, job_id: str, files: list[JobFile]) -> list[Artifact]:
+async def store(
+    js: JetStreamContext, bucket: ObjectStore, job_id: str, files: list[JobFile]
+) -> list[Artifact]:
     """Upload ``files`` (closing them); on any failure remove what was stored of them and
     raise ArtifactFailed, so a terminal never lists an object that is not there."""
-    stored: list[Artifact] = []
+    stored: list[tuple[Artifact, str]] = []  # and the nuid its chunks are stored under
     for i, job_file in enumerate(files):
         name = f"{job_id}/{job_file.name}"
         try:
@@ -66,12 +73,27 @@ async def store(bucket: ObjectStore, job_id: str, files: list[JobFile]) -> list[
             digest = base64.urlsafe_b64decode(str(info.digest).removeprefix("SHA-256="))
         except Exception as exc:
             close(files[i + 1 :])
-            for artifact in stored:
-                with contextlib.suppress(Exception):
-                    await bucket.delete(artifact.object)
+            for artifact, nuid in stored:
+                await _purge(js, artifact.object, nuid)
             why = str(exc) or type(exc).__name__
             raise ArtifactFailed(f"storing artifact {job_file.name} failed: {why}") from exc
-        stored.append(
-            Artifact(job_file.name, int(info.size or 0), digest.hex(), subjects.OBJ_ARTIFACTS, name)
+        artifact = Artifact(
+            job_file.name, int(info.size or 0), digest.hex(), subjects.OBJ_ARTIFACTS, name
         )
-    return stored
+        stored.append((artifact, str(info.nuid)))
+    return [artifact for artifact, _ in stored]
+
+
+async def _purge(js: JetStreamContext, name: str, nuid: str) -> None:
+    """Remove a stored object, chunks and entry, by purging its subjects: a delete would
+    write a marker, which a bucket that refused the upload for lack of room refuses too."""
+    stream = OBJ_STREAM_TEMPLATE.format(bucket=subjects.OBJ_ARTIFACTS)
+    entry = base64.urlsafe_b64encode(name.encode()).decode()
+    for subject in (
+        OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=subjects.OBJ_ARTIFACTS, obj=nuid),
+        OBJ_META_PRE_TEMPLATE.format(bucket=subjects.OBJ_ARTIFACTS, obj=entry),
+    ):
+        try:
+            await js.purge_stream(stream, subject=subject)
+        except Exception as exc:  # the TTL removes it in the end; say so now
+            log.warning("could not remove %s of a failed upload: %s", name, exc)

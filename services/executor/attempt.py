@@ -364,7 +364,7 @@ class Attempt:
                     manifest.limits.max_artifact_bytes,
                     owner,
                 )
-                stored = await artifacts.store(self.ctx.artifacts, self.job_id, files)
+                stored = await artifacts.store(self.ctx.js, self.ctx.artifacts, self.job_id, files)
             except artifacts.ArtifactFailed as exc:
                 job.request_stop(
                     core.StopReason("failed", TerminalErrorCode.ARTIFACT_FAILED, str(exc))

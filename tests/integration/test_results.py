@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import msgspec
+import nats
 import nats.js.errors
+from nats.js.api import ObjectStoreConfig
 
 from contracts import subjects
+from services.runtime.natsserver import NatsServer
 from tests.support import Domed, terminal_of
 
 
@@ -104,3 +108,29 @@ async def test_an_artifact_symlinked_out_of_the_working_dir_is_refused(domed: Do
     _, term = await leaves(domed, files={"out/passwd": "/etc/passwd"})
     assert term.state == "failed" and term.error.code == "artifact_failed", term  # type: ignore[attr-defined]
     assert "out/passwd" in term.error.message and "symlink" in term.error.message  # type: ignore[attr-defined]
+
+
+async def test_an_upload_that_fails_midway_fails_the_job_and_lists_nothing(
+    fresh_server: NatsServer, ssot: Path, tmp_path: Path
+) -> None:
+    """The bucket refuses the second file (past its max_bytes): the job ends
+    artifact_failed, its terminal lists no artifact, and the first file's object, stored
+    before the refusal, is removed."""
+    nc = await nats.connect(fresh_server.url)
+    try:
+        await nc.jetstream().create_object_store(
+            subjects.OBJ_ARTIFACTS,
+            ObjectStoreConfig(bucket=subjects.OBJ_ARTIFACTS, max_bytes=96 * 1024),
+        )
+    finally:
+        await nc.close()
+    async with Domed.running(fresh_server.url, ssot, tmp_path / "data") as d:
+        job_id, term = await leaves(d, files={"out/a.bin": 20_000, "out/b.bin": 200_000})
+        assert term.state == "failed" and term.error.code == "artifact_failed", term  # type: ignore[attr-defined]
+        assert "out/b.bin" in term.error.message and term.artifacts is None  # type: ignore[attr-defined]
+        bucket = await d.nc.jetstream().object_store(subjects.OBJ_ARTIFACTS)
+        try:
+            names = [info.name for info in await bucket.list()]
+        except nats.js.errors.NotFoundError:
+            names = []
+        assert not [n for n in names if n.startswith(f"{job_id}/")], names
