@@ -25,7 +25,7 @@ from contracts.api import (
     SubmitReply,
     ToolsListReply,
 )
-from contracts.events import Event, Terminal
+from contracts.events import TERMINAL_STATES, Event, Terminal
 from domed import api, artifacts, follow
 from domed.artifacts import ArtifactRef
 from domed.errors import NoResponders, NotPermitted
@@ -197,8 +197,16 @@ class Client:
     # artifacts
 
     async def artifacts(self, job_id: str) -> builtins.list[ArtifactRef]:
-        """The artifacts the job's terminal lists (none before it ends)."""
-        return artifacts.listed(await self.get(job_id))
+        """The artifacts the job's terminal lists (none before it ends). A job that has
+        ended in the stream but not yet in the projector's store is read from the
+        stream's events after what the store has of it."""
+        state = await self.get(job_id)
+        if state.state in TERMINAL_STATES:
+            return artifacts.listed(state)
+        async for _, event in follow.history(self._nc, job_id, after=state.last_seq):
+            if isinstance(event, Terminal):
+                return artifacts.listed(event)
+        return []
 
     async def artifact(self, job_id: str, name: str) -> bytes:
         """The bytes of the job's artifact ``name``, checked against the size and SHA-256

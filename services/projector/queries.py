@@ -36,6 +36,7 @@ from contracts.api import (
     StoredEvent,
 )
 from contracts.errors import DomedError, ErrorCode
+from contracts.events import Terminal
 from services.projector.projection import Projection
 from services.projector.store import Store, decode_cursor, encode_cursor
 from services.runtime import failures, jobstream
@@ -88,10 +89,18 @@ class Queries:
 
     async def artifact(self, req: JobsArtifactRequest) -> JobsArtifactReply:
         """One stored chunk of an artifact the job's terminal lists."""
-        state = self.store.get(req.job_id)
-        if state is None:
+        if not subjects.is_job_id(req.job_id):
             raise DomedError(ErrorCode.UNKNOWN_JOB, f"no job has id {req.job_id!r}")
-        listed = {a.name: a for a in state.artifacts or []}
+        # the terminal as the stream has it: the store may not have projected it yet
+        try:
+            found = await jobstream.last_event(self.js, req.job_id, "terminal")
+        except failures.UNAVAILABLE_ERRORS as exc:
+            raise failures.unavailable(exc) from None
+        if found is None or not isinstance(found[1], Terminal):
+            raise DomedError(
+                ErrorCode.UNKNOWN_JOB, f"job {req.job_id!r} has not ended (or does not exist)"
+            )
+        listed = {a.name: a for a in found[1].artifacts or []}
         entry = listed.get(req.name)
         if entry is None:
             raise DomedError(
