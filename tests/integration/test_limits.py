@@ -74,6 +74,21 @@ async def rlimited(tmp_path_factory: pytest.TempPathFactory, ssot: Path) -> Asyn
         yield d
 
 
+async def running_beside(d: Domed) -> str:
+    """A job that runs until it is asked to stop, once it has started."""
+    job_id = await d.submit("test.graceful", {})
+    await d.until_kind(job_id, "log")
+    return job_id
+
+
+async def still_healthy(d: Domed, job_id: str) -> None:
+    """The job beside a limited one ran on: asked to stop, it stops cleanly."""
+    await d.request("domed.jobs.cancel", {"job_id": job_id})
+    events = await d.events(job_id)
+    assert log_lines(events) == ["running", "got INT, stopping cleanly"]
+    assert terminal_of(events).exit_code == 0
+
+
 def stopped_for(term: Terminal, limit: str) -> None:
     assert term.state == "failed", term
     assert term.error is not None and term.error.code == "limit_exceeded", term
@@ -81,7 +96,7 @@ def stopped_for(term: Terminal, limit: str) -> None:
 
 
 async def test_a_memory_hog_is_stopped_at_its_limit_and_others_run_on(confined: Domed) -> None:
-    beside = await confined.submit("test.sleep", {"seconds": 1})
+    beside = await running_beside(confined)
     _, events = await confined.run("test.limits", {"mode": "memory", "amount": 400})
     term = terminal_of(events)
     stopped_for(term, "memory")
@@ -90,7 +105,7 @@ async def test_a_memory_hog_is_stopped_at_its_limit_and_others_run_on(confined: 
     assert 32 * 1024 < term.rusage.memory_peak_kb <= 64 * 1024, term.rusage
     held = [int(line.split()[1]) for line in log_lines(events)]
     assert held and max(held) < 64, held  # it never held what it asked for
-    assert terminal_of(await confined.events(beside)).state == "succeeded"
+    await still_healthy(confined, beside)
 
 
 async def test_a_job_under_its_memory_limit_runs_to_its_end(confined: Domed) -> None:
@@ -103,28 +118,28 @@ async def test_a_job_under_its_memory_limit_runs_to_its_end(confined: Domed) -> 
 
 
 async def test_a_fork_bomb_is_stopped_at_its_pids_limit(confined: Domed) -> None:
-    beside = await confined.submit("test.sleep", {"seconds": 1})
+    beside = await running_beside(confined)
     job_id, events = await confined.run(
-        "test.limits", {"mode": "pids", "amount": 400, "hold_s": 30}
+        "test.limits", {"mode": "pids", "amount": 400, "hold": True}
     )
     term = terminal_of(events)
     stopped_for(term, "pids")
     assert "16 processes" in term.error.message  # type: ignore[union-attr]
     assert processes_with_env(f"DOMED_JOB_ID={job_id}") == []  # the whole tree is gone
-    assert terminal_of(await confined.events(beside)).state == "succeeded"
+    await still_healthy(confined, beside)
 
 
 async def test_a_cpu_spinner_is_stopped_once_its_tree_used_its_cpu_seconds(
     confined: Domed,
 ) -> None:
     # two spinning processes: neither alone reaches cpu_s before the tree does
-    beside = await confined.submit("test.sleep", {"seconds": 1})
-    _, events = await confined.run("test.limits", {"mode": "cpu", "amount": 2, "hold_s": 30})
+    beside = await running_beside(confined)
+    _, events = await confined.run("test.limits", {"mode": "cpu", "amount": 2, "hold": True})
     term = terminal_of(events)
     stopped_for(term, "cpu")
     assert term.rusage is not None and term.rusage.user_s + term.rusage.sys_s >= 1.0
     assert term.signals_sent == ["TERM", "KILL"] or term.signal == "XCPU", term
-    assert terminal_of(await confined.events(beside)).state == "succeeded"
+    await still_healthy(confined, beside)
 
 
 async def test_open_files_are_bounded_per_process(confined: Domed) -> None:
@@ -147,7 +162,7 @@ async def test_a_file_past_its_size_limit_stops_the_job(confined: Domed) -> None
 async def test_the_executor_is_healthy_after_every_limit(confined: Domed) -> None:
     for tool, params in (
         ("test.limits", {"mode": "memory", "amount": 400}),
-        ("test.limits", {"mode": "pids", "amount": 400, "hold_s": 30}),
+        ("test.limits", {"mode": "pids", "amount": 400, "hold": True}),
     ):
         await confined.submit(tool, params)
     _, events = await confined.run("demo.echo", {"text": "still here"})
@@ -157,7 +172,7 @@ async def test_the_executor_is_healthy_after_every_limit(confined: Domed) -> Non
 
 async def test_each_job_cgroup_is_removed_with_its_job(confined: Domed) -> None:
     job_id, events = await confined.run(
-        "test.limits", {"mode": "pids", "amount": 400, "hold_s": 30}
+        "test.limits", {"mode": "pids", "amount": 400, "hold": True}
     )
     stopped_for(terminal_of(events), "pids")
     hierarchy, _ = cgroups.find("auto")
@@ -177,7 +192,7 @@ async def test_each_job_cgroup_is_removed_with_its_job(confined: Domed) -> None:
 
 
 async def test_without_a_cgroup_a_cpu_spinner_ends_by_its_rlimit(rlimited: Domed) -> None:
-    _, events = await rlimited.run("test.limits", {"mode": "cpu", "amount": 1, "hold_s": 30})
+    _, events = await rlimited.run("test.limits", {"mode": "cpu", "amount": 1, "hold": True})
     term = terminal_of(events)
     stopped_for(term, "cpu")
     assert term.signal in ("XCPU", "KILL"), term
@@ -209,7 +224,7 @@ async def test_a_limited_job_stays_bounded_while_its_executor_is_down(
         ).start()
         try:
             await executor.wait_ready()
-            job_id = await d.submit("test.limits", {"mode": "memory", "amount": 16, "hold_s": 60})
+            job_id = await d.submit("test.limits", {"mode": "memory", "amount": 16, "hold": True})
             await d.events(job_id, stop_at="log")
             [pid] = processes_with_env(f"DOMED_JOB_ID={job_id}")
             executor.kill()

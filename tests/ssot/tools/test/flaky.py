@@ -1,7 +1,8 @@
-"""What the retry tests run: count its runs in a file; fail (or hang) until a given run."""
+"""What the retry tests run: count its runs in a file; fail (or hang until stopped) until
+a given run."""
 
+import signal
 import sys
-import time
 
 counter, succeed_at, hang = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "hang"
 try:
@@ -13,6 +14,6 @@ with open(counter, "w") as fh:
     fh.write(str(run))
 print(f"run {run}", flush=True)
 if run < succeed_at:
-    if hang:
-        time.sleep(60)
+    while hang:  # until its timeout stops it
+        signal.pause()
     sys.exit(3)

@@ -1,34 +1,39 @@
-"""What the resource-limit tests run: each mode uses one resource until told to stop."""
+"""What the resource-limit tests run: each mode uses one resource; with `hold` it then
+waits to be stopped (by its limit, or by its executor) instead of exiting."""
 
 import os
+import signal
 import sys
-import time
 
-mode, amount, hold_s = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+mode, amount, hold = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "true"
+
+
+def stopped_only_by_a_signal() -> None:
+    while True:
+        signal.pause()
+
+
 if mode == "memory":  # hold `amount` MiB, 8 MiB at a time, touching every page
     held = []
     for step in range(amount // 8):
         held.append(bytearray(b"x" * (8 * 1024 * 1024)))
         print(f"holding {(step + 1) * 8} MiB", flush=True)
-elif mode == "pids":  # try to start `amount` sleeping children
+elif mode == "pids":  # try to start `amount` children that wait to be killed with the job
     started = 0
     for _ in range(amount):
         try:
             if os.fork() == 0:
-                time.sleep(30)
-                os._exit(0)
+                stopped_only_by_a_signal()
             started += 1
         except OSError:
-            time.sleep(0.01)
+            pass
     print(f"started {started} children", flush=True)
-elif mode == "cpu":  # spin in `amount` processes
+elif mode == "cpu":  # spin in `amount` processes until stopped
     for _ in range(amount - 1):
         if os.fork() == 0:
             break
-    deadline = time.monotonic() + hold_s
-    while time.monotonic() < deadline:
+    while True:
         pass
-    sys.exit(0)
 elif mode == "files":  # open /dev/null `amount` times
     handles = []
     try:
@@ -38,4 +43,5 @@ elif mode == "files":  # open /dev/null `amount` times
         print(f"refused after {len(handles)}: {exc.strerror}", flush=True)
         sys.exit(3)
     print(f"opened {len(handles)}", flush=True)
-time.sleep(hold_s)
+if hold:
+    stopped_only_by_a_signal()
