@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from contracts.errors import TerminalErrorCode
+
 TerminalState = Literal["succeeded", "failed", "canceled", "timed_out", "lost"]
 """The state a terminal event ends a job in."""
 JobStateName = Literal["queued", "running", "succeeded", "failed", "canceled", "timed_out", "lost"]
@@ -267,6 +269,13 @@ def never_ran(
     )
 
 
+def queue_timed_out(job_id: str, queue_timeout_s: float) -> Terminal:
+    """The terminal of a job that waited to start longer than its ``queue_timeout_s``."""
+    waited = f"it waited to start longer than its queue timeout ({queue_timeout_s:g}s)"
+    error = TerminalError(TerminalErrorCode.QUEUE_TIMEOUT, waited)
+    return never_ran(job_id, "timed_out", now_iso(), 0, error)
+
+
 Event = Queued | Cancel | Started | Log | Progress | Retry | Terminal
 """Any job event; ``kind`` tells them apart on the wire (a tagged union)."""
 
@@ -274,6 +283,12 @@ Event = Queued | Cancel | Started | Log | Progress | Retry | Terminal
 def now_iso() -> str:
     """Now, in the contract's timestamp format: RFC 3339, UTC, microseconds, ``Z``."""
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def timestamp(text: str) -> float:
+    """An RFC 3339 timestamp of the contract (``...Z`` or with an offset) as epoch seconds;
+    ValueError for anything else."""
+    return datetime.fromisoformat(text).timestamp()
 
 
 _encoder = msgspec.json.Encoder()

@@ -35,7 +35,7 @@ def collect(work_dir: str, patterns: list[str], max_bytes: int, owner: int | Non
     anything is stored."""
     opened: list[JobFile] = []
     try:
-        for name in matching(work_dir, patterns, skip=set()):
+        for name in matching(work_dir, patterns):
             if name.startswith(RESULT_PREFIX):
                 continue
             if len(opened) == MAX_FILES:

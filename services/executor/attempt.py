@@ -124,6 +124,7 @@ class Attempt:
         self.work_dir = ""
         self.remove_dir = False
         self.secrets = secrets.Delivery()
+        self.limits = limits.JobLimits.of(tool.manifest.limits)
 
     @property
     def job_id(self) -> str:
@@ -271,7 +272,7 @@ class Attempt:
             self.work_dir,
             env,
             owned=tuple(owned),
-            limits=limits.JobLimits.of(manifest.limits),
+            limits=self.limits,
             # two executors on one host may both hold a delivery of the same attempt (one of
             # them stale): each job cgroup is its own, or one's cleanup would kill the other's
             name=f"{self.job_id}-{self.job.attempt}-{os.getpid()}-{next(SPAWNS)}",
@@ -377,8 +378,7 @@ class Attempt:
         this tells the job's end apart from a failure and ends the rest of its tree)."""
         if not proc.confined_in:
             return
-        job = self.job
-        lim = limits.JobLimits.of(self.tool.manifest.limits)
+        job, lim = self.job, self.limits
 
         async def watch() -> None:
             while job.stop_reason is None:
@@ -423,7 +423,7 @@ class Attempt:
         await self._kill_escaped()
         await proc.reap_tree(DRAIN_PIPES_S)
         if job.stop_reason is None and (hit := proc.breach()) is not None:
-            job.request_stop(limit_stop(hit, limits.JobLimits.of(manifest.limits)))
+            job.request_stop(limit_stop(hit, self.limits))
         proc.close()
         return result
 

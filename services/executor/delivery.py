@@ -10,7 +10,6 @@ import logging
 import random
 import time
 from dataclasses import replace
-from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -29,6 +28,8 @@ from contracts.events import (
     decode_event,
     never_ran,
     now_iso,
+    queue_timed_out,
+    timestamp,
 )
 from services.catalogue.loader import Tool
 from services.executor import decide as d
@@ -123,11 +124,7 @@ def queue_expired(queued: Queued, now: float) -> bool:
     router's at submit, ours now)."""
     if queued.queue_timeout_s is None:
         return False
-    return now - epoch_of(queued.submitted_at) > queued.queue_timeout_s
-
-
-def epoch_of(timestamp: str) -> float:
-    return datetime.fromisoformat(timestamp).timestamp()
+    return now - timestamp(queued.submitted_at) > queued.queue_timeout_s
 
 
 async def look_up(ctx: ExecutorContext, facts: d.Facts, fact: d.Fact) -> d.Facts:
@@ -153,7 +150,7 @@ async def look_up(ctx: ExecutorContext, facts: d.Facts, fact: d.Fact) -> d.Facts
         announced = None
         if found is not None and isinstance(found[1], Retry):
             retry = found[1]
-            left = epoch_of(retry.ts) + retry.delay_s - time.time()
+            left = timestamp(retry.ts) + retry.delay_s - time.time()
             announced = d.Announced(found[0], retry.attempt, max(0.0, min(left, retry.delay_s)))
         return replace(facts, announced=announced, announced_known=True)
     if fact == "hold":
@@ -188,36 +185,24 @@ async def act(
         return None
     if isinstance(action, d.EndLost):
         prev = action.started
-        why = f"executor {prev.executor} vanished while running attempt {prev.attempt}"
         terminal = never_ran(
             job_id=job_id,
             state="lost",
             finished_at=now_iso(),
             attempt=prev.attempt,
             started_at=prev.started_at,
-            error=TerminalError(TerminalErrorCode.EXECUTOR_LOST, why),
+            error=vanished(prev),
         )
         return await finish_without_run(ctx, msg, queued, tool, terminal, action.cas_seq)
     if isinstance(action, d.AnnounceRetry):
-        prev = action.started
-        why = f"executor {prev.executor} vanished while running attempt {prev.attempt}"
-        outcome = Outcome("lost", error=TerminalError(TerminalErrorCode.EXECUTOR_LOST, why))
-        announced = await announce_retry(ctx, job_id, prev.attempt, outcome, action)
+        lost = Outcome("lost", error=vanished(action.started))
+        announced = await announce_retry(ctx, msg, queued, tool, lost, action)
         if announced is None:
             return await moved_on(ctx, msg, queued, tool, action.cas_seq)
-        return replace(
-            first_facts(ctx, msg, queued, tool),
-            newest_seq=announced.seq,
-            ended=False,
-            started=prev,
-            started_known=True,
-            announced=announced,
-            announced_known=True,
-        )
+        return announced
     if isinstance(action, d.EndQueueTimeout):
-        waited = f"it waited to start longer than its queue timeout ({queued.queue_timeout_s:g}s)"
-        error = TerminalError(TerminalErrorCode.QUEUE_TIMEOUT, waited)
-        terminal = never_ran(job_id, "timed_out", now_iso(), 0, error)
+        assert queued.queue_timeout_s is not None  # decide ends only a job that has one
+        terminal = queue_timed_out(job_id, queued.queue_timeout_s)
         return await finish_without_run(ctx, msg, queued, tool, terminal, action.cas_seq)
     if isinstance(action, d.EndCanceled):
         terminal = never_ran(job_id, "canceled", now_iso(), action.attempt - 1)
@@ -280,7 +265,7 @@ async def retry_after_run(
         return None
     ended = Outcome(term.state, term.exit_code, term.signal, term.error)  # type: ignore[arg-type]
     plan = d.AnnounceRetry(outcome.started, outcome.delay_s, seq)
-    announced = await announce_retry(ctx, job_id, term.attempt, ended, plan)
+    announced = await announce_retry(ctx, msg, queued, tool, ended, plan)
     if announced is None:  # a cancel landed in between: decide again from scratch
         return replace(first_facts(ctx, msg, queued, tool), needs_lookup=True)
     log.info(
@@ -291,22 +276,27 @@ async def retry_after_run(
         term.attempt + 1,
         outcome.delay_s,
     )
-    return replace(
-        first_facts(ctx, msg, queued, tool),
-        newest_seq=announced.seq,
-        ended=False,
-        started=outcome.started,
-        started_known=True,
-        announced=announced,
-        announced_known=True,
-    )
+    return announced
+
+
+def vanished(prev: d.Attempted) -> TerminalError:
+    """Why an attempt whose executor stopped renewing its hold ended."""
+    why = f"executor {prev.executor} vanished while running attempt {prev.attempt}"
+    return TerminalError(TerminalErrorCode.EXECUTOR_LOST, why)
 
 
 async def announce_retry(
-    ctx: ExecutorContext, job_id: str, attempt: int, outcome: Outcome, plan: d.AnnounceRetry
-) -> d.Announced | None:
-    """Store the ``retry`` event for ``attempt``; None if the job moved on since
+    ctx: ExecutorContext,
+    msg: Msg,
+    queued: Queued,
+    tool: Tool | None,
+    outcome: Outcome,
+    plan: d.AnnounceRetry,
+) -> d.Facts | None:
+    """Store the ``retry`` event for the attempt ``plan`` names; the facts to decide on
+    next (the backoff to wait, then the next attempt), or None if the job moved on since
     ``plan.cas_seq``."""
+    job_id, attempt = queued.job_id, plan.started.attempt
     event = Retry(
         job_id=job_id,
         attempt=attempt,
@@ -326,7 +316,15 @@ async def announce_retry(
         if not failures.is_wrong_last_sequence(exc):
             raise
         return None
-    return d.Announced(ack.seq, attempt, plan.delay_s)
+    return replace(
+        first_facts(ctx, msg, queued, tool),
+        newest_seq=ack.seq,
+        ended=False,
+        started=plan.started,
+        started_known=True,
+        announced=d.Announced(ack.seq, attempt, plan.delay_s),
+        announced_known=True,
+    )
 
 
 async def spawn_failed(

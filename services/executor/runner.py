@@ -57,8 +57,10 @@ def nproc_flag() -> str:
     return "u" if probe.returncode == 0 else "p"
 
 
+@functools.cache
 def own_hard_limits() -> dict[int, int]:
-    """This process's finite hard rlimits (its jobs can be given no more)."""
+    """This process's finite hard rlimits (its jobs can be given no more); read once, as
+    only a privileged process could raise them."""
     found = {}
     for which in (*RLIMIT_UNITS, resource.RLIMIT_NPROC):
         hard = resource.getrlimit(which)[1]

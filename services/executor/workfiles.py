@@ -14,7 +14,6 @@ import contextlib
 import os
 import re
 import stat
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -109,19 +108,18 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out) + r"\Z")
 
 
-def matching(work_dir: str, patterns: list[str], skip: set[str]) -> Iterator[str]:
+def matching(work_dir: str, patterns: list[str]) -> list[str]:
     """Relative paths of the files below ``work_dir`` that match one of ``patterns``,
     sorted; symlinked dirs are not entered (the files are opened by ``open_file``)."""
     regexes = [glob_regex(p) for p in patterns]
     found = []
-    for top, dirs, files in os.walk(work_dir, followlinks=False):
-        dirs.sort()
+    for top, _, files in os.walk(work_dir, followlinks=False):
         rel_top = os.path.relpath(top, work_dir)
         for name in files:
             rel = name if rel_top == "." else f"{rel_top}/{name}"
-            if rel not in skip and any(r.match(rel) for r in regexes):
+            if any(r.match(rel) for r in regexes):
                 found.append(rel)
-    yield from sorted(found)
+    return sorted(found)
 
 
 def close(job_files: list[JobFile]) -> None:

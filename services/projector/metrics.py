@@ -32,9 +32,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from contracts.api import JobState
-from contracts.events import TERMINAL_STATES, Event, Log, Retry, Started, Terminal
+from contracts.events import TERMINAL_STATES, Event, Log, Retry, Started, Terminal, timestamp
 from services.projector.projection import Projection
-from services.projector.retention import timestamp
 from services.runtime.metrics import DURATION_BUCKETS
 
 _BOUNDS = [*DURATION_BUCKETS, float("inf")]

@@ -18,18 +18,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime
 
 from contracts.api import JobState
-from contracts.events import TERMINAL_STATES
+from contracts.events import TERMINAL_STATES, timestamp
 
 SWEEP_MIN_S = 0.5
 SWEEP_MAX_S = 60.0
-
-
-def timestamp(text: str) -> float:
-    """An RFC 3339 timestamp of the contract (``...Z`` or with an offset) as epoch seconds."""
-    return datetime.fromisoformat(text).timestamp()
 
 
 def finished_ts(state: JobState) -> float | None:

@@ -39,8 +39,15 @@ from contracts.api import (
     ToolSubmitRequest,
     ToolSummary,
 )
-from contracts.errors import DomedError, ErrorCode, TerminalErrorCode
-from contracts.events import Cancel, Started, Terminal, TerminalError, never_ran, now_iso
+from contracts.errors import DomedError, ErrorCode
+from contracts.events import (
+    Cancel,
+    Started,
+    Terminal,
+    never_ran,
+    now_iso,
+    queue_timed_out,
+)
 from services.catalogue.loader import Tool, load_catalogue
 from services.router import core, identity
 from services.router.deadlines import QueueDeadlines
@@ -147,11 +154,7 @@ class Router:
         """End a job that is still only ``queued`` at its queue deadline: ``timed_out``,
         stored only while its ``queued`` is its newest event (a ``started`` or ``cancel``
         stored first wins)."""
-        error = TerminalError(
-            TerminalErrorCode.QUEUE_TIMEOUT,
-            f"it waited to start longer than its queue timeout ({timeout_s:g}s)",
-        )
-        terminal = never_ran(job_id, "timed_out", now_iso(), 0, error)
+        terminal = queue_timed_out(job_id, timeout_s)
         try:
             await failures.retry_until(
                 self.settings.request_timeout_s * 5,

@@ -7,16 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime
 from pathlib import Path
 
-from contracts.events import Queued, Retry, Started
+from contracts.events import Queued, Retry, Started, timestamp
 from services.runtime.natsserver import NatsServer
 from tests.support import Domed, log_lines, terminal_of
-
-
-def epoch(ts: str) -> float:
-    return datetime.fromisoformat(ts).timestamp()
 
 
 async def test_a_tool_that_fails_twice_then_succeeds_is_retried_with_growing_backoff(
@@ -43,7 +38,7 @@ async def test_a_tool_that_fails_twice_then_succeeds_is_retried_with_growing_bac
     assert 0.1 <= first <= 0.2 and 0.2 <= second <= 0.4 and second >= first
     starts = [e.event for e in events if isinstance(e.event, Started)]
     for retry, started in zip(retries, starts[1:], strict=True):  # none started early
-        assert epoch(started.started_at) >= epoch(retry.ts) + retry.delay_s - 0.01
+        assert timestamp(started.started_at) >= timestamp(retry.ts) + retry.delay_s - 0.01
     assert (tmp_path / "runs").read_text() == "3"
     state = await domed.projected(job_id)
     assert state["state"] == "succeeded" and state["attempt"] == 3
@@ -119,7 +114,7 @@ async def test_an_executor_that_picks_a_job_up_past_its_deadline_does_not_start_
         [stored] = await d.events(job_id, until_terminal=False)
         queued = stored.event
         assert isinstance(queued, Queued)
-        await asyncio.sleep(max(0.0, epoch(queued.submitted_at) + 1.0 - time.time()))
+        await asyncio.sleep(max(0.0, timestamp(queued.submitted_at) + 1.0 - time.time()))
         await d.start_service("executor")
         events = await d.events(job_id, timeout=20)
         assert [e.kind for e in events] == ["queued", "terminal"]

@@ -12,8 +12,8 @@ import msgspec
 import nats.js.errors
 
 from contracts import subjects
+from contracts.events import timestamp
 from services.projector.app import store_path
-from services.projector.retention import timestamp
 from services.projector.store import Store
 from services.runtime import provisioning
 from services.runtime.natsserver import NatsServer

@@ -10,8 +10,8 @@ import pytest
 from msgspec.structs import replace
 
 from contracts.api import JobState
-from contracts.events import LineCounts
-from services.projector.retention import Retention, finished_ts, timestamp
+from contracts.events import LineCounts, timestamp
+from services.projector.retention import Retention, finished_ts
 from services.projector.store import Store
 
 T0 = timestamp("2025-01-01T00:00:00Z")
