@@ -107,7 +107,7 @@ async def executor_context(
         secrets=secrets,
         slots_kv=slots_kv,
         holds=Holds(holds_kv, lease_s),
-        backend=LocalBackend(job_user, cgroups),
+        backend=LocalBackend(job_user, cgroups, settings.slots),
         name=settings.name or f"{socket.gethostname()}-{os.getpid()}",
         records=records.records_dir(settings.data_dir, environ),
         environ=environ,
@@ -214,7 +214,10 @@ async def run_executor(
             )
             if ready is not None:
                 ready.set()
-            await worker.run(ctx, stop)
+            try:
+                await worker.run(ctx, stop)
+            finally:
+                ctx.backend.close()
         for task in watching:
             task.cancel()
         await service.stop()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from contracts.events import ResourceLimit
-from services.executor.cgroups import Hierarchy
+from services.executor.cgroups import CgroupPool, Hierarchy, remove_dead_pools
 from services.executor.jobuser import JobUser
 from services.executor.limits import JobLimits, TreeUsage
 from services.executor.runner import Exit, JobProcess, OutputCallback, gate_script
@@ -80,14 +80,28 @@ class Backend(Protocol):
         """Start the job held at its gate; raises OSError if it cannot start."""
         ...
 
+    def prepare(self) -> None:
+        """Before the first job: remove what backends of dead executors left behind."""
+        ...
+
+    def close(self) -> None:
+        """After the last job."""
+        ...
+
 
 class LocalBackend:
     """Jobs as local process groups, of the executor's own user or of ``job_user`` (with
     only its group; what was made for the job is given to it)."""
 
-    def __init__(self, job_user: JobUser | None = None, cgroups: Hierarchy | None = None) -> None:
+    def __init__(
+        self, job_user: JobUser | None = None, cgroups: Hierarchy | None = None, slots: int = 1
+    ) -> None:
         self.job_user = job_user
         self.cgroups = cgroups
+        # v1 cgroups are reused; a reused v2 one would report the last job's memory peak
+        self.pool = (
+            CgroupPool(cgroups, slots) if cgroups is not None and cgroups.version == 1 else None
+        )
 
     def spawn(self, request: SpawnRequest, on_output: OutputCallback) -> JobHandle:
         user = self.job_user
@@ -95,7 +109,9 @@ class LocalBackend:
             for path in request.owned:
                 os.chown(path, user.uid, user.gid, follow_symlinks=False)
         cgroup = None
-        if self.cgroups is not None:
+        if self.pool is not None:
+            cgroup = self.pool.take(request.limits)
+        elif self.cgroups is not None:
             cgroup = self.cgroups.create(request.name or f"{os.getpid()}", request.limits)
         try:
             proc = JobProcess.spawn(
@@ -109,7 +125,7 @@ class LocalBackend:
             )
         except BaseException:
             if cgroup is not None:
-                cgroup.remove()
+                cgroup.release()
             raise
         try:
             proc.confine(cgroup, request.limits)
@@ -120,3 +136,12 @@ class LocalBackend:
             proc.discard()
             raise
         return proc
+
+    def prepare(self) -> None:
+        if self.pool is not None:
+            remove_dead_pools(self.pool.hierarchy)
+
+    def close(self) -> None:
+        """Remove the cgroups kept for reuse."""
+        if self.pool is not None:
+            self.pool.close()

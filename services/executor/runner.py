@@ -155,6 +155,8 @@ class JobProcess:
     gate: int | None = None  # the write end of the gate's pipe, until opened or shut
     limits: JobLimits = field(default_factory=JobLimits)
     cgroup: JobCgroup | None = None  # where the job's whole tree is bounded and counted
+    # what it counted, once handed back: a pooled cgroup may then hold the next job
+    counted: TreeUsage | None = None
 
     @property
     def pid(self) -> int:
@@ -305,7 +307,7 @@ class JobProcess:
     def tree_usage(self) -> TreeUsage | None:
         """What the job's cgroup counted, if it has one."""
         if self.cgroup is None:
-            return None
+            return self.counted
         try:
             return self.cgroup.usage()
         except (OSError, ValueError):
@@ -328,15 +330,15 @@ class JobProcess:
             if time.monotonic() > deadline:
                 return
             await asyncio.sleep(0.005)
+        cgroup.emptied = True
         cgroup.snapshot()
 
     def discard(self) -> None:
-        """Remove the job's cgroup, killing what is still in it (idempotent)."""
+        """Be done with the job's cgroup, killing what is still in it (idempotent)."""
         if self.cgroup is not None:
-            if pids := self.cgroup.members():
-                self.cgroup.kill(pids)
-            self.cgroup.snapshot()
-            self.cgroup.remove()
+            cgroup, self.cgroup = self.cgroup, None
+            cgroup.release()
+            self.counted = cgroup.final
 
     async def wait_exit(self) -> Exit:
         assert self.exited is not None

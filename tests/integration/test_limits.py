@@ -13,6 +13,7 @@ import contextlib
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -103,7 +104,7 @@ async def test_a_memory_hog_is_stopped_at_its_limit_and_others_run_on(confined: 
     assert "64 MiB" in term.error.message  # type: ignore[union-attr]
     assert term.rusage is not None and term.rusage.memory_peak_kb is not None
     assert 32 * 1024 < term.rusage.memory_peak_kb <= 64 * 1024, term.rusage
-    held = [int(line.split()[1]) for line in log_lines(events)]
+    held = [int(line.split()[1]) for line in log_lines(events, "stdout")]
     assert held and max(held) < 64, held  # it never held what it asked for
     await still_healthy(confined, beside)
 
@@ -112,7 +113,7 @@ async def test_a_job_under_its_memory_limit_runs_to_its_end(confined: Domed) -> 
     _, events = await confined.run("test.limits", {"mode": "memory", "amount": 16})
     term = terminal_of(events)
     assert term.state == "succeeded" and term.error is None, term
-    assert log_lines(events)[-1] == "holding 16 MiB"
+    assert log_lines(events, "stdout")[-1] == "holding 16 MiB"
     assert term.rusage is not None and term.rusage.memory_peak_kb is not None
     assert term.rusage.memory_peak_kb >= 16 * 1024
 
@@ -146,7 +147,7 @@ async def test_open_files_are_bounded_per_process(confined: Domed) -> None:
     _, events = await confined.run("test.limits", {"mode": "files", "amount": 100})
     term = terminal_of(events)
     assert term.state == "failed" and term.exit_code == 3, term
-    [line] = log_lines(events)
+    [line] = log_lines(events, "stdout")
     opened = int(line.split()[2].rstrip(":"))
     assert 20 <= opened < 32, line  # 32 descriptors, a few already open
     assert "Too many open files" in line
@@ -170,21 +171,52 @@ async def test_the_executor_is_healthy_after_every_limit(confined: Domed) -> Non
     assert log_lines(events) == ["still here"]
 
 
-async def test_each_job_cgroup_is_removed_with_its_job(confined: Domed) -> None:
-    job_id, events = await confined.run(
-        "test.limits", {"mode": "pids", "amount": 400, "hold": True}
-    )
+def cgroup_dir(events: list[Any]) -> Path:
+    """The dir of the cgroup a ``test.limits`` job ran in (v1: its memory one)."""
+    [line] = [x for x in log_lines(events, "stderr") if x.startswith("cgroup ")]
+    return memory_cgroup(line.removeprefix("cgroup "))
+
+
+def memory_cgroup(path: str) -> Path:
+    """The dir of cgroup ``path`` (as /proc/<pid>/cgroup names it) in the memory hierarchy."""
+    mount2, mounts1 = cgroups.parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+    mount = mounts1.get("memory", mount2)
+    assert mount is not None
+    return Path(mount) / path.lstrip("/")
+
+
+async def test_a_job_cgroup_whose_job_hit_a_limit_is_removed(confined: Domed) -> None:
+    _, events = await confined.run("test.limits", {"mode": "pids", "amount": 400, "hold": True})
     stopped_for(terminal_of(events), "pids")
-    hierarchy, _ = cgroups.find("auto")
-    assert hierarchy is not None
+    place = cgroup_dir(events)
+    assert place.name.startswith(cgroups.PREFIX), place
+    await wait_until(lambda: not place.exists(), 10, "the job's cgroup removed")
 
-    def gone() -> bool:  # removed once the job's end is stored
-        return not any(
-            list(parent.glob(f"{cgroups.PREFIX}{job_id}-*"))
-            for parent in hierarchy.parents.values()
-        )
 
-    await wait_until(gone, 10, "the job's cgroup removed")
+async def test_a_reused_job_cgroup_counts_only_its_own_job(confined: Domed) -> None:
+    """A cgroup whose job ended within its limits serves the next job (cgroup v1): what
+    the last job used is not counted again."""
+    _, big = await confined.run("test.limits", {"mode": "memory", "amount": 40})
+    _, small = await confined.run("test.limits", {"mode": "memory", "amount": 1})
+    if cgroup_mode() == "cgroup1":
+        assert cgroup_dir(small) == cgroup_dir(big)
+    peaks = [terminal_of(events).rusage for events in (big, small)]
+    assert peaks[0] is not None and peaks[0].memory_peak_kb is not None
+    assert peaks[1] is not None and peaks[1].memory_peak_kb is not None
+    assert peaks[0].memory_peak_kb >= 40 * 1024, peaks
+    assert peaks[1].memory_peak_kb < 32 * 1024, peaks  # its own: about 10 MiB of Python
+    assert terminal_of(small).state == "succeeded"
+
+
+async def test_job_cgroups_kept_for_reuse_are_few_and_empty(confined: Domed) -> None:
+    jobs = [
+        await confined.submit("test.limits", {"mode": "memory", "amount": 1}) for _ in range(12)
+    ]
+    places = {cgroup_dir(await confined.events(job_id)) for job_id in jobs}
+    assert len(places) <= 8, places  # at most one a slot
+    for place in places:
+        if place.exists():
+            assert not (place / "cgroup.procs").read_text().split(), place
 
 
 # Without a cgroup: rlimits bound each process; only limits that end a process by a
@@ -227,6 +259,9 @@ async def test_a_limited_job_stays_bounded_while_its_executor_is_down(
             job_id = await d.submit("test.limits", {"mode": "memory", "amount": 16, "hold": True})
             await d.events(job_id, stop_at="log")
             [pid] = processes_with_env(f"DOMED_JOB_ID={job_id}")
+            _, paths1 = cgroups.parse_proc_cgroup(Path(f"/proc/{pid}/cgroup").read_text())
+            path2, _ = cgroups.parse_proc_cgroup(Path(f"/proc/{pid}/cgroup").read_text())
+            place = memory_cgroup(paths1.get("memory") or path2 or "")
             executor.kill()
             # the kernel, not the executor, holds the limit
             assert pid_alive(pid)
@@ -238,10 +273,7 @@ async def test_a_limited_job_stays_bounded_while_its_executor_is_down(
         try:
             await again.wait_ready()
             assert not pid_alive(pid)  # reaped at start, with its cgroup
-            hierarchy, _ = cgroups.find(mode)
-            assert hierarchy is not None
-            for parent in hierarchy.parents.values():
-                assert not list(parent.glob(f"{cgroups.PREFIX}{job_id}-*"))
+            assert not place.exists(), place
         finally:
             again.signal(signal.SIGTERM)
             again.wait()
