@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import random
 import subprocess
@@ -23,6 +24,7 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from ulid import ULID
 
+from bench.budget import Snapshot, budget_of, budget_row, read_snapshot
 from bench.harness import ROOT, RssSampler, ServiceProcess, Stack, percentile, read_status_kb
 from bench.limits import (
     REFERENCE_READ_RATE,
@@ -50,6 +52,7 @@ from contracts.events import (
 from services.projector.rebuild import RebuildReport, decode_report
 
 ERROR_HEADER = "Nats-Service-Error"
+SETTLE_LIMIT_S = 20.0
 _json = msgspec.json.Encoder()
 
 
@@ -247,14 +250,32 @@ async def domed_true(
 
 
 async def case_closed_loop(
-    nc: Client, watch: TerminalWatch, sizes: Sizes, budget_s: float
+    nc: Client,
+    watch: TerminalWatch,
+    sizes: Sizes,
+    budget_s: float,
+    *,
+    url: str = "",
+    monitor_url: str | None = None,
 ) -> tuple[list[Row], dict[str, Any], LoopResult]:
+    """With ``url`` and ``monitor_url`` (nats-server's and its monitoring's) it also counts
+    the messages of the measured run."""
     deadline = time.monotonic() + budget_s
     # Warm-up: the first jobs pay for imports, consumer creation and page faults.
     await domed_true(nc, watch, sizes.warmup_jobs, sizes.concurrency, deadline)
     await bare_true(sizes.warmup_jobs, sizes.concurrency, deadline)
     bare = await bare_true(sizes.jobs, sizes.concurrency, deadline)
-    dom = await domed_true(nc, watch, sizes.jobs, sizes.concurrency, deadline)
+    # The waits for the projector run on a connection of their own, so that their
+    # requests are not counted as the bench client's.
+    waiter = await nats.connect(url, name="bench-settle") if url and monitor_url else None
+    try:
+        before = await settled_counters(waiter, monitor_url)
+        dom = await domed_true(nc, watch, sizes.jobs, sizes.concurrency, deadline)
+        after = await settled_counters(waiter, monitor_url)
+    finally:
+        if waiter is not None:
+            await waiter.close()
+    messages = budget_of(before, after, dom.done)
     # The step breakdown needs every event of every job, so it comes from a shorter run of
     # its own: the subscription that watches them costs CPU the measured run should not pay.
     starts: dict[str, tuple[float, float]] = {}
@@ -317,6 +338,7 @@ async def case_closed_loop(
             "ms",
             bare_solo.ms(99),
         ),
+        budget_row(messages),
     ]
     details = {
         "jobs": sizes.jobs,
@@ -327,10 +349,26 @@ async def case_closed_loop(
         "bare_1_in_flight": loop_details(bare_solo),
         "domed_breakdown_p50_ms": breakdown(starts, watch.marks),
         "domed_breakdown_jobs": breakdown_n,
+        # messages per job of the measured run (8 in flight), by nats-server's counters
+        "budget": messages,
         # every domed job of the case, warm-up included (CPU per job divides by this)
         "domed_jobs_total": sizes.warmup_jobs + sizes.jobs + breakdown_n + solo_n,
     }
     return rows, details, bare
+
+
+async def settled_counters(nc: Client | None, monitor_url: str | None) -> Snapshot | str:
+    """nats-server's message counters once the projector has applied the whole stream
+    and no job is pending, or why there are none."""
+    if nc is None or monitor_url is None:
+        return "nats-server's monitoring was not given to the case"
+    waited, done = await settled(nc)
+    if not done:
+        return f"the projector or the executor had not caught up within {waited:.0f} s"
+    try:
+        return await asyncio.to_thread(read_snapshot, monitor_url)
+    except (OSError, ValueError, KeyError, TypeError, http.client.HTTPException) as exc:
+        return f"nats-server's monitoring not read: {type(exc).__name__}: {exc}"[:300]
 
 
 def breakdown(
@@ -1061,9 +1099,14 @@ async def projected_seq(nc: Client) -> int | None:
         return None
 
 
-async def settle(nc: Client, timeout_s: float = 20.0) -> float:
+async def settle(nc: Client, timeout_s: float = SETTLE_LIMIT_S) -> float:
     """Wait until the previous case's work is done: the projector has applied the whole
     stream and no queued job is pending, so cases do not measure each other's tails."""
+    return (await settled(nc, timeout_s))[0]
+
+
+async def settled(nc: Client, timeout_s: float = SETTLE_LIMIT_S) -> tuple[float, bool]:
+    """``settle``: the seconds it waited, and whether the work was done by then."""
     js = nc.jetstream()
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
@@ -1081,9 +1124,9 @@ async def settle(nc: Client, timeout_s: float = 20.0) -> float:
             and not consumer.num_ack_pending
         ):
             await asyncio.sleep(0.2)  # the KV mirror follows each commit
-            break
+            return round(time.monotonic() - t0, 3), True
         await asyncio.sleep(0.05)
-    return round(time.monotonic() - t0, 3)
+    return round(time.monotonic() - t0, 3), False
 
 
 # ---- case 6: memory -----------------------------------------------------------------------

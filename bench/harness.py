@@ -311,7 +311,8 @@ def stack(keep: bool = False, sync_always: bool = True, ref: str = "") -> Iterat
     With ``ref`` the services run from ``git archive <ref>`` (a snapshot of that
     commit, unaffected by edits in the working tree) instead of the working tree."""
     tmp = Path(tempfile.mkdtemp(prefix="domed-bench-"))
-    server = NatsServer(store_dir=tmp / "nats", sync_always=sync_always)
+    # Monitoring on a free loopback port: case 1 reads its message counters.
+    server = NatsServer(store_dir=tmp / "nats", sync_always=sync_always, monitor_port=0)
     src = export_ref(ref, tmp / "src") if ref else ROOT
     st = Stack(tmp, server, write_ssot(tmp / "ssot"), tmp / "data", src)
     try:

@@ -261,7 +261,15 @@ class Run:
             self.details["settle_s_before_1"] = await cases.settle(nc)
             with self.profiling(st, "1"), RssSampler(st.pids()) as s1:
                 out1 = await self.guarded(
-                    "1", cases.case_closed_loop(nc, watch, sizes, budget["1"])
+                    "1",
+                    cases.case_closed_loop(
+                        nc,
+                        watch,
+                        sizes,
+                        budget["1"],
+                        url=st.url,
+                        monitor_url=st.server.monitor_url,
+                    ),
                 )
             if out1:
                 rows, d, bare = out1

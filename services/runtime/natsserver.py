@@ -52,6 +52,9 @@ class NatsServer:
     sync_always: bool = True
     extra_config: str = ""
     log_file: Path | None = None
+    # HTTP monitoring (/varz, /connz, /jsz) on ``host``: None for none, 0 for a free port
+    # picked at start.
+    monitor_port: int | None = None
     # Called in the child before exec (``domed up``: die with it, even when it is
     # SIGKILLed); one server start, so the fork path it forces costs nothing that matters.
     before_exec: Callable[[], None] | None = None
@@ -61,10 +64,16 @@ class NatsServer:
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
+    @property
+    def monitor_url(self) -> str | None:
+        return f"http://{self.host}:{self.monitor_port}" if self.monitor_port else None
+
     def config_text(self) -> str:
         sync = "sync_interval: always" if self.sync_always else ""
+        http = f"http: {self.host}:{self.monitor_port}\n" if self.monitor_port else ""
         return (
             f"listen: {self.host}:{self.port}\n"
+            f"{http}"
             f'server_name: "domed-{self.port}"\n'
             f'jetstream {{\n  store_dir: "{self.store_dir / "jetstream"}"\n  {sync}\n}}\n'
             f"{self.extra_config}\n"
@@ -73,6 +82,8 @@ class NatsServer:
     def start(self, ready_timeout_s: float = 10.0) -> NatsServer:
         if not self.port:
             self.port = free_port()
+        if self.monitor_port == 0:
+            self.monitor_port = free_port()
         self.store_dir.mkdir(parents=True, exist_ok=True)
         conf = self.store_dir / "nats-server.conf"
         conf.write_text(self.config_text())
