@@ -86,7 +86,11 @@ def write(
     data = {"job_id": job_id, "pid": pid, "executor_pid": os.getpid(), "dirs": dirs or []}
     if cgroups:
         data["cgroups"] = cgroups
-    record.write_text(json.dumps(data))
+    fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, json.dumps(data).encode())
+    finally:
+        os.close(fd)
     return record
 
 
