@@ -259,9 +259,12 @@ async def test_a_limited_job_stays_bounded_while_its_executor_is_down(
             job_id = await d.submit("test.limits", {"mode": "memory", "amount": 16, "hold": True})
             await d.events(job_id, stop_at="log")
             [pid] = processes_with_env(f"DOMED_JOB_ID={job_id}")
-            _, paths1 = cgroups.parse_proc_cgroup(Path(f"/proc/{pid}/cgroup").read_text())
-            path2, _ = cgroups.parse_proc_cgroup(Path(f"/proc/{pid}/cgroup").read_text())
+            path2, paths1 = cgroups.parse_proc_cgroup(Path(f"/proc/{pid}/cgroup").read_text())
             place = memory_cgroup(paths1.get("memory") or path2 or "")
+            # a job that ended meanwhile: its cgroup (v1) waits idle for the next job
+            _, beside = await d.run("test.limits", {"mode": "memory", "amount": 1})
+            idle = cgroup_dir(beside)
+            assert idle.exists() == (mode == "cgroup1"), idle
             executor.kill()
             # the kernel, not the executor, holds the limit
             assert pid_alive(pid)
@@ -274,6 +277,7 @@ async def test_a_limited_job_stays_bounded_while_its_executor_is_down(
             await again.wait_ready()
             assert not pid_alive(pid)  # reaped at start, with its cgroup
             assert not place.exists(), place
+            assert not idle.exists(), idle  # a dead executor's idle cgroups go too
         finally:
             again.signal(signal.SIGTERM)
             again.wait()
