@@ -101,12 +101,15 @@ def read_status_kb(pid: int, key: str) -> int | None:
     return None
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time a process has used so far (``/proc/<pid>/stat``)."""
+def cpu_seconds(pid: int, children: bool = False) -> float | None:
+    """User + system CPU time a process has used so far (``/proc/<pid>/stat``); with
+    ``children``, that of its children it has waited for instead (a job's processes, for
+    the executor: they are its children, and it waits for each)."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        first = 13 if children else 11
+        return (int(fields[first]) + int(fields[first + 1])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
 
@@ -121,7 +124,9 @@ class RssSampler:
         self.peak_kb: dict[str, int] = dict.fromkeys(pids, 0)
         self.samples = 0
         self.cpu_s: dict[str, float] = {}
+        self.children_cpu_s: dict[str, float] = {}  # of the children each waited for meanwhile
         self._cpu0: dict[str, float | None] = {}
+        self._children0: dict[str, float | None] = {}
         self._t0 = 0.0
         self.wall_s = 0.0
         self._stop = threading.Event()
@@ -140,6 +145,7 @@ class RssSampler:
 
     def __enter__(self) -> RssSampler:
         self._cpu0 = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._children0 = {name: cpu_seconds(pid, True) for name, pid in self.pids.items()}
         self._t0 = time.monotonic()
         self._thread.start()
         return self
@@ -152,6 +158,9 @@ class RssSampler:
             now, before = cpu_seconds(pid), self._cpu0.get(name)
             if now is not None and before is not None:
                 self.cpu_s[name] = round(now - before, 3)
+            now, before = cpu_seconds(pid, True), self._children0.get(name)
+            if now is not None and before is not None:
+                self.children_cpu_s[name] = round(now - before, 3)
 
 
 @dataclass

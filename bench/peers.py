@@ -41,6 +41,14 @@ CELERY_DURABLE = "Celery + Redis, appendfsync always"
 MIN_SHARE_OF_BARE = 0.025
 
 
+# Whose waited-for children the jobs' own processes are, by system.
+JOBS_CPU_NOTES = {
+    "bare runner": "the bench's children: `true`",
+    "domed": "the executor's children: each job's gate (`/bin/sh`) and the tool it becomes",
+    "Celery + Redis": "the pool processes' children: the task's `subprocess.run`",
+}
+
+
 def domed_label(sync: str) -> str:
     return f"domed, nats sync {sync}"
 
@@ -55,6 +63,8 @@ class Measured:
     # Proportional set size at the end of the run: a prefork pool's processes share most
     # of their pages, which RSS counts once in each of them.
     pss_mb: dict[str, float] = field(default_factory=dict)
+    # CPU of the jobs' own processes, per job: what the system's processes waited for
+    jobs_cpu_ms: float = math.nan
     problem: str = ""
 
 
@@ -74,6 +84,13 @@ def _per_job(cpu_s: dict[str, float], jobs: int, names: dict[str, str]) -> dict[
         if label is not None and jobs:
             out[label] = out.get(label, 0.0) + secs / jobs * 1000
     return {k: round(v, 3) for k, v in out.items()}
+
+
+def _children_per_job(children_cpu_s: dict[str, float], jobs: int, names: list[str]) -> float:
+    """CPU ms per job of the children that ``names`` waited for (the jobs' processes)."""
+    if not jobs or not any(name in children_cpu_s for name in names):
+        return math.nan
+    return round(sum(children_cpu_s.get(name, 0.0) for name in names) / jobs * 1000, 3)
 
 
 def pss_kb(pid: int) -> int | None:
@@ -119,7 +136,10 @@ class Turns:
             loop = await bare_true(n, c, time.monotonic() + self.run_limit_s(n))
         if loop.done == n and math.isfinite(loop.rate):
             self.bare_rate = loop.rate
-        return Measured(loop, _per_job(s.cpu_s, loop.done, {"bench": "client"}))
+        jobs_ms = _children_per_job(s.children_cpu_s, loop.done, ["bench"])
+        return Measured(
+            loop, _per_job(s.cpu_s, loop.done, {"bench": "client"}), jobs_cpu_ms=jobs_ms
+        )
 
     async def domed(self, target: DomedTarget) -> Measured:
         n, c = self.sizes.jobs, self.sizes.concurrency
@@ -136,7 +156,11 @@ class Turns:
             )
         names = {name: name for name in pids} | {"bench": "client"}
         return Measured(
-            loop, _per_job(s.cpu_s, loop.done, names), _rss(s.peak_kb, names), _pss(pids, names)
+            loop,
+            _per_job(s.cpu_s, loop.done, names),
+            _rss(s.peak_kb, names),
+            _pss(pids, names),
+            jobs_cpu_ms=_children_per_job(s.children_cpu_s, loop.done, ["executor"]),
         )
 
     async def celery(self, durable: bool) -> Measured:
@@ -189,7 +213,9 @@ class Turns:
         cpu = _per_job(s.cpu_s, loop.done, names)
         if loop.done:
             cpu["client"] = round(float(out["cpu_s"]) / loop.done * 1000, 3)
-        return Measured(loop, cpu, _rss(s.peak_kb, names), pss)
+        pool = [name for name in pids if "pool" in name]
+        jobs_ms = _children_per_job(s.children_cpu_s, loop.done, pool)
+        return Measured(loop, cpu, _rss(s.peak_kb, names), pss, jobs_cpu_ms=jobs_ms)
 
 
 async def _read_json_line(
@@ -351,6 +377,15 @@ def peer_rows(runs: dict[str, list[Measured]], sizes: Sizes) -> list[Row]:
                 note=", ".join(f"{k} {v}" for k, v in cpu.items()),
             )
         )
+        rows.append(
+            Row(
+                CASE,
+                f"{label}: CPU ms per job of the jobs' own processes",
+                finite_median(m.jobs_cpu_ms for m in ms if not m.problem),
+                "ms",
+                note=JOBS_CPU_NOTES.get(label.split(":")[0].split(",")[0], ""),
+            )
+        )
         if not is_bare:
             rss = _median_dict(
                 [m.peak_rss_mb for m in ms if not m.problem], lambda v: max(v, default=math.nan)
@@ -425,6 +460,7 @@ def peer_details(runs: dict[str, list[Measured]], sizes: Sizes) -> dict[str, Any
             "cpu_ms_per_job": m.cpu_ms_per_job,
             "peak_rss_mb": m.peak_rss_mb,
             "pss_mb_at_end": m.pss_mb,
+            "jobs_cpu_ms_per_job": rounded(m.jobs_cpu_ms, 3),
             "errors": m.loop.errors[:5],
             "problem": m.problem,
         }

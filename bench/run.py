@@ -279,6 +279,8 @@ class Run:
                 d["cpu_ms_per_job"] = {
                     k: round(v / jobs * 1000, 3) for k, v in s1.cpu_s.items() if k != "bench"
                 }
+                if "executor" in s1.children_cpu_s:
+                    d["jobs_cpu_ms_per_job"] = round(s1.children_cpu_s["executor"] / jobs * 1000, 3)
                 steps = d.get("domed_breakdown_p50_ms", {})
                 if rows and not rows[0].note:
                     rows[0].note = (
@@ -286,6 +288,11 @@ class Run:
                         + ", ".join(f"{k} {v}" for k, v in steps.items())
                         + "; CPU ms/job: "
                         + ", ".join(f"{k} {v}" for k, v in d["cpu_ms_per_job"].items())
+                        + (
+                            f"; the jobs' own processes (gate and tool) {jobs_ms}"
+                            if (jobs_ms := d.get("jobs_cpu_ms_per_job")) is not None
+                            else ""
+                        )
                     )
                 self.record("1_closed_loop", rows, d)
             merge_peaks(peaks, s1.peak_kb)
