@@ -9,7 +9,8 @@ Systems: the bare asyncio runner; domed with nats-server's ``sync_interval: alwa
 and set of services, started for this case); Celery + Redis with Redis's defaults and
 with an fsynced append-only file (``appendfsync always``, like for like with
 ``sync_interval: always``). Celery and Redis are started afresh for each of their
-runs and stopped after it.
+runs and stopped after it. And domed's floor (``floor.py``): the guarantees' own work
+for each job, in the bench's process with no service in between.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from nats.aio.client import Client
 
 from bench import celery_world
 from bench.cases import LoopResult, Sizes, TerminalWatch, bare_true, domed_true, settle
+from bench.floor import Floor, closing, floor_true, floor_world
 from bench.harness import RssSampler, Stack
 from bench.limits import finite_median, limit_s, ratio, rounded
 from bench.report import Row
@@ -46,11 +48,16 @@ JOBS_CPU_NOTES = {
     "bare runner": "the bench's children: `true`",
     "domed": "the executor's children: each job's gate (`/bin/sh`) and the tool it becomes",
     "Celery + Redis": "the pool processes' children: the task's `subprocess.run`",
+    "domed's floor": "the bench's children: each job's gate (`/bin/sh`) and the tool it becomes",
 }
 
 
 def domed_label(sync: str) -> str:
     return f"domed, nats sync {sync}"
+
+
+def floor_label(sync: str) -> str:
+    return f"domed's floor, nats sync {sync}"
 
 
 @dataclass
@@ -163,6 +170,20 @@ class Turns:
             jobs_cpu_ms=_children_per_job(s.children_cpu_s, loop.done, ["executor"]),
         )
 
+    async def floor(self, floor: Floor, server_pid: int) -> Measured:
+        """bench/floor.py's jobs: the guarantees' own work, in the bench's process."""
+        n, c = self.sizes.jobs, self.sizes.concurrency
+        warm = self.sizes.warmup_jobs
+        await floor_true(floor, warm, c, time.monotonic() + self.run_limit_s(warm))
+        with RssSampler({"nats-server": server_pid}) as s:
+            loop = await floor_true(floor, n, c, time.monotonic() + self.run_limit_s(n))
+        names = {"bench": "bench process (all of the floor)", "nats-server": "nats-server"}
+        return Measured(
+            loop,
+            _per_job(s.cpu_s, loop.done, names),
+            jobs_cpu_ms=_children_per_job(s.children_cpu_s, loop.done, ["bench"]),
+        )
+
     async def celery(self, durable: bool) -> Measured:
         n, w, c = self.sizes.jobs, self.sizes.warmup_jobs, self.sizes.concurrency
         # The worker's start-up (imports, forking its pool) counts against the warm-up.
@@ -271,17 +292,21 @@ async def case_peers(
         ], {"skipped": absent}
     other_sync = "default" if main_sync == "always" else "always"
     turns = Turns(sizes, bare_rate, keep)
-    async with second_domed(make_other_stack, sizes.concurrency) as other:
-        systems: list[tuple[str, Callable[[], Awaitable[Measured]]]] = [
-            (BARE, turns.bare),
-            (domed_label(main_sync), lambda: turns.domed(main)),
-            (domed_label(other_sync), lambda: turns.domed(other)),
-            (CELERY, lambda: turns.celery(False)),
-            (CELERY_DURABLE, lambda: turns.celery(True)),
-        ]
-        for turn in range(sizes.peer_turns):
-            for label, run in rotated(systems, turn):
-                turns.runs.setdefault(label, []).append(await measured(run))
+    floor = await floor_world(main.nc.jetstream(timeout=10.0), sizes.concurrency)
+    async with closing(floor):
+        async with second_domed(make_other_stack, sizes.concurrency) as other:
+            server_pid = main.stack.server_pid
+            systems: list[tuple[str, Callable[[], Awaitable[Measured]]]] = [
+                (BARE, turns.bare),
+                (domed_label(main_sync), lambda: turns.domed(main)),
+                (domed_label(other_sync), lambda: turns.domed(other)),
+                (floor_label(main_sync), lambda: turns.floor(floor, server_pid)),
+                (CELERY, lambda: turns.celery(False)),
+                (CELERY_DURABLE, lambda: turns.celery(True)),
+            ]
+            for turn in range(sizes.peer_turns):
+                for label, run in rotated(systems, turn):
+                    turns.runs.setdefault(label, []).append(await measured(run))
     return peer_rows(turns.runs, sizes), peer_details(turns.runs, sizes)
 
 
@@ -386,7 +411,7 @@ def peer_rows(runs: dict[str, list[Measured]], sizes: Sizes) -> list[Row]:
                 note=JOBS_CPU_NOTES.get(label.split(":")[0].split(",")[0], ""),
             )
         )
-        if not is_bare:
+        if not is_bare and any(m.peak_rss_mb for m in ms):
             rss = _median_dict(
                 [m.peak_rss_mb for m in ms if not m.problem], lambda v: max(v, default=math.nan)
             )
@@ -409,11 +434,15 @@ def peer_rows(runs: dict[str, list[Measured]], sizes: Sizes) -> list[Row]:
 def comparison_rows(runs: dict[str, list[Measured]]) -> list[Row]:
     """domed ÷ Celery, within each turn, with the targets domed is held to."""
     domed_always, domed_default = domed_label("always"), domed_label("default")
+    floor = floor_label("always")
     rows = []
     for domed, celery, target in (
         (domed_always, CELERY, 1.5),
         (domed_always, CELERY_DURABLE, 2.0),
         (domed_default, CELERY, None),
+        (floor, CELERY, None),
+        (floor, CELERY_DURABLE, None),
+        (domed_always, floor, None),
     ):
         if domed not in runs or celery not in runs:
             continue
