@@ -92,16 +92,21 @@ async def test_artifacts_are_stored_before_the_terminal_with_their_digests(
     assert len((await domed.projected(job_id))["artifacts"]) == 3
 
 
-async def test_artifacts_past_their_cap_fail_the_job_and_store_nothing(domed: Domed) -> None:
-    job_id, term = await leaves(domed, files={"out/a.bin": 250000, "out/b.bin": 250000})
-    assert term.state == "failed" and term.error.code == "artifact_failed", term  # type: ignore[attr-defined]
-    assert "max_artifact_bytes" in term.error.message and term.artifacts is None  # type: ignore[attr-defined]
-    bucket = await domed.nc.jetstream().object_store(subjects.OBJ_ARTIFACTS)
+async def objects_of(nc: nats.aio.client.Client, job_id: str) -> list[str]:
+    """The names of the objects stored for ``job_id`` in ``domed-artifacts``."""
+    bucket = await nc.jetstream().object_store(subjects.OBJ_ARTIFACTS)
     try:
         names = [info.name for info in await bucket.list()]
     except nats.js.errors.NotFoundError:  # the bucket holds no object at all
         names = []
-    assert not [n for n in names if n.startswith(f"{job_id}/")]
+    return [n for n in names if n.startswith(f"{job_id}/")]
+
+
+async def test_artifacts_past_their_cap_fail_the_job_and_store_nothing(domed: Domed) -> None:
+    job_id, term = await leaves(domed, files={"out/a.bin": 250000, "out/b.bin": 250000})
+    assert term.state == "failed" and term.error.code == "artifact_failed", term  # type: ignore[attr-defined]
+    assert "max_artifact_bytes" in term.error.message and term.artifacts is None  # type: ignore[attr-defined]
+    assert await objects_of(domed.nc, job_id) == []
 
 
 async def test_an_artifact_symlinked_out_of_the_working_dir_is_refused(domed: Domed) -> None:
@@ -128,9 +133,4 @@ async def test_an_upload_that_fails_midway_fails_the_job_and_lists_nothing(
         job_id, term = await leaves(d, files={"out/a.bin": 20_000, "out/b.bin": 200_000})
         assert term.state == "failed" and term.error.code == "artifact_failed", term  # type: ignore[attr-defined]
         assert "out/b.bin" in term.error.message and term.artifacts is None  # type: ignore[attr-defined]
-        bucket = await d.nc.jetstream().object_store(subjects.OBJ_ARTIFACTS)
-        try:
-            names = [info.name for info in await bucket.list()]
-        except nats.js.errors.NotFoundError:
-            names = []
-        assert not [n for n in names if n.startswith(f"{job_id}/")], names
+        assert await objects_of(d.nc, job_id) == []
