@@ -35,20 +35,23 @@ from ulid import ULID
 
 from bench.cases import LoopResult, closed_loop
 from contracts.events import LineCounts, Queued, Started, Terminal, now_iso
+from contracts.headers import (
+    EXPECTED_LAST_SUBJECT_SEQUENCE,
+    EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
+    MSG_ID,
+)
+from contracts.subjects import msg_id
 from services.executor.attempt import rusage_of
 from services.executor.backend import LocalBackend, SpawnRequest
 from services.executor.cgroups import find
 from services.executor.limits import JobLimits
-from services.runtime.jobstream import encode_event
+from services.runtime.jobstream import FIRST_TERMINAL, encode_event
 
 STREAM = "BENCH_FLOOR"
 BUCKET = "bench-floor"
 # bench.true's limits: the manifest defaults (limits.memory_mb 2048, pids 1024,
 # open_files 4096)
 LIMITS = JobLimits(memory_bytes=2048 * 1024 * 1024, pids=1024, open_files=4096)
-MSG_ID = "Nats-Msg-Id"
-EXPECT_LAST = "Nats-Expected-Last-Subject-Sequence"
-EXPECT_LAST_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 TRUE = "/usr/bin/true" if os.path.exists("/usr/bin/true") else "/bin/true"
 
 
@@ -72,7 +75,7 @@ class Floor:
             timeout_s=60,
             labels={},
         )
-        ack = await self._store(queued, {MSG_ID: f"{job_id}.queued.0"})
+        ack = await self._store(queued, {MSG_ID: msg_id(job_id, "queued")})
         work_dir = tempfile.mkdtemp(prefix=f"domed-{job_id}-")
         request = SpawnRequest(
             [TRUE],
@@ -89,9 +92,9 @@ class Floor:
             await self._store(
                 started,
                 {
-                    MSG_ID: f"{job_id}.started.1",
-                    EXPECT_LAST: str(ack.seq),
-                    EXPECT_LAST_SUBJECT: f"floor.{job_id}.*",
+                    MSG_ID: msg_id(job_id, "started", 1),
+                    EXPECTED_LAST_SUBJECT_SEQUENCE: str(ack.seq),
+                    EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: f"floor.{job_id}.*",
                 },
             )
             proc.open_gate()
@@ -113,7 +116,7 @@ class Floor:
                 attempt=1,
                 rusage=rusage_of(exit_, proc),
             )
-            await self._store(terminal, {MSG_ID: f"{job_id}.terminal.0", EXPECT_LAST: "0"})
+            await self._store(terminal, {MSG_ID: msg_id(job_id, "terminal"), **FIRST_TERMINAL})
             await self.kv.put(job_id, encode_event(terminal))
         finally:
             proc.close()
