@@ -462,7 +462,9 @@ class CgroupPool:
 _POOL_NAME = re.compile(rf"^{PREFIX}pool-(\d+)-[0-9a-f]+-\d+$")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (an executor's, named in a record or a pooled
+    cgroup's name)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -480,7 +482,7 @@ def remove_dead_pools(hierarchy: Hierarchy, wait_s: float = 5.0) -> None:
         with contextlib.suppress(OSError):
             for entry in os.scandir(parent):
                 m = _POOL_NAME.match(entry.name)
-                if m and entry.is_dir() and not _alive(int(m.group(1))):
+                if m and entry.is_dir() and not process_alive(int(m.group(1))):
                     left.append(entry.path)
     if left:
         remove_left(left, wait_s)

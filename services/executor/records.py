@@ -143,7 +143,7 @@ def reap_orphans(directory: Path, wait_s: float = 5.0) -> list[str]:
         except (OSError, ValueError, KeyError, AttributeError, TypeError):
             record.unlink(missing_ok=True)
             continue
-        if owner != os.getpid() and _alive(owner):
+        if owner != os.getpid() and cgroups.process_alive(owner):
             continue
         orphaned_jobs.add(job_id)
         made += [(job_id, d) for d in dirs]
@@ -226,13 +226,3 @@ def _marked_processes(job_ids: set[str]) -> list[tuple[int, str]]:
         if entry.isdigit() and (job_id := job_of(int(entry))) in job_ids:
             found.append((int(entry), job_id))
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
