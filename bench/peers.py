@@ -408,7 +408,7 @@ def peer_rows(runs: dict[str, list[Measured]], sizes: Sizes) -> list[Row]:
                 f"{label}: CPU ms per job of the jobs' own processes",
                 finite_median(m.jobs_cpu_ms for m in ms if not m.problem),
                 "ms",
-                note=JOBS_CPU_NOTES.get(label.split(":")[0].split(",")[0], ""),
+                note=JOBS_CPU_NOTES.get(label.split(",")[0], ""),
             )
         )
         if not is_bare and any(m.peak_rss_mb for m in ms):
